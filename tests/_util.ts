@@ -1,0 +1,64 @@
+/**
+ * Shared test helpers: one GPU per test file, seeded random data and tolerance comparisons.
+ * @module
+ */
+import { createGpu, type Gpu } from "../lib/gpu.ts";
+import { Rng } from "../lib/rand.ts";
+
+let gpuPromise: Promise<Gpu> | null = null;
+
+/** The test file's GPU device (created once). */
+export function testGpu(): Promise<Gpu> {
+  gpuPromise ??= createGpu();
+  return gpuPromise;
+}
+
+/** Seeded uniform data in [-1, 1). */
+export function randn(n: number, seed: number, scale = 1): Float32Array {
+  const r = new Rng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = r.uniform(-1, 1) * scale;
+  return out;
+}
+
+/**
+ * Asserts |actual - expected| <= atol + rtol·|expected| elementwise, reporting the worst index.
+ */
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  opts: { rtol?: number; atol?: number; label?: string } = {},
+): void {
+  const { rtol = 1e-5, atol = 1e-6, label = "" } = opts;
+  if (actual.length !== expected.length) {
+    throw new Error(`${label}: length ${actual.length} != expected ${expected.length}`);
+  }
+  let worst = -1;
+  let worstExcess = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const a = actual[i];
+    const e = expected[i];
+    const tol = atol + rtol * Math.abs(e);
+    const d = Math.abs(a - e);
+    if (!(d <= tol)) {
+      const excess = Number.isNaN(d) ? Infinity : d - tol;
+      if (worst < 0 || excess > worstExcess) {
+        worst = i;
+        worstExcess = excess;
+      }
+    }
+  }
+  if (worst >= 0) {
+    throw new Error(
+      `${label}: mismatch at ${worst}: got ${actual[worst]}, expected ${expected[worst]} ` +
+        `(rtol ${rtol}, atol ${atol})`,
+    );
+  }
+}
+
+/** Max |a - b| over two arrays. */
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
