@@ -1,0 +1,240 @@
+/**
+ * Causal attention with grouped KV heads over a packed batch (kernels/attention.wgsl),
+ * flash-attention style: the forward keeps an online softmax over the keys and saves the
+ * log-sum-exp of each query row; the backward recomputes the probabilities from it, so no
+ * T×T score matrix is ever stored.
+ *
+ * The sequence of each token is found in the kernels by a binary search over `cuSeqlens`
+ * (log2(B) loads per row), so no per-token sequence index is needed; the dk/dv kernel already
+ * uses all 8 storage bindings a browser allows.
+ * @module
+ */
+import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
+
+/**
+ * Kernel family: "cpu" runs one invocation per row with no workgroup memory (CPU rasterizers);
+ * "tiled" streams K/V (or Q/dO) tiles through workgroup memory shared by 64 lanes (real GPUs).
+ */
+export type AttentionVariant = "auto" | "cpu" | "tiled";
+
+/** Options for {@linkcode attentionForward} and {@linkcode attentionBackward}. */
+export interface AttentionOptions {
+  /** Multiplier of q·k; default 1/sqrt(D). */
+  scale?: number;
+  /**
+   * "auto": "cpu" on CPU adapters, "tiled" otherwise. "tiled" needs H/Hkv <= 64 and falls
+   * back to "cpu" beyond that.
+   */
+  variant?: AttentionVariant;
+}
+
+/** What the forward returns and the backward needs. */
+export interface AttentionSaved {
+  /** Attention output [N, H, D]. */
+  out: Tensor;
+  /** Log-sum-exp of each row's scaled scores [N, H] (0 for padding tokens). */
+  lse: Tensor;
+}
+
+/** Gradients of the loss with respect to q, k and v (shapes of the inputs). */
+export interface AttentionGrads {
+  /** [N, H, D]. */
+  dq: Tensor;
+  /** [N, Hkv, D], summed over the query heads of each group. */
+  dk: Tensor;
+  /** [N, Hkv, D], summed over the query heads of each group. */
+  dv: Tensor;
+}
+
+/** Largest head dimension the kernels accept (their private arrays are sized by it). */
+export const MAX_HEAD_DIM = 256;
+
+const LANES = 64;
+const U = "uniform" as const, R = "read" as const, W = "rw" as const;
+const FWD = [U, R, R, R, R, W, W] as const;
+const PREP = [U, R, R, R, W] as const;
+const DQ = [U, R, R, R, R, R, R, W] as const;
+const DKDV = [U, R, R, R, R, R, R, W, W] as const;
+const DECODE = [U, R, R, R, R, W] as const;
+
+interface Dims {
+  n: number;
+  h: number;
+  hkv: number;
+  d: number;
+}
+
+function checkHeads(op: string, h: number, hkv: number, d: number): void {
+  if (!(hkv >= 1 && h % hkv === 0)) {
+    throw new Error(`${op}: ${h} query heads are not a multiple of ${hkv} KV heads`);
+  }
+  if (!(d >= 1 && d <= MAX_HEAD_DIM)) {
+    throw new Error(`${op}: head dimension ${d} outside 1..${MAX_HEAD_DIM}`);
+  }
+}
+
+function expectShape(op: string, name: string, t: Tensor, shape: readonly number[], dtype = "f32") {
+  if (t.dtype !== dtype || t.shape.join() !== shape.join()) {
+    throw new Error(`${op}: ${name} is ${t.shape}/${t.dtype}, expected ${shape}/${dtype}`);
+  }
+}
+
+function dims(op: string, q: Tensor, k: Tensor, v: Tensor, cuSeqlens: Tensor): Dims {
+  if (q.shape.length !== 3 || k.shape.length !== 3) {
+    throw new Error(`${op}: q ${q.shape} and k ${k.shape} must be [N, heads, D]`);
+  }
+  const [n, h, d] = q.shape;
+  const hkv = k.shape[1];
+  expectShape(op, "q", q, [n, h, d]);
+  expectShape(op, "k", k, [n, hkv, d]);
+  expectShape(op, "v", v, [n, hkv, d]);
+  checkHeads(op, h, hkv, d);
+  if (cuSeqlens.dtype !== "u32" || cuSeqlens.shape.length !== 1 || cuSeqlens.size < 1) {
+    throw new Error(
+      `${op}: cuSeqlens must be u32 [B+1], got ${cuSeqlens.shape}/${cuSeqlens.dtype}`,
+    );
+  }
+  return { n, h, hkv, d };
+}
+
+/** Rows per workgroup-memory tile: two tiles of D floats per row plus (lse, delta) in 16 KiB. */
+function tileRows(d: number): number {
+  return Math.max(1, Math.min(32, Math.floor(16384 / (8 * d + 8))));
+}
+
+function spec(entry: string, d: number, bindings: readonly ("uniform" | "read" | "rw")[]) {
+  const vec = d % 4 === 0;
+  const defines = {
+    ELEM: vec ? "vec4<f32>" : "f32",
+    DW: vec ? d / 4 : d,
+    HSUM: vec ? "x.x + x.y + x.z + x.w" : "x",
+    BT: tileRows(d),
+  };
+  return { file: "attention.wgsl", entry, bindings, defines } satisfies KernelSpec;
+}
+
+function pickVariant(gpu: Gpu, g: number, v: AttentionVariant = "auto"): "cpu" | "tiled" {
+  // The tiled kernels put a whole KV group in one 64-lane workgroup.
+  if (g > LANES) return "cpu";
+  if (v !== "auto") return v;
+  return gpu.isCpuAdapter ? "cpu" : "tiled";
+}
+
+function params(x: Dims, nseq: number, scale: number) {
+  return [x.n, x.h, x.hkv, nseq, { f32: scale }];
+}
+
+/**
+ * Causal self-attention over a packed batch. q [N, H, D], k and v [N, Hkv, D] (already RoPE'd),
+ * `cuSeqlens` u32 [B+1] with cuSeqlens[0] = 0 and cuSeqlens[B] = N: token t of sequence b
+ * attends to tokens cuSeqlens[b] ..= t. Query head h uses KV head h / (H / Hkv). Tokens outside
+ * [cuSeqlens[0], cuSeqlens[B]) are treated as padding (zero output, lse 0).
+ */
+export async function attentionForward(
+  gpu: Gpu,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  cuSeqlens: Tensor,
+  opts: AttentionOptions = {},
+): Promise<AttentionSaved> {
+  const x = dims("attentionForward", q, k, v, cuSeqlens);
+  const scale = opts.scale ?? 1 / Math.sqrt(x.d);
+  const out = gpu.empty([x.n, x.h, x.d]);
+  const lse = gpu.empty([x.n, x.h]);
+  if (x.n === 0) return { out, lse };
+  const g = x.h / x.hkv;
+  const variant = pickVariant(gpu, g, opts.variant);
+  const kern = await gpu.kernel(spec(`attn_fwd_${variant === "cpu" ? "rows" : "tiled"}`, x.d, FWD));
+  const groups = variant === "cpu"
+    ? grid(cdiv(x.n * x.h, LANES))
+    : grid(cdiv(x.n, Math.floor(LANES / g)) * x.hkv);
+  gpu.dispatch(kern, [params(x, cuSeqlens.size - 1, scale), q, k, v, cuSeqlens, out, lse], groups);
+  return { out, lse };
+}
+
+/**
+ * Gradients of {@linkcode attentionForward} given dOut [N, H, D] and what the forward saved.
+ * Records three dispatches: the per-row constants (lse, rowsum(dOut ⊙ out)), dq by looping over
+ * each query's keys, and dk/dv by looping over the queries that see each key, summed over the
+ * query heads of its group (deterministic, no atomics). `opts` must match the forward's scale.
+ */
+export async function attentionBackward(
+  gpu: Gpu,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  saved: AttentionSaved,
+  dOut: Tensor,
+  cuSeqlens: Tensor,
+  opts: AttentionOptions = {},
+): Promise<AttentionGrads> {
+  const op = "attentionBackward";
+  const x = dims(op, q, k, v, cuSeqlens);
+  expectShape(op, "saved.out", saved.out, q.shape);
+  expectShape(op, "saved.lse", saved.lse, [x.n, x.h]);
+  expectShape(op, "dOut", dOut, q.shape);
+  const scale = opts.scale ?? 1 / Math.sqrt(x.d);
+  const dq = gpu.empty(q.shape);
+  const dk = gpu.empty(k.shape);
+  const dv = gpu.empty(v.shape);
+  if (x.n === 0) return { dq, dk, dv };
+  const g = x.h / x.hkv;
+  const variant = pickVariant(gpu, g, opts.variant);
+  const suffix = variant === "cpu" ? "rows" : "tiled";
+  const [prep, kdq, kdkdv] = await Promise.all([
+    gpu.kernel(spec("attn_bwd_prep", x.d, PREP)),
+    gpu.kernel(spec(`attn_bwd_dq_${suffix}`, x.d, DQ)),
+    gpu.kernel(spec(`attn_bwd_dkdv_${suffix}`, x.d, DKDV)),
+  ]);
+  const p = params(x, cuSeqlens.size - 1, scale);
+  const ld = gpu.empty([x.n, x.h, 2]);
+  gpu.dispatch(prep, [p, saved.out, dOut, saved.lse, ld], grid(cdiv(x.n * x.h, LANES)));
+  const rowGroups = variant === "cpu"
+    ? grid(cdiv(x.n * x.h, LANES))
+    : grid(cdiv(x.n, Math.floor(LANES / g)) * x.hkv);
+  gpu.dispatch(kdq, [p, q, k, v, cuSeqlens, dOut, ld, dq], rowGroups);
+  const keyGroups = variant === "cpu"
+    ? grid(cdiv(x.n * x.hkv, LANES))
+    : grid(cdiv(x.n, LANES) * x.hkv);
+  gpu.dispatch(kdkdv, [p, q, k, v, cuSeqlens, dOut, ld, dk, dv], keyGroups);
+  // Safe to recycle now: later work that reuses the buffer is recorded after these dispatches.
+  ld.release();
+  return { dq, dk, dv };
+}
+
+/**
+ * One new token per sequence attending to its cached keys: q [B, H, D], kCache/vCache
+ * [B, Tmax, Hkv, D], lens u32 [B] (number of valid cached positions including the new token,
+ * clamped to Tmax; 0 gives a zero row). Returns [B, H, D].
+ */
+export async function attentionDecode(
+  gpu: Gpu,
+  q: Tensor,
+  kCache: Tensor,
+  vCache: Tensor,
+  lens: Tensor,
+  opts: { scale?: number } = {},
+): Promise<Tensor> {
+  const op = "attentionDecode";
+  if (q.shape.length !== 3 || kCache.shape.length !== 4) {
+    throw new Error(`${op}: q ${q.shape} must be [B, H, D] and kCache ${kCache.shape} 4-D`);
+  }
+  const [nb, h, d] = q.shape;
+  const [, tmax, hkv] = kCache.shape;
+  expectShape(op, "q", q, [nb, h, d]);
+  expectShape(op, "kCache", kCache, [nb, tmax, hkv, d]);
+  expectShape(op, "vCache", vCache, [nb, tmax, hkv, d]);
+  expectShape(op, "lens", lens, [nb], "u32");
+  checkHeads(op, h, hkv, d);
+  const scale = opts.scale ?? 1 / Math.sqrt(d);
+  const out = gpu.empty([nb, h, d]);
+  if (nb === 0) return out;
+  const kern = await gpu.kernel(spec("attn_decode", d, DECODE));
+  gpu.dispatch(
+    kern,
+    [[nb, h, hkv, tmax, { f32: scale }], q, kCache, vCache, lens, out],
+    grid(cdiv(nb * h, LANES)),
+  );
+  return out;
+}
