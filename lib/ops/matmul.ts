@@ -1,0 +1,230 @@
+/**
+ * Matrix multiplication on GPU tensors (kernels/matmul.wgsl).
+ *
+ * Two kernel families: "cpu" for CPU rasterizers (llvmpipe/lavapipe), register-blocked straight
+ * from storage with vec4 loads and no workgroup memory; "tiled" for real GPUs, with 64×64 tiles
+ * staged in workgroup memory. "auto" picks by {@linkcode Gpu.isCpuAdapter}.
+ * @module
+ */
+import { type BufferWindow, cdiv, type Gpu, grid, type Tensor } from "../gpu.ts";
+
+/** Kernel family: "cpu" for CPU rasterizers, "tiled" (workgroup memory) for real GPUs. */
+export type MatmulVariant = "auto" | "cpu" | "tiled";
+
+/** Options for {@linkcode matmul}. */
+export interface MatmulOptions {
+  /** a is stored [K, M] (or [batch, K, M]) and used as aᵀ. */
+  transA?: boolean;
+  /** b is stored [N, K] (or [batch, N, K]) and used as bᵀ. */
+  transB?: boolean;
+  /** Destination; allocated from the pool when absent. Must not share memory with a or b. */
+  out?: Tensor;
+  /** out += alpha·op(a)·op(b) instead of out = alpha·op(a)·op(b). */
+  accumulate?: boolean;
+  /** Scale of the product; default 1. */
+  alpha?: number;
+  /** Elements between rows of out (default N): write a column block. */
+  outStride?: number;
+  /** Element offset of out[0,0] inside out's binding (default 0). */
+  outOffset?: number;
+  /** "auto": chosen from gpu.isCpuAdapter and the shapes. */
+  variant?: MatmulVariant;
+}
+
+const BINDINGS: readonly ("uniform" | "read" | "rw")[] = ["uniform", "read", "read", "rw"];
+
+/** Output tile edge of the "tiled" kernel. */
+const TILE = 64;
+
+/**
+ * C[M,N] = alpha·op(A)·op(B) (+ C). Rank-3 inputs are batched over dim 0; a rank-2 b with a
+ * rank-3 a broadcasts b over the batch. Returns out (shape [M,N] or [batch,M,N]).
+ *
+ * With a batch, the rows of batch i start at outOffset + i·M·outStride. Records one dispatch;
+ * nothing is submitted.
+ */
+export async function matmul(
+  gpu: Gpu,
+  a: Tensor,
+  b: Tensor,
+  opts: MatmulOptions = {},
+): Promise<Tensor> {
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  if (a.shape.length < 2 || a.shape.length > 3 || b.shape.length < 2 || b.shape.length > 3) {
+    throw new Error(`matmul: a ${fmt(a.shape)} and b ${fmt(b.shape)} must be rank 2 or 3`);
+  }
+  if (a.dtype !== "f32" || b.dtype !== "f32") {
+    throw new Error(`matmul: only f32 is supported (a ${a.dtype}, b ${b.dtype})`);
+  }
+  const ab = a.shape.length === 3 ? a.shape[0] : 1;
+  const bb = b.shape.length === 3 ? b.shape[0] : 1;
+  const [a0, a1] = a.shape.slice(-2);
+  const [b0, b1] = b.shape.slice(-2);
+  const [M, K] = transA ? [a1, a0] : [a0, a1];
+  const [Kb, N] = transB ? [b1, b0] : [b0, b1];
+  if (K !== Kb) {
+    throw new Error(
+      `matmul: inner dimensions differ: op(a) is ${M}×${K} (a ${fmt(a.shape)}` +
+        `${transA ? ", transA" : ""}), op(b) is ${Kb}×${N} (b ${fmt(b.shape)}` +
+        `${transB ? ", transB" : ""})`,
+    );
+  }
+  if (a.shape.length === 3 && b.shape.length === 3 && ab !== bb) {
+    throw new Error(`matmul: batch sizes differ: a ${fmt(a.shape)}, b ${fmt(b.shape)}`);
+  }
+  const batch = Math.max(ab, bb);
+  const batched = a.shape.length === 3 || b.shape.length === 3;
+  const alpha = opts.alpha ?? 1;
+  const outStride = opts.outStride ?? N;
+  const outOffset = opts.outOffset ?? 0;
+  if (!Number.isInteger(outStride) || outStride < N) {
+    throw new Error(`matmul: outStride ${outStride} must be an integer >= N = ${N}`);
+  }
+  if (!Number.isInteger(outOffset) || outOffset < 0) {
+    throw new Error(`matmul: outOffset ${outOffset} must be a non-negative integer`);
+  }
+  let out = opts.out;
+  if (!out) {
+    if (outStride !== N || outOffset !== 0) {
+      throw new Error("matmul: outStride/outOffset need an explicit out tensor");
+    }
+    if (opts.accumulate) throw new Error("matmul: accumulate needs an explicit out tensor");
+    out = gpu.empty(batched ? [batch, M, N] : [M, N]);
+  } else {
+    if (out.dtype !== "f32") throw new Error(`matmul: out must be f32, not ${out.dtype}`);
+    if (out.released) throw new Error("matmul: out was released");
+    const need = M === 0 || N === 0 ? 0 : outOffset + (batch * M - 1) * outStride + N;
+    if (need > out.size) {
+      throw new Error(
+        `matmul: out ${fmt(out.shape)} has ${out.size} elements; ${batch}×${M}×${N} with ` +
+          `outStride ${outStride} and outOffset ${outOffset} needs ${need}`,
+      );
+    }
+    if (out.buffer === a.buffer || out.buffer === b.buffer) {
+      throw new Error("matmul: out must not share a buffer with a or b");
+    }
+  }
+  const limit = gpu.limits.maxStorageBufferBindingSize;
+  for (const [name, t] of [["a", a], ["b", b], ["out", out]] as const) {
+    // a and b are bound as whole vec4s.
+    const size = name === "out" ? t.window.size : Math.ceil(t.byteLength / 16) * 16;
+    if (size > limit) {
+      throw new Error(
+        `matmul: ${name} ${fmt(t.shape)} is ${size} bytes, over the adapter's ` +
+          `${limit}-byte storage binding limit; split it into row blocks (Tensor.rows) and ` +
+          `call matmul per block (outStride/outOffset write column blocks of out, ` +
+          `accumulate sums blocks of K)`,
+      );
+    }
+  }
+  if (M === 0 || N === 0 || batch === 0) return out;
+
+  // A rank-3 a against a shared b is one tall matmul: its [batch·M, K] rows are contiguous.
+  let rowsM = M, nBatch = batch, aBatch = ab > 1 ? M * K : 0;
+  if (ab > 1 && bb === 1 && !transA) {
+    rowsM = batch * M;
+    nBatch = 1;
+    aBatch = 0;
+  }
+  const variant = pickVariant(gpu, opts.variant ?? "auto");
+  const shape = variant === "cpu" ? cpuShape(rowsM, N) : { rb: 1, cb: 1, lx: 1, ly: 1 };
+  const tileM = variant === "cpu" ? shape.ly * shape.rb * 4 : TILE;
+  const tileN = variant === "cpu" ? shape.lx * shape.cb * 4 : TILE;
+  const kernel = await gpu.kernel({
+    file: "matmul.wgsl",
+    entry: variant,
+    bindings: BINDINGS,
+    defines: {
+      TRANS_A: String(transA),
+      TRANS_B: String(transB),
+      VEC_A: String((transA ? rowsM : K) % 4 === 0),
+      VEC_B: String((transB ? K : N) % 4 === 0),
+      KTAIL: String(K % 4 !== 0),
+      RB: shape.rb,
+      CB: shape.cb,
+      LX: shape.lx,
+      LY: shape.ly,
+    },
+  });
+  const tilesN = cdiv(N, tileN);
+  const tilesPerBatch = tilesN * cdiv(rowsM, tileM);
+  const totalTiles = tilesPerBatch * nBatch;
+  gpu.dispatch(kernel, [
+    [
+      rowsM,
+      N,
+      K,
+      tilesN,
+      tilesPerBatch,
+      totalTiles,
+      aBatch,
+      bb > 1 ? K * N : 0,
+      M * outStride,
+      outStride,
+      outOffset,
+      opts.accumulate ? 1 : 0,
+      { f32: alpha },
+    ],
+    vec4Window(a),
+    vec4Window(b),
+    out,
+  ], grid(totalTiles, gpu.limits.maxComputeWorkgroupsPerDimension));
+  return out;
+}
+
+/** Shape of the "cpu" kernel for an M×N output. */
+export interface CpuKernelShape {
+  /** 4-row blocks per invocation (1..4). */
+  rb: number;
+  /** 4-column blocks per invocation (1..4). */
+  cb: number;
+  /** Invocations per workgroup along N. */
+  lx: number;
+  /** Invocations per workgroup along M (lx·ly = 8: one SIMD row on llvmpipe). */
+  ly: number;
+}
+
+/**
+ * The "cpu" kernel shape for an M×N output: the largest register block (up to 16×16) that the
+ * output fills, with the 8 invocations of a workgroup laid out to pad the output least (ties go
+ * to lanes along N, which measured fastest on lavapipe).
+ */
+export function cpuShape(M: number, N: number): CpuKernelShape {
+  const rb = Math.min(4, Math.max(1, Math.ceil(M / 4)));
+  const cb = Math.min(4, Math.max(1, Math.ceil(N / 4)));
+  let best: CpuKernelShape = { rb, cb, lx: 8, ly: 1 };
+  let bestArea = Infinity;
+  for (const lx of [8, 4, 2, 1]) {
+    const tm = (8 / lx) * rb * 4, tn = lx * cb * 4;
+    const area = Math.ceil(M / tm) * tm * Math.ceil(N / tn) * tn;
+    if (area < bestArea) {
+      bestArea = area;
+      best = { rb, cb, lx, ly: 8 / lx };
+    }
+  }
+  return best;
+}
+
+function pickVariant(gpu: Gpu, v: MatmulVariant): "cpu" | "tiled" {
+  if (v === "cpu" || v === "tiled") return v;
+  if (v !== "auto") throw new Error(`matmul: unknown variant ${v}`);
+  return gpu.isCpuAdapter ? "cpu" : "tiled";
+}
+
+/** The tensor's binding widened to whole vec4s (the kernels read a and b as vec4 arrays). */
+function vec4Window(t: Tensor): BufferWindow {
+  if (t.released) throw new Error(`matmul: input ${fmt(t.shape)} was released`);
+  const size = Math.max(16, Math.ceil(t.byteLength / 16) * 16);
+  if (t.byteOffset + size > t.buffer.size) {
+    throw new Error(
+      `matmul: tensor ${fmt(t.shape)} at byte ${t.byteOffset} cannot be read as vec4s ` +
+        `(its buffer of ${t.buffer.size} bytes ends inside the last vec4)`,
+    );
+  }
+  return { buffer: t.buffer, offset: t.byteOffset, size };
+}
+
+function fmt(shape: readonly number[]): string {
+  return `[${shape.join(", ")}]`;
+}

@@ -1,0 +1,213 @@
+import { assertRejects } from "@std/assert";
+import type { Gpu, Tensor } from "../lib/gpu.ts";
+import { matmul, type MatmulVariant } from "../lib/ops/matmul.ts";
+import { matmulBackwardRef, matmulRef } from "../lib/ref/matmul.ts";
+import { assertClose, randn, testGpu } from "./_util.ts";
+
+const VARIANTS: MatmulVariant[] = ["cpu", "tiled"];
+const LAYOUTS = [
+  { transA: false, transB: false },
+  { transA: false, transB: true },
+  { transA: true, transB: false },
+  { transA: true, transB: true },
+];
+const tag = (l: { transA: boolean; transB: boolean }) =>
+  `${l.transA ? "T" : "N"}${l.transB ? "T" : "N"}`;
+
+// Shapes [M, N, K]: degenerate, thin (HiRA ranks), ragged and tile/vec4-aligned.
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1],
+  [1, 37, 13],
+  [29, 1, 13],
+  [1, 64, 64],
+  [37, 29, 13],
+  [65, 67, 71],
+  [64, 64, 64],
+  [8, 12, 16],
+  [70, 36, 8],
+  [33, 4, 96],
+  [3, 130, 2],
+  [130, 66, 5],
+  [128, 132, 40],
+];
+
+/** f32 accumulation error grows like sqrt(K) for inputs in [-1, 1]. */
+function tol(K: number) {
+  return { rtol: 1e-5, atol: 2e-6 * Math.sqrt(K) };
+}
+
+function shapeA(M: number, K: number, transA: boolean, batch?: number): number[] {
+  const s = transA ? [K, M] : [M, K];
+  return batch === undefined ? s : [batch, ...s];
+}
+
+function shapeB(K: number, N: number, transB: boolean, batch?: number): number[] {
+  const s = transB ? [N, K] : [K, N];
+  return batch === undefined ? s : [batch, ...s];
+}
+
+function releaseAll(ts: Tensor[]): void {
+  for (const t of ts) t.release();
+}
+
+async function checkPlain(gpu: Gpu, variant: MatmulVariant): Promise<void> {
+  for (const layout of LAYOUTS) {
+    const keep: Tensor[] = [];
+    const cases: { out: Tensor; ref: Float64Array; K: number; label: string }[] = [];
+    SHAPES.forEach(([M, N, K], i) => {
+      const av = randn(M * K, 100 + i), bv = randn(K * N, 200 + i);
+      const a = gpu.upload(av, shapeA(M, K, layout.transA));
+      const b = gpu.upload(bv, shapeB(K, N, layout.transB));
+      keep.push(a, b);
+      cases.push({
+        out: null as unknown as Tensor,
+        ref: matmulRef(av, bv, M, N, K, layout),
+        K,
+        label: `${variant} ${tag(layout)} ${M}x${N}x${K}`,
+      });
+      // Recorded below so that all shapes of a layout share one submit.
+      cases[cases.length - 1].out = a; // placeholder replaced after the await
+    });
+    for (let i = 0; i < SHAPES.length; i++) {
+      const a = keep[2 * i], b = keep[2 * i + 1];
+      cases[i].out = await matmul(gpu, a, b, { ...layout, variant });
+    }
+    const got = await gpu.readMany(cases.map((c) => c.out));
+    cases.forEach((c, i) => assertClose(got[i], c.ref, { ...tol(c.K), label: c.label }));
+    releaseAll([...keep, ...cases.map((c) => c.out)]);
+  }
+}
+
+for (const variant of VARIANTS) {
+  Deno.test(`matmul ${variant}: all layouts on ragged, thin and aligned shapes`, async () => {
+    await checkPlain(await testGpu(), variant);
+  });
+
+  Deno.test(`matmul ${variant}: batched, broadcast b, alpha and accumulate`, async () => {
+    const gpu = await testGpu();
+    const B = 3;
+    for (const layout of LAYOUTS) {
+      for (const [M, N, K] of [[5, 7, 9], [20, 16, 12], [1, 1, 3]] as const) {
+        const av = randn(B * M * K, 1), bv = randn(B * K * N, 2), bv2 = randn(K * N, 3);
+        const cv = randn(B * M * N, 4);
+        const a = gpu.upload(av, shapeA(M, K, layout.transA, B));
+        const b = gpu.upload(bv, shapeB(K, N, layout.transB, B));
+        const b2 = gpu.upload(bv2, shapeB(K, N, layout.transB));
+        const acc = gpu.upload(cv, [B, M, N]);
+        const batched = await matmul(gpu, a, b, { ...layout, variant, alpha: -0.5 });
+        const bcast = await matmul(gpu, a, b2, { ...layout, variant });
+        await matmul(gpu, a, b, { ...layout, variant, out: acc, accumulate: true, alpha: 2 });
+        const [g1, g2, g3] = await gpu.readMany([batched, bcast, acc]);
+        const e1 = new Float64Array(B * M * N), e2 = new Float64Array(B * M * N);
+        const e3 = new Float64Array(B * M * N);
+        for (let i = 0; i < B; i++) {
+          const ai = av.subarray(i * M * K, (i + 1) * M * K);
+          const r1 = matmulRef(ai, bv.subarray(i * K * N, (i + 1) * K * N), M, N, K, layout);
+          const r2 = matmulRef(ai, bv2, M, N, K, layout);
+          for (let j = 0; j < M * N; j++) {
+            e1[i * M * N + j] = -0.5 * r1[j];
+            e2[i * M * N + j] = r2[j];
+            e3[i * M * N + j] = cv[i * M * N + j] + 2 * r1[j];
+          }
+        }
+        const label = `${variant} ${tag(layout)} ${B}x${M}x${N}x${K}`;
+        assertClose(g1, e1, { ...tol(K), label: `batched ${label}` });
+        assertClose(g2, e2, { ...tol(K), label: `broadcast ${label}` });
+        assertClose(g3, e3, { ...tol(K), label: `accumulate ${label}` });
+        if (batched.shape.join() !== [B, M, N].join()) throw new Error(`shape ${batched.shape}`);
+        releaseAll([a, b, b2, acc, batched, bcast]);
+      }
+    }
+  });
+
+  Deno.test(`matmul ${variant}: outStride/outOffset write a column block`, async () => {
+    const gpu = await testGpu();
+    for (const layout of LAYOUTS) {
+      for (const [M, N, K] of [[9, 6, 7], [17, 12, 8], [1, 3, 4]] as const) {
+        // out is [rows, W]; the product lands in rows [r0, r0+M), columns [c0, c0+N).
+        const W = N + 9, rows = M + 3, r0 = 2, c0 = 5;
+        const av = randn(M * K, 11), bv = randn(K * N, 12), cv = randn(rows * W, 13);
+        const a = gpu.upload(av, shapeA(M, K, layout.transA));
+        const b = gpu.upload(bv, shapeB(K, N, layout.transB));
+        const set = gpu.upload(cv, [rows, W]);
+        const acc = gpu.upload(cv, [rows, W]);
+        const o = { ...layout, variant, outStride: W, outOffset: r0 * W + c0 };
+        await matmul(gpu, a, b, { ...o, out: set, alpha: 3 });
+        await matmul(gpu, a, b, { ...o, out: acc, accumulate: true });
+        const [gs, ga] = await gpu.readMany([set, acc]);
+        const ref = matmulRef(av, bv, M, N, K, layout);
+        const es = Float64Array.from(cv), ea = Float64Array.from(cv);
+        for (let m = 0; m < M; m++) {
+          for (let n = 0; n < N; n++) {
+            const i = (r0 + m) * W + c0 + n;
+            es[i] = 3 * ref[m * N + n];
+            ea[i] = cv[i] + ref[m * N + n];
+          }
+        }
+        const label = `${variant} ${tag(layout)} ${M}x${N}x${K}`;
+        assertClose(gs, es, { ...tol(K), label: `set ${label}` });
+        assertClose(ga, ea, { ...tol(K), label: `accumulate ${label}` });
+        releaseAll([a, b, set, acc]);
+      }
+    }
+  });
+}
+
+Deno.test("matmul: the model's forward and backward products match the f64 reference", async () => {
+  const gpu = await testGpu();
+  // y = x·Wᵀ, dX = dY·W, dW = dYᵀ·X with x [T, C], W [O, C].
+  const T = 19, C = 24, O = 10;
+  const xv = randn(T * C, 21), wv = randn(O * C, 22), dyv = randn(T * O, 23);
+  const x = gpu.upload(xv, [T, C]), w = gpu.upload(wv, [O, C]), dy = gpu.upload(dyv, [T, O]);
+  for (const variant of VARIANTS) {
+    const y = await matmul(gpu, x, w, { transB: true, variant });
+    const dx = await matmul(gpu, dy, w, { variant });
+    const dw = await matmul(gpu, dy, x, { transA: true, variant });
+    const [gy, gdx, gdw] = await gpu.readMany([y, dx, dw]);
+    const { da, db } = matmulBackwardRef(dyv, xv, wv, T, O, C, { transB: true });
+    assertClose(gy, matmulRef(xv, wv, T, O, C, { transB: true }), { ...tol(C), label: "y" });
+    assertClose(gdx, da, { ...tol(O), label: `dX ${variant}` });
+    assertClose(gdw, db, { ...tol(T), label: `dW ${variant}` });
+    releaseAll([y, dx, dw]);
+  }
+  releaseAll([x, w, dy]);
+});
+
+Deno.test("matmulBackwardRef matches central finite differences of matmulRef", () => {
+  const M = 3, N = 4, K = 5;
+  for (const layout of LAYOUTS) {
+    const a = Float64Array.from(randn(M * K, 31)), b = Float64Array.from(randn(K * N, 32));
+    const dc = Float64Array.from(randn(M * N, 33));
+    const loss = (aa: Float64Array, bb: Float64Array) =>
+      matmulRef(aa, bb, M, N, K, layout).reduce((s, v, i) => s + v * dc[i], 0);
+    const { da, db } = matmulBackwardRef(dc, a, b, M, N, K, layout);
+    const h = 1e-6;
+    const fd = (x: Float64Array, f: () => number) =>
+      Array.from(x, (_, i) => {
+        const x0 = x[i];
+        x[i] = x0 + h;
+        const up = f();
+        x[i] = x0 - h;
+        const down = f();
+        x[i] = x0;
+        return (up - down) / (2 * h);
+      });
+    const f = () => loss(a, b);
+    assertClose(da, fd(a, f), { rtol: 1e-7, atol: 1e-8, label: `dA ${tag(layout)}` });
+    assertClose(db, fd(b, f), { rtol: 1e-7, atol: 1e-8, label: `dB ${tag(layout)}` });
+  }
+});
+
+Deno.test("matmul: shape errors are clear", async () => {
+  const gpu = await testGpu();
+  const a = gpu.empty([4, 5]), b = gpu.empty([6, 7]), b3 = gpu.empty([2, 5, 7]);
+  const a3 = gpu.empty([3, 4, 5]), small = gpu.empty([4, 6]);
+  await assertRejects(() => matmul(gpu, a, b), Error, "inner dimensions differ");
+  await assertRejects(() => matmul(gpu, a3, b3), Error, "batch sizes differ");
+  await assertRejects(() => matmul(gpu, gpu.empty([5]), b), Error, "rank 2 or 3");
+  const b57 = gpu.empty([5, 7]);
+  await assertRejects(() => matmul(gpu, a, b57, { out: small }), Error, "needs 28");
+  await assertRejects(() => matmul(gpu, a, b57, { outStride: 3, out: small }), Error, ">= N");
+  await assertRejects(() => matmul(gpu, a, b57, { outOffset: 2 }), Error, "explicit out");
+  releaseAll([a, b, b3, a3, small, b57]);
+});
