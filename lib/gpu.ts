@@ -259,6 +259,7 @@ export class Gpu {
   #uniformOffset = 0;
   #staging: GPUBuffer[] = [];
   #lost: GPUDeviceLostInfo | null = null;
+  #errors: string[] = [];
 
   constructor(
     readonly adapter: GPUAdapter,
@@ -276,6 +277,11 @@ export class Gpu {
     device.lost.then((info) => {
       this.#lost = info;
     });
+    // Validation errors (e.g. a buffer bound both read-only and writable in one dispatch) are
+    // otherwise only printed; collect them and fail the next flush so bugs cannot go silent.
+    device.addEventListener("uncapturederror", (e) => {
+      this.#errors.push((e as GPUUncapturedErrorEvent).error.message);
+    });
   }
 
   /** A one-line description of the adapter. */
@@ -289,6 +295,10 @@ export class Gpu {
   checkLost(): void {
     if (this.#lost) {
       throw new Error(`GPU device lost: ${this.#lost.message || this.#lost.reason}`);
+    }
+    if (this.#errors.length) {
+      const errs = this.#errors.splice(0);
+      throw new Error(`WebGPU validation error: ${errs.join("; ")}`);
     }
   }
 

@@ -6,7 +6,12 @@
  */
 
 /** The learning rate of 0-based optimizer step `step`. */
-export function linearWarmupDecay(step: number, peak: number, warmup: number, total: number): number {
+export function linearWarmupDecay(
+  step: number,
+  peak: number,
+  warmup: number,
+  total: number,
+): number {
   if (step < warmup) return (peak * step) / Math.max(1, warmup);
   return peak * Math.max(0, (total - step) / Math.max(1, total - warmup));
 }
@@ -15,7 +20,12 @@ export function linearWarmupDecay(step: number, peak: number, warmup: number, to
  * Optimizer steps of a run, as HF Trainer counts them:
  * updates per epoch = max(1, floor(ceil(N / batch) / gradAcc)), total = ceil(epochs × that).
  */
-export function totalSteps(examples: number, batch: number, gradAcc: number, epochs: number): number {
+export function totalSteps(
+  examples: number,
+  batch: number,
+  gradAcc: number,
+  epochs: number,
+): number {
   const perEpoch = Math.max(1, Math.floor(Math.ceil(examples / batch) / gradAcc));
   return Math.ceil(epochs * perEpoch);
 }

@@ -15,7 +15,11 @@ Deno.test("linear helpers match their CPU references", async (t) => {
       const blk = await copyColumns(gpu, gpu.upload(y, [rows, cols]), off, cnt);
       const [ry, rdb, rblk] = await gpu.readMany([ty, tdb, blk]);
       assertClose(ry, addBiasRef(y, b), { label: "addBias" });
-      assertClose(rdb, biasGradRef(y, cols).map((v, i) => v + db0[i]), { rtol: 1e-5, atol: 1e-5, label: "biasGrad" });
+      assertClose(rdb, biasGradRef(y, cols).map((v, i) => v + db0[i]), {
+        rtol: 1e-5,
+        atol: 1e-5,
+        label: "biasGrad",
+      });
       assertClose(rblk, copyColumnsRef(y, rows, cols, off, cnt), { label: "copyColumns" });
     });
   }

@@ -11,7 +11,9 @@ function spec(entry: string): KernelSpec {
 /** y[r, :] += bias, in place. */
 export async function addBias(gpu: Gpu, y: Tensor, bias: Tensor): Promise<Tensor> {
   const cols = bias.size;
-  if (y.size % cols !== 0) throw new Error(`addBias: ${y.shape} rows are not a multiple of ${cols}`);
+  if (y.size % cols !== 0) {
+    throw new Error(`addBias: ${y.shape} rows are not a multiple of ${cols}`);
+  }
   const k = await gpu.kernel(spec("add_bias"));
   gpu.dispatch(k, [[y.size / cols, cols, 0, 0], bias, y], grid(cdiv(y.size, 256)));
   return y;
@@ -20,7 +22,9 @@ export async function addBias(gpu: Gpu, y: Tensor, bias: Tensor): Promise<Tensor
 /** db += column sums of dy [rows, cols]. */
 export async function biasGrad(gpu: Gpu, dy: Tensor, db: Tensor): Promise<void> {
   const cols = db.size;
-  if (dy.size % cols !== 0) throw new Error(`biasGrad: ${dy.shape} does not match bias ${db.shape}`);
+  if (dy.size % cols !== 0) {
+    throw new Error(`biasGrad: ${dy.shape} does not match bias ${db.shape}`);
+  }
   const k = await gpu.kernel(spec("bias_grad"));
   gpu.dispatch(k, [[dy.size / cols, cols, 0, 0], dy, db], [cdiv(cols, 64)]);
 }

@@ -1,0 +1,212 @@
+/**
+ * Llama-family model configuration, read from a Hugging Face config.json.
+ *
+ * Supported: LlamaForCausalLM (Llama 2, Llama 3/3.x, TinyLlama, SmolLM), Qwen2ForCausalLM
+ * (q/k/v biases) and MistralForCausalLM without sliding windows. Anything else is refused with a
+ * clear error rather than loaded wrongly.
+ * @module
+ */
+import { HiraError } from "./errors.ts";
+
+/** llama3-type RoPE scaling parameters (transformers `_compute_llama3_parameters`). */
+export interface RopeScaling {
+  rope_type: "llama3";
+  factor: number;
+  low_freq_factor: number;
+  high_freq_factor: number;
+  original_max_position_embeddings: number;
+}
+
+/** The fields of config.json the engine uses, normalised. */
+export interface LlamaConfig {
+  architecture: string;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeScaling: RopeScaling | null;
+  tieWordEmbeddings: boolean;
+  /**
+   * Projections that carry a bias: q/k/v for Qwen2; q/k/v/o for Llama with attention_bias
+   * (transformers gives LlamaAttention's o_proj a bias too); none otherwise.
+   */
+  biasProjections: Projection[];
+  vocabSize: number;
+  bosTokenId: number | null;
+  eosTokenIds: number[];
+  maxPositionEmbeddings: number;
+  /** dtype the checkpoint was saved in ("bfloat16", "float16", "float32"). */
+  torchDtype: string;
+  /** The parsed config.json, kept so merged exports can write it back. */
+  raw: Record<string, unknown>;
+}
+
+const SUPPORTED = ["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"];
+
+/** The seven linear projections of a Llama decoder layer, in PEFT's names. */
+export const PROJECTIONS = [
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "o_proj",
+  "gate_proj",
+  "up_proj",
+  "down_proj",
+] as const;
+
+/** One of {@linkcode PROJECTIONS}. */
+export type Projection = typeof PROJECTIONS[number];
+
+/** Parses and validates a config.json object; `file` names it in errors. */
+export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new HiraError(file, "is not a JSON object");
+  }
+  const c = json as Record<string, unknown>;
+  const arch = Array.isArray(c.architectures) ? String(c.architectures[0]) : "";
+  const modelType = String(c.model_type ?? "");
+  if (!SUPPORTED.includes(arch) && !["llama", "qwen2", "mistral"].includes(modelType)) {
+    throw new HiraError(
+      file,
+      `unsupported architecture ${arch || modelType || "(none given)"}; ` +
+        `supported: ${SUPPORTED.join(", ")}`,
+    );
+  }
+  const int = (key: string, fallback?: number): number => {
+    const v = c[key] ?? fallback;
+    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
+      throw new HiraError(
+        file,
+        v === undefined
+          ? `missing field ${key}`
+          : `${key} must be a positive integer, got ${JSON.stringify(v)}`,
+      );
+    }
+    return v;
+  };
+  const num = (key: string, fallback: number): number => {
+    const v = c[key] ?? fallback;
+    if (typeof v !== "number" || !(v > 0)) {
+      throw new HiraError(file, `${key} must be a positive number, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  };
+  const hiddenSize = int("hidden_size");
+  const numHeads = int("num_attention_heads");
+  const numKvHeads = int("num_key_value_heads", numHeads);
+  if (numHeads % numKvHeads !== 0) {
+    throw new HiraError(
+      file,
+      `num_attention_heads (${numHeads}) is not a multiple of num_key_value_heads (${numKvHeads})`,
+    );
+  }
+  const headDim = c.head_dim == null ? hiddenSize / numHeads : int("head_dim");
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
+    throw new HiraError(file, `head dimension ${headDim} must be an even integer`);
+  }
+  if (c.sliding_window != null && c.use_sliding_window !== false && modelType === "mistral") {
+    throw new HiraError(file, "sliding-window attention is not supported");
+  }
+  let ropeScaling: RopeScaling | null = null;
+  const rs = c.rope_scaling as Record<string, unknown> | null | undefined;
+  if (rs != null) {
+    const type = rs.rope_type ?? rs.type;
+    if (type === "default") ropeScaling = null;
+    else if (type !== "llama3") {
+      throw new HiraError(
+        file,
+        `rope_scaling type ${JSON.stringify(type)} is not supported (llama3 or none)`,
+      );
+    } else {
+      for (
+        const k of [
+          "factor",
+          "low_freq_factor",
+          "high_freq_factor",
+          "original_max_position_embeddings",
+        ]
+      ) {
+        if (typeof rs[k] !== "number") throw new HiraError(file, `rope_scaling.${k} is missing`);
+      }
+      ropeScaling = {
+        rope_type: "llama3",
+        factor: rs.factor as number,
+        low_freq_factor: rs.low_freq_factor as number,
+        high_freq_factor: rs.high_freq_factor as number,
+        original_max_position_embeddings: rs.original_max_position_embeddings as number,
+      };
+    }
+  }
+  const eos = c.eos_token_id;
+  const eosTokenIds = Array.isArray(eos) ? eos.map(Number) : typeof eos === "number" ? [eos] : [];
+  if (c.hidden_act != null && c.hidden_act !== "silu") {
+    throw new HiraError(file, `hidden_act ${JSON.stringify(c.hidden_act)} is not supported (silu)`);
+  }
+  if (c.mlp_bias === true) throw new HiraError(file, "mlp_bias is not supported");
+  return {
+    architecture: arch || modelType,
+    hiddenSize,
+    intermediateSize: int("intermediate_size"),
+    numLayers: int("num_hidden_layers"),
+    numHeads,
+    numKvHeads,
+    headDim,
+    rmsNormEps: num("rms_norm_eps", 1e-6),
+    ropeTheta: num("rope_theta", 10000),
+    ropeScaling,
+    tieWordEmbeddings: c.tie_word_embeddings === true,
+    biasProjections: arch === "Qwen2ForCausalLM" || modelType === "qwen2"
+      ? ["q_proj", "k_proj", "v_proj"]
+      : c.attention_bias === true
+      ? ["q_proj", "k_proj", "v_proj", "o_proj"]
+      : [],
+    vocabSize: int("vocab_size"),
+    bosTokenId: typeof c.bos_token_id === "number" ? c.bos_token_id : null,
+    eosTokenIds,
+    maxPositionEmbeddings: int("max_position_embeddings", 2048),
+    torchDtype: String(c.torch_dtype ?? "float32"),
+    raw: c,
+  };
+}
+
+/** [out, in] of a projection. */
+export function projectionShape(cfg: LlamaConfig, p: Projection): [number, number] {
+  const C = cfg.hiddenSize, F = cfg.intermediateSize;
+  const q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
+  switch (p) {
+    case "q_proj":
+      return [q, C];
+    case "k_proj":
+    case "v_proj":
+      return [kv, C];
+    case "o_proj":
+      return [C, q];
+    case "gate_proj":
+    case "up_proj":
+      return [F, C];
+    case "down_proj":
+      return [C, F];
+  }
+}
+
+/** The module path of a projection in layer `l` ("model.layers.3.self_attn.q_proj"). */
+export function modulePath(l: number, p: Projection): string {
+  const group = p === "gate_proj" || p === "up_proj" || p === "down_proj" ? "mlp" : "self_attn";
+  return `model.layers.${l}.${group}.${p}`;
+}
+
+/** Parameter count of the base model (embeddings, layers, norms, untied head). */
+export function baseParameterCount(cfg: LlamaConfig): number {
+  let n = cfg.vocabSize * cfg.hiddenSize * (cfg.tieWordEmbeddings ? 1 : 2) + cfg.hiddenSize;
+  for (const p of PROJECTIONS) {
+    const [o, i] = projectionShape(cfg, p);
+    n += cfg.numLayers * o * i;
+  }
+  n += cfg.numLayers * 2 * cfg.hiddenSize;
+  for (const p of cfg.biasProjections) n += cfg.numLayers * projectionShape(cfg, p)[0];
+  return n;
+}
