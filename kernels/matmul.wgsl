@@ -13,6 +13,7 @@
 //   TRANS_A, TRANS_B  "true"/"false": a is stored [K, M] / b is stored [N, K].
 //   VEC_A, VEC_B      "true" when the operand's contiguous dimension is a multiple of 4 (and so
 //                     are its batch strides), so the CPU kernel may load whole vec4s of it.
+//   VEC_C             "true" when N, outStride and outOffset are multiples of 4: whole-vec4 stores.
 //   KTAIL             "true" when K % 4 != 0: the CPU kernel then zeroes k >= K in its last step.
 //   RB, CB, LX, LY    CPU kernel shape: each invocation owns RB×CB blocks of 4×4 outputs and a
 //                     workgroup is LX (along N) × LY (along M) invocations.
@@ -37,6 +38,7 @@ const TRANS_A: bool = {{TRANS_A}};
 const TRANS_B: bool = {{TRANS_B}};
 const VEC_A: bool = {{VEC_A}};
 const VEC_B: bool = {{VEC_B}};
+const VEC_C: bool = {{VEC_C}};
 const KTAIL: bool = {{KTAIL}};
 const RB: u32 = {{RB}}u;
 const CB: u32 = {{CB}}u;
@@ -46,7 +48,7 @@ const LY: u32 = {{LY}}u;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
 
 fn ea(i: u32) -> f32 {
   return a[i >> 2u][i & 3u];
@@ -69,19 +71,24 @@ fn idxB(k: u32, n: u32) -> u32 {
 
 // Writes row r, columns n0..n0+3 of one batch's output (those inside M×N).
 fn store4(cBase: u32, r: u32, n0: u32, v: vec4<f32>) {
-  if (r >= p.M) { return; }
-  let row = cBase + r * p.outStride;
-  for (var j = 0u; j < 4u; j++) {
-    let n = n0 + j;
-    if (n < p.N) {
-      let i = row + n;
-      if (p.accumulate != 0u) {
-        c[i] = fma(p.alpha, v[j], c[i]);
-      } else {
-        c[i] = p.alpha * v[j];
-      }
-    }
+  if (r >= p.M || n0 >= p.N) { return; }
+  let i = cBase + r * p.outStride + n0;
+  var w = p.alpha * v;
+  if (VEC_C) {
+    if (p.accumulate != 0u) { w += c[i >> 2u]; }
+    c[i >> 2u] = w;
+    return;
   }
+  // Ragged rows: one element at a time, columns past N untouched.
+  let n = min(vec4(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4(p.N - 1u)) - n0 + i;
+  if (p.accumulate != 0u) {
+    w += vec4(c[n.x >> 2u][n.x & 3u], c[n.y >> 2u][n.y & 3u], c[n.z >> 2u][n.z & 3u],
+      c[n.w >> 2u][n.w & 3u]);
+  }
+  c[n.x >> 2u][n.x & 3u] = w.x;
+  if (n0 + 1u < p.N) { c[n.y >> 2u][n.y & 3u] = w.y; }
+  if (n0 + 2u < p.N) { c[n.z >> 2u][n.z & 3u] = w.z; }
+  if (n0 + 3u < p.N) { c[n.w >> 2u][n.w & 3u] = w.w; }
 }
 
 struct TileOrigin {
@@ -99,100 +106,134 @@ fn tileOrigin(tile: u32, tm: u32, tn: u32) -> TileOrigin {
 // CPU-adapter kernel (llvmpipe/lavapipe): no workgroup memory, no barriers. A CPU rasterizer
 // runs 8 invocations in SIMD lanes and turns every storage load into a per-lane loop, so the
 // cost is the number of load instructions: each invocation keeps up to 16×16 outputs in
-// registers (spilling is cheaper than loading) and loads whole vec4s along the contiguous axis.
+// registers (spilling them is cheaper than loading more) and loads whole vec4s along the
+// contiguous axis. Addresses advance by a constant step per k so the loop does no index math.
 // ---------------------------------------------------------------------------------------------
 
-// op(A) rows m0..m0+3 at k..k+3, as a matrix whose column q is op(A)[m0+q, k..k+3]. Rows past
-// M are clamped (their outputs are never stored); with KTAIL, entries with k >= K are zeroed.
-fn loadA(base: u32, m0: u32, k: u32) -> mat4x4<f32> {
+// Per-k-step advance of an A (B) address vector from aOffsets (bOffsets): 4 ks, in the units
+// loadA (loadB) indexes with (vec4s on the vec4 paths, elements otherwise).
+fn aStep() -> u32 {
+  if (VEC_A && TRANS_A) { return p.M; }
+  if (VEC_A) { return 1u; }
+  if (TRANS_A) { return 4u * p.M; }
+  return 4u;
+}
+
+fn bStep() -> u32 {
+  if (VEC_B && TRANS_B) { return 1u; }
+  if (VEC_B) { return p.N; }
+  if (TRANS_B) { return 4u; }
+  return 4u * p.N;
+}
+
+// Addresses of the op(A) rows m0..m0+3 at k = 0. Rows past M are clamped: their outputs are
+// never stored. Vec4 paths: the vec4 of row q (or, transposed, of k-row q); else row q's first
+// element.
+fn aOffsets(base: u32, m0: u32) -> vec4<u32> {
+  if (VEC_A && TRANS_A) {
+    let m4 = p.M >> 2u;
+    return (base >> 2u) + min(m0, p.M - 4u) / 4u + vec4<u32>(0u, m4, 2u * m4, 3u * m4);
+  }
+  let last = p.M - 1u;
+  let m = min(vec4<u32>(m0, m0 + 1u, m0 + 2u, m0 + 3u), vec4(last));
+  if (VEC_A) { return (base >> 2u) + m * (p.K >> 2u); }
+  if (TRANS_A) { return base + m; }
+  return base + m * p.K;
+}
+
+// Addresses of the op(B) columns n0..n0+3 at k = 0, like aOffsets.
+fn bOffsets(base: u32, n0: u32) -> vec4<u32> {
+  if (VEC_B && !TRANS_B) {
+    let n4 = p.N >> 2u;
+    return (base >> 2u) + min(n0, p.N - 4u) / 4u + vec4<u32>(0u, n4, 2u * n4, 3u * n4);
+  }
+  let last = p.N - 1u;
+  let n = min(vec4<u32>(n0, n0 + 1u, n0 + 2u, n0 + 3u), vec4(last));
+  if (VEC_B) { return (base >> 2u) + n * (p.K >> 2u); }
+  if (TRANS_B) { return base + n * p.K; }
+  return base + n;
+}
+
+// op(A)[m0..m0+3, k..k+3] as a matrix whose column q is op(A)[m0+q, k..k+3].
+fn loadA(o: vec4<u32>, k: u32) -> mat4x4<f32> {
   var r: mat4x4<f32>;
   if (VEC_A && TRANS_A) {
-    let m = min(m0, p.M - 4u);
-    r = transpose(mat4x4<f32>(
-      a[(base + k * p.M + m) >> 2u],
-      a[(base + (k + 1u) * p.M + m) >> 2u],
-      a[(base + (k + 2u) * p.M + m) >> 2u],
-      a[(base + (k + 3u) * p.M + m) >> 2u],
-    ));
+    r = transpose(mat4x4<f32>(a[o.x], a[o.y], a[o.z], a[o.w]));
   } else if (VEC_A) {
-    let last = p.M - 1u;
-    r = mat4x4<f32>(
-      a[(base + min(m0, last) * p.K + k) >> 2u],
-      a[(base + min(m0 + 1u, last) * p.K + k) >> 2u],
-      a[(base + min(m0 + 2u, last) * p.K + k) >> 2u],
-      a[(base + min(m0 + 3u, last) * p.K + k) >> 2u],
-    );
+    r = mat4x4<f32>(a[o.x], a[o.y], a[o.z], a[o.w]);
   } else {
-    for (var q = 0u; q < 4u; q++) {
-      let i = base + idxA(min(m0 + q, p.M - 1u), k);
-      if (TRANS_A) {
-        r[q] = vec4(ea(i), ea(i + p.M), ea(i + 2u * p.M), ea(i + 3u * p.M));
-      } else {
-        r[q] = vec4(ea(i), ea(i + 1u), ea(i + 2u), ea(i + 3u));
-      }
-    }
+    var s = 1u;
+    if (TRANS_A) { s = p.M; }
+    r = mat4x4<f32>(
+      vec4(ea(o.x), ea(o.x + s), ea(o.x + 2u * s), ea(o.x + 3u * s)),
+      vec4(ea(o.y), ea(o.y + s), ea(o.y + 2u * s), ea(o.y + 3u * s)),
+      vec4(ea(o.z), ea(o.z + s), ea(o.z + 2u * s), ea(o.z + 3u * s)),
+      vec4(ea(o.w), ea(o.w + s), ea(o.w + 2u * s), ea(o.w + 3u * s)),
+    );
+  }
+  if (KTAIL) {
+    // The last step reads past K: zero those ks (what was read there is arbitrary).
+    let keep = vec4<u32>(k, k + 1u, k + 2u, k + 3u) < vec4(p.K);
+    r = mat4x4<f32>(
+      select(vec4(0.0), r[0], keep),
+      select(vec4(0.0), r[1], keep),
+      select(vec4(0.0), r[2], keep),
+      select(vec4(0.0), r[3], keep),
+    );
+  }
+  return r;
+}
+
+// op(B)[k..k+3, n0..n0+3] as a matrix whose column kk is op(B)[k+kk, n0..n0+3].
+fn loadB(o: vec4<u32>, k: u32) -> mat4x4<f32> {
+  var r: mat4x4<f32>;
+  if (VEC_B && TRANS_B) {
+    r = transpose(mat4x4<f32>(b[o.x], b[o.y], b[o.z], b[o.w]));
+  } else if (VEC_B) {
+    r = mat4x4<f32>(b[o.x], b[o.y], b[o.z], b[o.w]);
+  } else {
+    var s = p.N;
+    if (TRANS_B) { s = 1u; }
+    r = mat4x4<f32>(
+      vec4(eb(o.x), eb(o.y), eb(o.z), eb(o.w)),
+      vec4(eb(o.x + s), eb(o.y + s), eb(o.z + s), eb(o.w + s)),
+      vec4(eb(o.x + 2u * s), eb(o.y + 2u * s), eb(o.z + 2u * s), eb(o.w + 2u * s)),
+      vec4(eb(o.x + 3u * s), eb(o.y + 3u * s), eb(o.z + 3u * s), eb(o.w + 3u * s)),
+    );
   }
   if (KTAIL) {
     let keep = vec4<u32>(k, k + 1u, k + 2u, k + 3u) < vec4(p.K);
-    for (var q = 0u; q < 4u; q++) { r[q] = select(vec4(0.0), r[q], keep); }
-  }
-  return r;
-}
-
-// op(B) rows k..k+3 at columns n0..n0+3, as a matrix whose column kk is op(B)[k+kk, n0..n0+3].
-fn loadB(base: u32, n0: u32, k: u32) -> mat4x4<f32> {
-  var r: mat4x4<f32>;
-  if (VEC_B && TRANS_B) {
-    let last = p.N - 1u;
-    r = transpose(mat4x4<f32>(
-      b[(base + min(n0, last) * p.K + k) >> 2u],
-      b[(base + min(n0 + 1u, last) * p.K + k) >> 2u],
-      b[(base + min(n0 + 2u, last) * p.K + k) >> 2u],
-      b[(base + min(n0 + 3u, last) * p.K + k) >> 2u],
-    ));
-  } else if (VEC_B) {
-    let n = min(n0, p.N - 4u);
     r = mat4x4<f32>(
-      b[(base + k * p.N + n) >> 2u],
-      b[(base + (k + 1u) * p.N + n) >> 2u],
-      b[(base + (k + 2u) * p.N + n) >> 2u],
-      b[(base + (k + 3u) * p.N + n) >> 2u],
+      select(vec4(0.0), r[0], keep.x),
+      select(vec4(0.0), r[1], keep.y),
+      select(vec4(0.0), r[2], keep.z),
+      select(vec4(0.0), r[3], keep.w),
     );
-  } else {
-    let last = p.N - 1u;
-    let i0 = base + idxB(k, min(n0, last));
-    let i1 = base + idxB(k, min(n0 + 1u, last));
-    let i2 = base + idxB(k, min(n0 + 2u, last));
-    let i3 = base + idxB(k, min(n0 + 3u, last));
-    // One step along k in B's storage.
-    var dk = p.N;
-    if (TRANS_B) { dk = 1u; }
-    for (var kk = 0u; kk < 4u; kk++) {
-      let o = kk * dk;
-      r[kk] = vec4(eb(i0 + o), eb(i1 + o), eb(i2 + o), eb(i3 + o));
-    }
-  }
-  if (KTAIL) {
-    for (var kk = 0u; kk < 4u; kk++) {
-      if (k + kk >= p.K) { r[kk] = vec4(0.0); }
-    }
   }
   return r;
 }
 
-// acc + the 4×4 output block of am·bm (columns of acc and am are output rows).
+// One output row of a 4×4 block: acc + Σ_kk x[kk]·bm[kk].
+fn macRow(acc: vec4<f32>, x: vec4<f32>, bm: mat4x4<f32>) -> vec4<f32> {
+  return fma(vec4(x.w), bm[3], fma(vec4(x.z), bm[2], fma(vec4(x.y), bm[1],
+    fma(vec4(x.x), bm[0], acc))));
+}
+
+// acc + the 4×4 block am·bm (columns of acc and am are output rows).
 fn mac(acc: mat4x4<f32>, am: mat4x4<f32>, bm: mat4x4<f32>) -> mat4x4<f32> {
-  var r = acc;
-  for (var q = 0u; q < 4u; q++) {
-    let x = am[q];
-    r[q] = fma(bm[3], vec4(x.w), fma(bm[2], vec4(x.z), fma(bm[1], vec4(x.y),
-      fma(bm[0], vec4(x.x), r[q]))));
-  }
-  return r;
+  return mat4x4<f32>(
+    macRow(acc[0], am[0], bm),
+    macRow(acc[1], am[1], bm),
+    macRow(acc[2], am[2], bm),
+    macRow(acc[3], am[3], bm),
+  );
 }
 
 fn storeBlock(cBase: u32, m0: u32, n0: u32, v: mat4x4<f32>) {
-  for (var q = 0u; q < 4u; q++) { store4(cBase, m0 + q, n0, v[q]); }
+  store4(cBase, m0, n0, v[0]);
+  store4(cBase, m0 + 1u, n0, v[1]);
+  store4(cBase, m0 + 2u, n0, v[2]);
+  store4(cBase, m0 + 3u, n0, v[3]);
 }
 
 // Blocks beyond RB/CB are dead code: the guards are constants.
@@ -202,13 +243,24 @@ fn cpu(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-  let tile = wg.x + wg.y * nwg.x;
-  if (tile >= p.totalTiles) { return; }
-  let o = tileOrigin(tile, LY * RB * 4u, LX * CB * 4u);
+  // Surplus workgroups of the folded grid redo the last tile and store nothing: returning
+  // early would leave every load below under a lane mask, which costs on llvmpipe.
+  let flat = wg.x + wg.y * nwg.x;
+  let o = tileOrigin(min(flat, p.totalTiles - 1u), LY * RB * 4u, LX * CB * 4u);
   let m0 = o.row + lid.y * RB * 4u;
   let n0 = o.col + lid.x * CB * 4u;
   let aBase = o.batch * p.aBatch;
   let bBase = o.batch * p.bBatch;
+  let sa = aStep();
+  let sb = bStep();
+  var ao0 = aOffsets(aBase, m0);
+  var ao1 = aOffsets(aBase, m0 + 4u);
+  var ao2 = aOffsets(aBase, m0 + 8u);
+  var ao3 = aOffsets(aBase, m0 + 12u);
+  var bo0 = bOffsets(bBase, n0);
+  var bo1 = bOffsets(bBase, n0 + 4u);
+  var bo2 = bOffsets(bBase, n0 + 8u);
+  var bo3 = bOffsets(bBase, n0 + 12u);
   var c00: mat4x4<f32>; var c01: mat4x4<f32>; var c02: mat4x4<f32>; var c03: mat4x4<f32>;
   var c10: mat4x4<f32>; var c11: mat4x4<f32>; var c12: mat4x4<f32>; var c13: mat4x4<f32>;
   var c20: mat4x4<f32>; var c21: mat4x4<f32>; var c22: mat4x4<f32>; var c23: mat4x4<f32>;
@@ -216,14 +268,16 @@ fn cpu(
   for (var k = 0u; k < p.K; k += 4u) {
     var a0: mat4x4<f32>; var a1: mat4x4<f32>; var a2: mat4x4<f32>; var a3: mat4x4<f32>;
     var b0: mat4x4<f32>; var b1: mat4x4<f32>; var b2: mat4x4<f32>; var b3: mat4x4<f32>;
-    a0 = loadA(aBase, m0, k);
-    if (RB > 1u) { a1 = loadA(aBase, m0 + 4u, k); }
-    if (RB > 2u) { a2 = loadA(aBase, m0 + 8u, k); }
-    if (RB > 3u) { a3 = loadA(aBase, m0 + 12u, k); }
-    b0 = loadB(bBase, n0, k);
-    if (CB > 1u) { b1 = loadB(bBase, n0 + 4u, k); }
-    if (CB > 2u) { b2 = loadB(bBase, n0 + 8u, k); }
-    if (CB > 3u) { b3 = loadB(bBase, n0 + 12u, k); }
+    a0 = loadA(ao0, k);
+    if (RB > 1u) { a1 = loadA(ao1, k); }
+    if (RB > 2u) { a2 = loadA(ao2, k); }
+    if (RB > 3u) { a3 = loadA(ao3, k); }
+    b0 = loadB(bo0, k);
+    if (CB > 1u) { b1 = loadB(bo1, k); }
+    if (CB > 2u) { b2 = loadB(bo2, k); }
+    if (CB > 3u) { b3 = loadB(bo3, k); }
+    ao0 += sa; ao1 += sa; ao2 += sa; ao3 += sa;
+    bo0 += sb; bo1 += sb; bo2 += sb; bo3 += sb;
     c00 = mac(c00, a0, b0);
     if (CB > 1u) { c01 = mac(c01, a0, b1); }
     if (CB > 2u) { c02 = mac(c02, a0, b2); }
@@ -247,6 +301,7 @@ fn cpu(
       if (CB > 3u) { c33 = mac(c33, a3, b3); }
     }
   }
+  if (flat >= p.totalTiles) { return; }
   let cBase = p.outOffset + o.batch * p.outBatch;
   storeBlock(cBase, m0, n0, c00);
   if (CB > 1u) { storeBlock(cBase, m0, n0 + 4u, c01); }

@@ -12,13 +12,11 @@
  * backward pass regenerates the forward's mask instead of storing it.
  * @module
  */
+import type { PeftType } from "./peft.ts";
 import { addBias } from "./ops/linear.ts";
 import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "./gpu.ts";
 import { matmul } from "./ops/matmul.ts";
 import type { Rng } from "./rand.ts";
-
-/** Adapter families, spelled as PEFT's `peft_type`. */
-export type PeftType = "HIRA" | "LORA";
 
 /** One trainable tensor of an adapter, with its gradient accumulator. */
 export interface AdapterParam {

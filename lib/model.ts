@@ -109,6 +109,17 @@ export class LlamaModel {
   baseGrads: BaseGrads | null = null;
   /** Keep only layer inputs in forward and recompute in backward. */
   gradCheckpointing = false;
+  #dropoutCounters(l: number): Map<unknown, number> {
+    const m = new Map<unknown, number>();
+    for (const p of PROJECTIONS) {
+      const ad = this.adapters.get(modulePath(l, p));
+      if (ad && "dropoutCounter" in ad) {
+        m.set(ad, (ad as { dropoutCounter: number }).dropoutCounter);
+      }
+    }
+    return m;
+  }
+
   /** Bytes of activations held at the peak of the last training step. */
   peakActivationBytes = 0;
   readonly invFreq: Tensor;
@@ -195,7 +206,8 @@ export class LlamaModel {
     c.cu.release();
   }
 
-  async #linear(l: number, p: Projection, x: Tensor): Promise<Tensor> {
+  /** y = x·Wᵀ (+ bias) of projection `p` in layer `l`, through its adapter when it has one. */
+  async linear(l: number, p: Projection, x: Tensor): Promise<Tensor> {
     const lw = this.weights.layers[l];
     const ad = this.adapters.get(modulePath(l, p));
     const bias = lw.bias[p];
@@ -250,9 +262,9 @@ export class LlamaModel {
     const t = (x: Tensor) => this.#track(x);
     const n1 = await rmsnorm(g, x, lw.inputNorm, cfg.rmsNormEps);
     const h1 = t(n1.y), rstd1 = t(n1.rstd);
-    const q0 = await this.#linear(l, "q_proj", h1);
-    const k0 = await this.#linear(l, "k_proj", h1);
-    const v = t(await this.#linear(l, "v_proj", h1));
+    const q0 = await this.linear(l, "q_proj", h1);
+    const k0 = await this.linear(l, "k_proj", h1);
+    const v = t(await this.linear(l, "v_proj", h1));
     const q = t(await rope(g, q0.reshape([n, H, D]), c.positions, this.invFreq));
     const k = t(await rope(g, k0.reshape([n, Hkv, D]), c.positions, this.invFreq));
     q0.release();
@@ -262,15 +274,15 @@ export class LlamaModel {
     });
     t(attn.out);
     t(attn.lse);
-    const a = await this.#linear(l, "o_proj", attn.out.reshape([n, H * D]));
+    const a = await this.linear(l, "o_proj", attn.out.reshape([n, H * D]));
     const x2 = t(await add(g, x, a));
     a.release();
     const n2 = await rmsnorm(g, x2, lw.postNorm, cfg.rmsNormEps);
     const h2 = t(n2.y), rstd2 = t(n2.rstd);
-    const gg = t(await this.#linear(l, "gate_proj", h2));
-    const u = t(await this.#linear(l, "up_proj", h2));
+    const gg = t(await this.linear(l, "gate_proj", h2));
+    const u = t(await this.linear(l, "up_proj", h2));
     const m = t(await swiglu(g, gg, u));
-    const d = await this.#linear(l, "down_proj", m);
+    const d = await this.linear(l, "down_proj", m);
     const out = this.#track(await add(g, x2, d));
     d.release();
     const acts: LayerActs = { x, h1, rstd1, q, k, v, attn, x2, h2, rstd2, g: gg, u, m };
@@ -438,7 +450,10 @@ export class LlamaModel {
     // Forward.
     let x = this.#track(await embedding(g, this.weights.embed, c.ids));
     const acts: LayerActs[] = [];
+    // LoRA dropout draws a new mask per forward; a recomputed layer must reuse its mask ids.
+    const maskIds: Map<unknown, number>[] = [];
     for (let l = 0; l < cfg.numLayers; l++) {
+      maskIds.push(this.#dropoutCounters(l));
       const { out, acts: a } = await this.#layerForward(
         l,
         x,
@@ -529,6 +544,7 @@ export class LlamaModel {
     for (let l = cfg.numLayers - 1; l >= 0; l--) {
       let a = acts[l];
       if (this.gradCheckpointing) {
+        for (const [ad, id] of maskIds[l]) (ad as { dropoutCounter: number }).dropoutCounter = id;
         const r = await this.#layerForward(l, a.x, c, true);
         this.#free(r.out);
         a = r.acts;

@@ -99,7 +99,14 @@ export class Trainer {
   async evalLoss(batches: readonly Batch[]): Promise<number> {
     const gpu = this.model.gpu;
     const ts: Tensor[] = [];
-    for (const b of batches) ts.push(await this.model.trainStep(b, 1, false));
+    // Evaluation runs without dropout (nn.Dropout in eval mode).
+    const adapters = [...this.model.adapters.values()];
+    for (const a of adapters) a.training = false;
+    try {
+      for (const b of batches) ts.push(await this.model.trainStep(b, 1, false));
+    } finally {
+      for (const a of adapters) a.training = true;
+    }
     const vals = await gpu.readMany(ts);
     for (const t of ts) t.release();
     let sum = 0, weight = 0;

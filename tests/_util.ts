@@ -2,14 +2,15 @@
  * Shared test helpers: one GPU per test file, seeded random data and tolerance comparisons.
  * @module
  */
-import { createGpu, type Gpu } from "../lib/gpu.ts";
+import type { Gpu } from "../lib/gpu.ts";
+import { createDenoGpu } from "../lib/gpu_deno.ts";
 import { Rng } from "../lib/rand.ts";
 
 let gpuPromise: Promise<Gpu> | null = null;
 
 /** The test file's GPU device (created once). */
 export function testGpu(): Promise<Gpu> {
-  gpuPromise ??= createGpu();
+  gpuPromise ??= createDenoGpu();
   return gpuPromise;
 }
 

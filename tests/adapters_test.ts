@@ -4,9 +4,9 @@ import {
   hiraEffectiveWeight,
   type LinearAdapter,
   type LoraAdapter,
-  type PeftType,
   unmergeHira,
 } from "../lib/adapters.ts";
+import type { PeftType } from "../lib/peft.ts";
 import { bf16ToF32, type Gpu, type Tensor } from "../lib/gpu.ts";
 import { matmul } from "../lib/ops/matmul.ts";
 import { Rng } from "../lib/rand.ts";

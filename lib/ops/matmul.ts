@@ -107,8 +107,8 @@ export async function matmul(
   }
   const limit = gpu.limits.maxStorageBufferBindingSize;
   for (const [name, t] of [["a", a], ["b", b], ["out", out]] as const) {
-    // a and b are bound as whole vec4s.
-    const size = name === "out" ? t.window.size : Math.ceil(t.byteLength / 16) * 16;
+    // All three are bound as whole vec4s.
+    const size = Math.ceil(t.byteLength / 16) * 16;
     if (size > limit) {
       throw new Error(
         `matmul: ${name} ${fmt(t.shape)} is ${size} bytes, over the adapter's ` +
@@ -128,7 +128,14 @@ export async function matmul(
     aBatch = 0;
   }
   const variant = pickVariant(gpu, opts.variant ?? "auto");
-  const shape = variant === "cpu" ? cpuShape(rowsM, N) : { rb: 1, cb: 1, lx: 1, ly: 1 };
+  const vecA = (transA ? rowsM : K) % 4 === 0;
+  const vecB = (transB ? K : N) % 4 === 0;
+  const vecC = N % 4 === 0 && outStride % 4 === 0 && outOffset % 4 === 0;
+  // Ragged layouts load element by element; a smaller register block keeps their compile time
+  // (seconds on llvmpipe for a 16×16 block) in check.
+  const shape = variant === "cpu"
+    ? cpuShape(rowsM, N, vecA && vecB && vecC ? 4 : 2)
+    : { rb: 1, cb: 1, lx: 1, ly: 1 };
   const tileM = variant === "cpu" ? shape.ly * shape.rb * 4 : TILE;
   const tileN = variant === "cpu" ? shape.lx * shape.cb * 4 : TILE;
   const kernel = await gpu.kernel({
@@ -138,8 +145,9 @@ export async function matmul(
     defines: {
       TRANS_A: String(transA),
       TRANS_B: String(transB),
-      VEC_A: String((transA ? rowsM : K) % 4 === 0),
-      VEC_B: String((transB ? K : N) % 4 === 0),
+      VEC_A: String(vecA),
+      VEC_B: String(vecB),
+      VEC_C: String(vecC),
       KTAIL: String(K % 4 !== 0),
       RB: shape.rb,
       CB: shape.cb,
@@ -168,7 +176,7 @@ export async function matmul(
     ],
     vec4Window(a),
     vec4Window(b),
-    out,
+    vec4Window(out),
   ], grid(totalTiles, gpu.limits.maxComputeWorkgroupsPerDimension));
   return out;
 }
@@ -186,13 +194,13 @@ export interface CpuKernelShape {
 }
 
 /**
- * The "cpu" kernel shape for an M×N output: the largest register block (up to 16×16) that the
- * output fills, with the 8 invocations of a workgroup laid out to pad the output least (ties go
+ * The "cpu" kernel shape for an M×N output: the largest register block (up to
+ * 4·maxBlock × 4·maxBlock) that the output fills, with the 8 invocations of a workgroup laid out to pad the output least (ties go
  * to lanes along N, which measured fastest on lavapipe).
  */
-export function cpuShape(M: number, N: number): CpuKernelShape {
-  const rb = Math.min(4, Math.max(1, Math.ceil(M / 4)));
-  const cb = Math.min(4, Math.max(1, Math.ceil(N / 4)));
+export function cpuShape(M: number, N: number, maxBlock = 4): CpuKernelShape {
+  const rb = Math.min(maxBlock, Math.max(1, Math.ceil(M / 4)));
+  const cb = Math.min(maxBlock, Math.max(1, Math.ceil(N / 4)));
   let best: CpuKernelShape = { rb, cb, lx: 8, ly: 1 };
   let bestArea = Infinity;
   for (const lx of [8, 4, 2, 1]) {
@@ -212,7 +220,7 @@ function pickVariant(gpu: Gpu, v: MatmulVariant): "cpu" | "tiled" {
   return gpu.isCpuAdapter ? "cpu" : "tiled";
 }
 
-/** The tensor's binding widened to whole vec4s (the kernels read a and b as vec4 arrays). */
+/** The tensor's binding widened to whole vec4s (the kernels see all operands as vec4 arrays). */
 function vec4Window(t: Tensor): BufferWindow {
   if (t.released) throw new Error(`matmul: input ${fmt(t.shape)} was released`);
   const size = Math.max(16, Math.ceil(t.byteLength / 16) * 16);

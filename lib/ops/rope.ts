@@ -6,7 +6,7 @@
 import { cdiv, type Gpu, grid, type Tensor } from "../gpu.ts";
 
 /** A config's `rope_scaling` block as HF writes it (only "llama3" and "default" are supported). */
-export interface RopeScaling {
+export interface RopeScalingJson {
   /** "llama3" or "default" (newer configs). */
   rope_type?: string;
   /** Older configs' name for `rope_type`. */
@@ -24,7 +24,7 @@ export interface RopeConfig {
   /** `rope_theta`, the frequency base. */
   ropeTheta: number;
   /** `rope_scaling`, or null/absent for plain RoPE. */
-  ropeScaling?: RopeScaling | null;
+  ropeScaling?: RopeScalingJson | null;
 }
 
 /**
@@ -43,7 +43,7 @@ export function ropeFrequencies(config: RopeConfig): Float32Array {
   const s = config.ropeScaling;
   const kind = s ? (s.rope_type ?? s.type ?? "default") : "default";
   if (kind === "llama3") {
-    const need = (k: keyof RopeScaling): number => {
+    const need = (k: keyof RopeScalingJson): number => {
       const v = s![k];
       if (typeof v !== "number") throw new Error(`ropeFrequencies: llama3 scaling lacks ${k}`);
       return v;

@@ -1,0 +1,623 @@
+/**
+ * A training run on disk: the reference train_hira.py's job (data, model, adapters, AdamW with
+ * warmup and linear decay, validation loss, best-checkpoint selection) plus what a real run
+ * needs: a run folder with a JSONL log, PEFT-layout checkpoints written atomically, exact
+ * resume, a progress line, and Ctrl-C saving a checkpoint before exiting.
+ * @module
+ */
+import { basename, join } from "@std/path";
+import type { Gpu } from "./gpu.ts";
+import { createDenoGpu } from "./gpu_deno.ts";
+import type { TrainArgs } from "./args.ts";
+import { HiraError } from "./errors.ts";
+import { baseParameterCount, type LlamaConfig } from "./config.ts";
+import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "./model_deno.ts";
+import { randomModel, readBaseWeights } from "./load.ts";
+import type { LlamaModel } from "./model.ts";
+import { loadTokenizer } from "./tokenizer_deno.ts";
+import type { Tokenizer } from "./tokenizer.ts";
+import {
+  BatchLoader,
+  type DataRecord,
+  type DatasetName,
+  fieldsFor,
+  isDatasetName,
+  type LoaderState,
+  packBatch,
+  type PackedBatch,
+  parseRecords,
+  splitPath,
+  type TrainExample,
+  trainExamples,
+} from "./data.ts";
+import { adapterParameterCount, adapterTensors, attachAdapters } from "./attach.ts";
+import { type AdapterConfig, parseTargetList, trainableShare } from "./peft.ts";
+import { openAdapterDir, writeAdapterDir } from "./peft_deno.ts";
+import { loadAdapters } from "./attach.ts";
+import { NonFiniteError, type StepReport, Trainer } from "./trainer.ts";
+import { totalSteps } from "./schedule.ts";
+import { openSafetensors, writeFileAtomic, writeSafetensorsFile } from "./safetensors_deno.ts";
+import type { TensorToWrite } from "./safetensors.ts";
+
+/** What a run folder's trainer_state.json holds. */
+export interface TrainerStateFile {
+  global_step: number;
+  total_steps: number;
+  epoch: number;
+  loader: LoaderState;
+  best_metric: number | null;
+  best_model_checkpoint: string | null;
+  evals_without_improvement: number;
+  /** LoRA dropout counters per module, so resumed masks continue the same stream. */
+  dropout_counters: Record<string, number>;
+  log_history: Record<string, unknown>[];
+}
+
+/** The outcome of a run, for tests and callers. */
+export interface RunResult {
+  runDir: string;
+  steps: number;
+  finalLoss: number;
+  bestCheckpoint: string | null;
+  interrupted: boolean;
+}
+
+/** Dataset "pretrain": a JSON array of strings, each trained as BOS + text + EOS on every token. */
+function pretrainExamples(
+  texts: unknown,
+  file: string,
+  tok: Tokenizer,
+  maxLength: number,
+): TrainExample[] {
+  if (!Array.isArray(texts)) throw new HiraError(file, "must be a JSON array of strings");
+  if (texts.length === 0) throw new HiraError(file, "is empty");
+  return texts.map((t, i) => {
+    if (typeof t !== "string") throw new HiraError(file, `item ${i} is not a string`);
+    const ids = [...(tok.bosId !== null ? [tok.bosId] : []), ...tok.encode(t), tok.eosId].slice(
+      0,
+      maxLength,
+    );
+    return { tokens: ids, lossMask: ids.map((_, j) => (j === 0 ? 0 : 1)) };
+  });
+}
+
+async function readText(file: string, what: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(file);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new HiraError(file, `missing: ${what}`);
+    }
+    throw new HiraError(file, `cannot be read (${(e as Error).message})`);
+  }
+}
+
+/** Training and validation examples of --dataset. */
+export async function loadDatasets(
+  args: TrainArgs,
+  tok: Tokenizer,
+): Promise<{ train: TrainExample[]; validation: TrainExample[]; validationRecords: DataRecord[] }> {
+  if (args.dataset === "pretrain") {
+    const file = join(args.data_root, "tiny", "pretrain.json");
+    const text = await readText(file, "the pre-training corpus (a JSON array of strings)");
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (e) {
+      throw new HiraError(file, `not valid JSON (${(e as Error).message})`);
+    }
+    const all = pretrainExamples(json, file, tok, 256);
+    return { train: cut(all, args.dataset_ratio), validation: [], validationRecords: [] };
+  }
+  if (!isDatasetName(args.dataset) || args.dataset === "common_all") {
+    throw new HiraError(
+      "--dataset",
+      `'${args.dataset}' is not a training dataset (common_170k, boolq, piqa, siqa, hellas, winog, arce, arcc, obqa, gsm8k, convai2, meta_math, pretrain)`,
+    );
+  }
+  const name = args.dataset as DatasetName;
+  const read = async (split: "train" | "validation") => {
+    const file = splitPath(name, split, args.data_root);
+    const text = await readText(
+      file,
+      `put the ${split} split of ${name} there (see the README's "Datasets" section)`,
+    );
+    return parseRecords(text, file, { fields: fieldsFor(name) });
+  };
+  const trainRecords = cut(await read("train"), args.dataset_ratio);
+  const valRecords = cut(await read("validation"), args.dataset_ratio);
+  const train = trainExamples(trainRecords, tok, name);
+  if (train.length === 0) {
+    throw new HiraError(
+      splitPath(name, "train", args.data_root),
+      "no example has a non-empty target",
+    );
+  }
+  return { train, validation: trainExamples(valRecords, tok, name), validationRecords: valRecords };
+}
+
+function cut<T>(xs: T[], ratio: number): T[] {
+  return ratio >= 1 ? xs : xs.slice(0, Math.max(1, Math.floor(xs.length * ratio)));
+}
+
+/** The run folder name, built like the reference's (train_hira.py:118-145). */
+export function runName(args: TrainArgs, modelName: string, now = new Date()): string {
+  const p = (n: number) => String(n).padStart(2, "0");
+  const stamp = `${now.getFullYear()}-${p(now.getMonth() + 1)}-${p(now.getDate())}-${
+    p(now.getHours())
+  }-${p(now.getMinutes())}-${p(now.getSeconds())}`;
+  let name = `${modelName}-${args.dataset}-${args.peft_type}-lr=${args.lr.toExponential(2)}-`;
+  if (args.peft_type !== "full") {
+    const initials = args.init_ab.split(",").map((s) => s.trim()[0]).join("");
+    name += `r_ab=${args.r_ab}-init=${initials}-train=${args.train_ab}-`;
+  }
+  name += `seed=${args.seed}-`;
+  if (args.exp_name) name += `${args.exp_name}-`;
+  return (name + stamp).replace(/[/\\]/g, "_");
+}
+
+function fmtDuration(s: number): string {
+  if (!Number.isFinite(s)) return "?";
+  const m = Math.floor(s / 60), sec = Math.round(s % 60);
+  return m > 0 ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
+}
+
+/** A one-line progress display: a bar on a terminal, plain lines otherwise. */
+class Progress {
+  readonly #tty = Deno.stdout.isTerminal();
+  readonly #t0 = performance.now();
+  #tokens = 0;
+  readonly #enc = new TextEncoder();
+
+  constructor(readonly total: number, readonly startStep: number) {}
+
+  update(r: StepReport, every: number): void {
+    this.#tokens += r.tokens;
+    const elapsed = (performance.now() - this.#t0) / 1000;
+    const done = r.step - this.startStep;
+    const eta = (elapsed / Math.max(1, done)) * (this.total - r.step);
+    const tps = this.#tokens / Math.max(1e-9, elapsed);
+    const width = 24;
+    const fill = Math.round((width * r.step) / this.total);
+    const bar = "=".repeat(Math.max(0, fill - 1)) + (fill > 0 ? ">" : "") +
+      " ".repeat(width - fill);
+    const line = `step ${r.step}/${this.total} [${bar}] loss ${r.loss.toFixed(4)} lr ${
+      r.lr.toExponential(2)
+    } grad ${r.gradNorm.toFixed(3)} ${tps.toFixed(0)} tok/s ETA ${fmtDuration(eta)}`;
+    if (this.#tty) Deno.stdout.writeSync(this.#enc.encode(`\r${line}\x1b[K`));
+    else if (r.step % every === 0 || r.step === this.total) console.log(line);
+  }
+
+  /** Ends the progress line before other output. */
+  break(): void {
+    if (this.#tty) Deno.stdout.writeSync(this.#enc.encode("\n"));
+  }
+}
+
+/** Appends JSON lines to the run's log. */
+class JsonlLog {
+  constructor(readonly file: string) {}
+  async write(rec: Record<string, unknown>): Promise<void> {
+    await Deno.writeTextFile(this.file, JSON.stringify(rec) + "\n", { append: true });
+  }
+}
+
+function adapterConfigOf(args: TrainArgs, modelDir: string): AdapterConfig {
+  return {
+    peftType: args.peft_type === "hira" ? "HIRA" : "LORA",
+    r: args.r_ab,
+    targetModules: parseTargetList(args.target_modules),
+    loraAlpha: args.lora_alpha,
+    loraDropout: args.lora_dropout,
+    baseModel: modelDir,
+    keyStyle: "peft",
+  };
+}
+
+/** Writes a complete Hugging Face model folder (full fine-tuning output). */
+export async function writeModelDir(
+  model: LlamaModel,
+  dir: string,
+  tokenizerDir: string | null,
+): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  const w = await readBaseWeights(model);
+  const tensors: TensorToWrite[] = [...w].map(([name, t]) => ({
+    name,
+    dtype: "F32",
+    shape: t.shape,
+    data: t.data,
+  }));
+  await writeSafetensorsFile(join(dir, "model.safetensors"), tensors, { format: "pt" });
+  const raw = { ...model.config.raw, torch_dtype: "float32" };
+  await writeFileAtomic(join(dir, "config.json"), JSON.stringify(raw, null, 2) + "\n");
+  if (tokenizerDir) {
+    for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
+      const src = join(tokenizerDir, f);
+      if (await Deno.stat(src).then(() => true, () => false)) {
+        await writeFileAtomic(join(dir, f), await Deno.readFile(src));
+      }
+    }
+  }
+}
+
+/** Saves a checkpoint folder atomically (temporary name, then rename). */
+async function saveCheckpoint(
+  runDir: string,
+  model: LlamaModel,
+  trainer: Trainer,
+  args: TrainArgs,
+  modelDir: string,
+  state: TrainerStateFile,
+): Promise<string> {
+  const name = `checkpoint-${state.global_step}`;
+  const final = join(runDir, name);
+  const tmp = join(runDir, `.${name}.tmp-${crypto.randomUUID().slice(0, 8)}`);
+  await Deno.mkdir(tmp, { recursive: true });
+  if (args.peft_type === "full") {
+    await writeModelDir(model, tmp, modelDir);
+  } else {
+    await writeAdapterDir(
+      tmp,
+      adapterConfigOf(args, modelDir),
+      await adapterTensors(model, adapterConfigOf(args, modelDir).peftType),
+    );
+  }
+  const opt = await trainer.opt.readState();
+  const moments: TensorToWrite[] = opt.moments.flatMap((m) => [
+    { name: `${m.name}.exp_avg`, dtype: "F32" as const, shape: [m.expAvg.length], data: m.expAvg },
+    {
+      name: `${m.name}.exp_avg_sq`,
+      dtype: "F32" as const,
+      shape: [m.expAvgSq.length],
+      data: m.expAvgSq,
+    },
+  ]);
+  await writeSafetensorsFile(join(tmp, "optimizer.safetensors"), moments, {
+    step: String(opt.step),
+  });
+  await writeFileAtomic(join(tmp, "trainer_state.json"), JSON.stringify(state, null, 2) + "\n");
+  await Deno.remove(final, { recursive: true }).catch(() => {});
+  await Deno.rename(tmp, final);
+  return final;
+}
+
+/** checkpoint-N folders of a run, sorted by step. */
+async function listCheckpoints(runDir: string): Promise<{ step: number; dir: string }[]> {
+  const out: { step: number; dir: string }[] = [];
+  for await (const e of Deno.readDir(runDir)) {
+    const m = /^checkpoint-(\d+)$/.exec(e.name);
+    if (e.isDirectory && m) out.push({ step: Number(m[1]), dir: join(runDir, e.name) });
+  }
+  return out.sort((a, b) => a.step - b.step);
+}
+
+/** Deletes old checkpoints beyond the limit, never the best one (HF's rotation). */
+async function rotate(runDir: string, limit: number, best: string | null): Promise<void> {
+  const cks = await listCheckpoints(runDir);
+  const removable = cks.filter((c) => c.dir !== best);
+  const keep = Math.max(1, limit);
+  for (const c of removable.slice(0, Math.max(0, removable.length - keep))) {
+    await Deno.remove(c.dir, { recursive: true });
+  }
+}
+
+async function loadOptimizerState(trainer: Trainer, file: string): Promise<void> {
+  const f = await openSafetensors(file);
+  try {
+    const step = Number(f.header.metadata.step ?? "0");
+    const moments = [];
+    for (const p of trainer.opt.params) {
+      moments.push({
+        name: p.name,
+        expAvg: await f.read(`${p.name}.exp_avg`, "f32"),
+        expAvgSq: await f.read(`${p.name}.exp_avg_sq`, "f32"),
+      });
+    }
+    trainer.opt.load({ step, moments });
+  } finally {
+    f.close();
+  }
+}
+
+async function resolveResume(path: string): Promise<{ runDir: string; ckpt: string }> {
+  const isDir = await Deno.stat(path).then((s) => s.isDirectory, () => false);
+  if (!isDir) throw new HiraError(path, "--resume needs a run folder or a checkpoint folder");
+  if (/^checkpoint-\d+$/.test(basename(path))) return { runDir: join(path, ".."), ckpt: path };
+  const cks = await listCheckpoints(path);
+  if (cks.length === 0) throw new HiraError(path, "no checkpoint-N folder to resume from");
+  return { runDir: path, ckpt: cks[cks.length - 1].dir };
+}
+
+/** Options for {@linkcode runTraining} beyond the flags (tests and the CLI). */
+export interface RunOptions {
+  gpu?: Gpu;
+  /** Stop (as if interrupted) after this many optimizer steps, saving a checkpoint. */
+  stopAfter?: number;
+  /** Print nothing. */
+  quiet?: boolean;
+  /** Called after training with the model (before it is released), e.g. for accuracy. */
+  afterTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
+  /** Called before training with the model (e.g. accuracy before). */
+  beforeTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
+}
+
+/** Runs (or resumes) training as the flags say. */
+export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Promise<RunResult> {
+  let args = argsIn;
+  const log = opts.quiet ? () => {} : (...a: unknown[]) => console.log(...a);
+  let resume: { runDir: string; ckpt: string } | null = null;
+  if (args.resume) {
+    resume = await resolveResume(args.resume);
+    // A resumed run continues with the flags it started with.
+    const saved = JSON.parse(
+      await readText(join(resume.runDir, "args.json"), "the run's saved flags"),
+    );
+    args = { ...saved, resume: args.resume, given: new Set(saved.given ?? []) };
+  }
+  const modelDir = args.model || EMBEDDED_MODEL_DIR;
+  const fromScratch = args.dataset === "pretrain" && args.peft_type === "full" && !resume &&
+    !(await Deno.stat(join(modelDir, "model.safetensors")).then(() => true, () => false));
+  const cfg: LlamaConfig = await readConfig(modelDir);
+  const tok = await loadTokenizer(modelDir);
+  if (tok.vocabSize > cfg.vocabSize) {
+    throw new HiraError(
+      join(modelDir, "tokenizer.json"),
+      `has ${tok.vocabSize} ids but config.json's vocab_size is ${cfg.vocabSize}`,
+    );
+  }
+  const data = await loadDatasets(args, tok);
+  const steps = args.max_steps > 0
+    ? args.max_steps
+    : totalSteps(data.train.length, args.batch, args.grad_acc, args.epoch);
+  const gpu = opts.gpu ?? await createDenoGpu();
+  let model: LlamaModel;
+  if (resume && args.peft_type === "full") model = await loadModelDir(gpu, resume.ckpt);
+  else if (fromScratch) model = randomModel(gpu, cfg, args.seed);
+  else model = await loadModelDir(gpu, modelDir);
+  model.gradCheckpointing = args.enable_grad_ckpt;
+  const base = baseParameterCount(cfg);
+  if (args.peft_type === "full") model.enableBaseGrads();
+  else {
+    const ac = adapterConfigOf(args, modelDir);
+    if (resume) {
+      const ad = await openAdapterDir(resume.ckpt);
+      try {
+        await loadAdapters(model, ad.config, ad.weights);
+      } finally {
+        ad.close();
+      }
+    } else {
+      const [ia, ib] = args.init_ab.split(",").map((s) =>
+        s.trim()
+      ) as ("kaiming" | "zero" | "gaussian")[];
+      attachAdapters(model, ac, {
+        seed: args.seed,
+        initA: ia,
+        initB: ib,
+        trainA: args.train_ab[0] === "y",
+        trainB: args.train_ab[1] === "y",
+      });
+    }
+    model.adapterTrain = { A: args.train_ab[0] === "y", B: args.train_ab[1] === "y" };
+  }
+  const trainable = args.peft_type === "full" ? base : adapterParameterCount(model);
+  const trainer = new Trainer(model, {
+    lr: args.lr,
+    warmup: args.warmup,
+    weightDecay: args.weight_decay,
+    gradAcc: args.grad_acc,
+    maxGradNorm: 1.0,
+    totalSteps: steps,
+  });
+  // Run folder and state.
+  const runDir = resume?.runDir ??
+    join(args.output_folder, runName(args, basename(modelDir.replace(/\/+$/, "")) || "model"));
+  let state: TrainerStateFile;
+  let loader: BatchLoader;
+  if (resume) {
+    state = JSON.parse(await readText(join(resume.ckpt, "trainer_state.json"), "trainer state"));
+    await loadOptimizerState(trainer, join(resume.ckpt, "optimizer.safetensors"));
+    trainer.step = state.global_step;
+    loader = new BatchLoader(data.train, args.batch, state.loader);
+    for (const [path, ad] of model.adapters) {
+      const c = state.dropout_counters?.[path];
+      if (c !== undefined && "dropoutCounter" in ad) {
+        (ad as { dropoutCounter: number }).dropoutCounter = c;
+      }
+    }
+    log(`resuming ${runDir} at step ${state.global_step}/${steps}`);
+  } else {
+    const exists = await Deno.stat(args.output_folder).then((s) => s, () => null);
+    if (exists && !exists.isDirectory) {
+      throw new HiraError(args.output_folder, "--output_folder is a file, not a folder");
+    }
+    await Deno.mkdir(runDir, { recursive: true });
+    await writeFileAtomic(
+      join(runDir, "args.json"),
+      JSON.stringify({ ...args, given: [...args.given] }, null, 2) + "\n",
+    );
+    loader = new BatchLoader(data.train, args.batch, args.seed);
+    state = {
+      global_step: 0,
+      total_steps: steps,
+      epoch: 0,
+      loader: loader.state,
+      best_metric: null,
+      best_model_checkpoint: null,
+      evals_without_improvement: 0,
+      dropout_counters: {},
+      log_history: [],
+    };
+  }
+  const jlog = new JsonlLog(join(runDir, "log.jsonl"));
+  log(
+    `model: ${modelDir}${
+      fromScratch ? " (random init from config.json)" : ""
+    } on ${gpu.description}`,
+  );
+  log(`${trainableShare(trainable, args.peft_type === "full" ? 0 : base)}`);
+  log(
+    `data: ${data.train.length} training examples, ${data.validation.length} validation; ${steps} steps of ${args.batch}×${args.grad_acc}`,
+  );
+  if (!resume) {
+    await jlog.write({
+      type: "start",
+      args: { ...args, given: undefined },
+      trainable,
+      base,
+      steps,
+      run_dir: runDir,
+    });
+    if (opts.beforeTraining) await opts.beforeTraining(model, tok, runDir);
+  }
+  // Evaluation schedule (HF: "epoch" evaluates at each epoch end; "steps" every eval_steps,
+  // where a value below 1 is a fraction of the run).
+  const perEpoch = Math.max(1, Math.floor(loader.batchesPerEpoch / args.grad_acc));
+  const evalEvery = args.eval_strategy === "steps"
+    ? Math.max(
+      1,
+      args.eval_steps < 1 ? Math.ceil(args.eval_steps * steps) : Math.round(args.eval_steps),
+    )
+    : args.eval_strategy === "epoch"
+    ? perEpoch
+    : 0;
+  const valBatches: PackedBatch[] = [];
+  const evalBatch = Math.max(1, args.batch);
+  for (let i = 0; i < data.validation.length; i += evalBatch) {
+    valBatches.push(packBatch(data.validation.slice(i, i + evalBatch)));
+  }
+  let interrupted = false;
+  const onSigint = () => {
+    interrupted = true;
+  };
+  try {
+    Deno.addSignalListener("SIGINT", onSigint);
+  } catch { /* not supported on this platform */ }
+  const progress = new Progress(steps, trainer.step);
+  let lastLoss = NaN;
+  const checkpoint = async (metric: number | null) => {
+    state.global_step = trainer.step;
+    state.loader = loader.state;
+    state.epoch = loader.epoch + loader.position / loader.batchesPerEpoch;
+    for (const [path, ad] of model.adapters) {
+      if ("dropoutCounter" in ad) {
+        state.dropout_counters[path] = (ad as { dropoutCounter: number }).dropoutCounter;
+      }
+    }
+    let improved = false;
+    if (metric !== null) {
+      improved = state.best_metric === null || metric < state.best_metric;
+      state.evals_without_improvement = improved ? 0 : state.evals_without_improvement + 1;
+    }
+    const dir = await saveCheckpoint(runDir, model, trainer, args, modelDir, state);
+    if (improved) {
+      state.best_metric = metric;
+      state.best_model_checkpoint = dir;
+      await writeFileAtomic(join(dir, "trainer_state.json"), JSON.stringify(state, null, 2) + "\n");
+    }
+    await rotate(runDir, args.save_total_limit, state.best_model_checkpoint);
+    return dir;
+  };
+  try {
+    while (trainer.step < steps) {
+      const micro: PackedBatch[] = [];
+      for (let i = 0; i < args.grad_acc; i++) micro.push(loader.next());
+      let r: StepReport;
+      try {
+        r = await trainer.trainStep(micro);
+      } catch (e) {
+        if (e instanceof NonFiniteError) {
+          progress.break();
+          await jlog.write({ type: "error", step: e.step, message: e.message });
+        }
+        throw e;
+      }
+      lastLoss = r.loss;
+      progress.update(r, args.log_every);
+      const rec = {
+        type: "train",
+        step: r.step,
+        loss: r.loss,
+        lr: r.lr,
+        grad_norm: r.gradNorm,
+        tokens: r.tokens,
+        epoch: loader.epoch + loader.position / loader.batchesPerEpoch,
+        time: Date.now(),
+      };
+      state.log_history.push(rec);
+      await jlog.write(rec);
+      const evalNow = evalEvery > 0 && (r.step % evalEvery === 0 || r.step === steps);
+      if (evalNow) {
+        let metric: number | null = null;
+        if (valBatches.length) {
+          metric = await trainer.evalLoss(valBatches);
+          progress.break();
+          log(`step ${r.step}: eval_loss ${metric.toFixed(4)}`);
+          const erec = { type: "eval", step: r.step, eval_loss: metric, time: Date.now() };
+          state.log_history.push(erec);
+          await jlog.write(erec);
+        }
+        await checkpoint(metric);
+        if (
+          args.early_stop_patience > 0 &&
+          state.evals_without_improvement >= args.early_stop_patience
+        ) {
+          log(`early stop: ${args.early_stop_patience} evaluations without improvement`);
+          break;
+        }
+      }
+      if (interrupted || (opts.stopAfter !== undefined && r.step >= opts.stopAfter)) {
+        if (!evalNow) await checkpoint(null);
+        progress.break();
+        log(`stopped at step ${r.step}; resume with --resume=${runDir}`);
+        interrupted = true;
+        break;
+      }
+    }
+    if (!interrupted && evalEvery === 0) await checkpoint(null);
+  } finally {
+    try {
+      Deno.removeSignalListener("SIGINT", onSigint);
+    } catch { /* ignore */ }
+  }
+  progress.break();
+  // The final product: the best checkpoint (or the last) as a plain folder beside the checkpoints.
+  const cks = await listCheckpoints(runDir);
+  const chosen = state.best_model_checkpoint ?? cks.at(-1)?.dir ?? null;
+  if (!interrupted && chosen) {
+    const outDir = join(runDir, args.peft_type === "full" ? "model" : "adapter");
+    const tmp = `${outDir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+    await Deno.mkdir(tmp, { recursive: true });
+    for await (const e of Deno.readDir(chosen)) {
+      if (e.isFile && !["optimizer.safetensors", "trainer_state.json"].includes(e.name)) {
+        await Deno.copyFile(join(chosen, e.name), join(tmp, e.name));
+      }
+    }
+    await Deno.remove(outDir, { recursive: true }).catch(() => {});
+    await Deno.rename(tmp, outDir);
+    log(`saved ${outDir} (from ${basename(chosen)})`);
+    if (opts.afterTraining) {
+      if (args.peft_type !== "full" && chosen !== cks.at(-1)?.dir) {
+        // Evaluate the best adapter, not the last one.
+        const ad = await openAdapterDir(outDir);
+        try {
+          model.adapters.clear();
+          await loadAdapters(model, ad.config, ad.weights);
+        } finally {
+          ad.close();
+        }
+      }
+      await opts.afterTraining(model, tok, runDir);
+    }
+  }
+  await jlog.write({
+    type: "end",
+    step: trainer.step,
+    loss: lastLoss,
+    interrupted,
+    best: chosen,
+    time: Date.now(),
+  });
+  return { runDir, steps: trainer.step, finalLoss: lastLoss, bestCheckpoint: chosen, interrupted };
+}

@@ -1,0 +1,36 @@
+/**
+ * Fine-tunes a Llama-family model with HiRA, LoRA or full fine-tuning.
+ *
+ *   deno run -A train.ts --peft_type=hira [--model=DIR] [--dataset=common_170k] ...
+ *
+ * Flags follow the reference train_hira.py; `--help` lists them all.
+ * @module
+ */
+import { parseTrainArgs, trainHelp } from "./lib/args.ts";
+import { isHiraError } from "./lib/errors.ts";
+import { runTraining } from "./lib/train_deno.ts";
+
+if (import.meta.main) {
+  try {
+    if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
+      console.log(trainHelp());
+      Deno.exit(0);
+    }
+    const args = parseTrainArgs(Deno.args);
+    const stopArg = Deno.env.get("HIRA_STOP_AFTER");
+    const result = await runTraining(args, {
+      stopAfter: stopArg ? Number(stopArg) : undefined,
+    });
+    if (result.interrupted) Deno.exit(130);
+  } catch (e) {
+    if (isHiraError(e)) {
+      console.error(`error: ${e.message}`);
+      Deno.exit(2);
+    }
+    if (e instanceof Error && e.name === "NonFiniteError") {
+      console.error(`error: ${e.message}`);
+      Deno.exit(3);
+    }
+    throw e;
+  }
+}
