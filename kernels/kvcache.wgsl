@@ -57,8 +57,8 @@ fn kv_gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
   let s = i / per;
   let rem = i - s * per;
   let block = pg.tmax * pg.w;
-  let from = parents[s] * block + rem;
-  let to = s * block + rem;
-  dst_k[to] = src_k[from];
-  dst_v[to] = src_v[from];
+  let src_i = parents[s] * block + rem;
+  let dst_i = s * block + rem;
+  dst_k[dst_i] = src_k[src_i];
+  dst_v[dst_i] = src_v[src_i];
 }

@@ -445,7 +445,7 @@ export class LoraAdapter extends AdapterBase implements LinearAdapter {
    * Test hook: the dropout multipliers (0 or 1/(1-p)) for an activation of `rows` tokens under
    * mask `maskId` (default: the latest forward's), computed by the GPU kernel itself.
    */
-  async dropoutMask(rows: number, maskId = this.#lastMask ?? 0): Promise<Float32Array> {
+  async dropoutMask(rows: number, maskId: number = this.#lastMask ?? 0): Promise<Float32Array> {
     const ones = this.gpu.upload(new Float32Array(rows * this.inFeatures).fill(1), [
       rows,
       this.inFeatures,

@@ -102,9 +102,9 @@ export interface BaseGrads {
 /** The model plus what training attaches to it. */
 export class LlamaModel {
   /** Adapters by module path ("model.layers.0.self_attn.q_proj"). */
-  adapters = new Map<string, LinearAdapter>();
+  adapters: Map<string, LinearAdapter> = new Map();
   /** Which adapter halves train (the reference's --train_ab); frozen halves get no update. */
-  adapterTrain = { A: true, B: true };
+  adapterTrain: { A: boolean; B: boolean } = { A: true, B: true };
   /** Base-weight gradients (full fine-tuning), or null when the base is frozen. */
   baseGrads: BaseGrads | null = null;
   /** Keep only layer inputs in forward and recompute in backward. */
@@ -438,7 +438,7 @@ export class LlamaModel {
    */
   async trainStep(
     batch: Batch,
-    lossScale = 1 / Math.max(1, batch.numCounted),
+    lossScale: number = 1 / Math.max(1, batch.numCounted),
     backward = true,
   ): Promise<Tensor> {
     const g = this.gpu, cfg = this.config;
