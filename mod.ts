@@ -43,3 +43,6 @@ export * from "./lib/ops/softmax.ts";
 export * from "./lib/ops/attention.ts";
 export * from "./lib/ops/loss.ts";
 export * from "./lib/ops/optim.ts";
+export * from "./lib/metrics.ts";
+export * from "./lib/rank.ts";
+export * from "./lib/svg.ts";
