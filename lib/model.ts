@@ -125,6 +125,8 @@ export class LlamaModel {
   readonly invFreq: Tensor;
   readonly headDim: number;
   #liveActBytes = 0;
+  #keepLossRows = false;
+  #lossRows: Tensor | null = null;
 
   constructor(readonly gpu: Gpu, readonly config: LlamaConfig, readonly weights: ModelWeights) {
     this.headDim = config.headDim;
@@ -516,7 +518,8 @@ export class LlamaModel {
         lg.release();
       }
       lossTotal = await lossSum(g, lossRows);
-      lossRows.release();
+      if (this.#keepLossRows) this.#lossRows = lossRows;
+      else lossRows.release();
       if (!backward) {
         for (const t of [posT, tgtT, xs, nf.y, nf.rstd, dhf]) t.release();
         this.#free(x, dxLast);
@@ -568,6 +571,29 @@ export class LlamaModel {
     this.#free(dx, acts[0]?.x);
     this.#freeCtx(c);
     return lossTotal;
+  }
+
+  /**
+   * Forward only: the next-token NLL of every counted target, in token order (one readback).
+   * The sum over a sequence's rows is its total NLL (perplexity = exp(mean)).
+   */
+  async tokenNll(batch: Batch): Promise<Float32Array> {
+    this.#keepLossRows = true;
+    try {
+      const total = await this.trainStep(batch, 1, false);
+      const rows = this.#lossRows;
+      this.#lossRows = null;
+      if (!rows) {
+        total.release();
+        return new Float32Array(0);
+      }
+      const out = await this.gpu.read(rows);
+      rows.release();
+      total.release();
+      return out;
+    } finally {
+      this.#keepLossRows = false;
+    }
   }
 
   /** Every trainable tensor with its gradient and whether weight decay applies. */

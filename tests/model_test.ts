@@ -310,3 +310,12 @@ Deno.test("loss falls on a tiny overfit task for hira, lora and full", async (t)
     });
   }
 });
+
+Deno.test("per-token NLL of every position matches PyTorch's (HiRA adapter)", async () => {
+  const tk = await tokensFile("tokens.json");
+  const model = await withAdapter("adapter-hira");
+  const nll = await model.tokenNll(packBatch(tk.tokens));
+  const g = await golden("hira.logits.safetensors");
+  const want = tk.tokens.flatMap((_, i) => [...g.get(`nll.${i}`)!]);
+  assertClose(nll, want, { rtol: 1e-4, atol: 1e-5, label: "token NLL" });
+});
