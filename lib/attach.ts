@@ -82,11 +82,13 @@ export async function loadAdapters(
   model: LlamaModel,
   ac: AdapterConfig,
   ws: WeightSet,
+  attach: AttachOptions = { seed: 0 },
 ): Promise<void> {
   const shapes = new Map<string, readonly number[]>();
   for (const n of ws.names) shapes.set(n, ws.info(n).shape);
   const style = checkAdapterKeys(model.config, ac, shapes, ws.name);
-  attachAdapters(model, ac, { seed: 0 });
+  // A resumed run passes its original options so LoRA's dropout seeds come out the same.
+  attachAdapters(model, ac, attach);
   for (const [path, ad] of model.adapters) {
     for (const which of ["A", "B"] as const) {
       const p = ad.params().find((x) => x.suffix === suffixOf(ac.peftType, which))!;

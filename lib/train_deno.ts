@@ -380,25 +380,26 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   if (args.peft_type === "full") model.enableBaseGrads();
   else {
     const ac = adapterConfigOf(args, modelDir);
+    const [ia, ib] = args.init_ab.split(",").map((s) => s.trim()) as (
+      | "kaiming"
+      | "zero"
+      | "gaussian"
+    )[];
+    const attach = {
+      seed: args.seed,
+      initA: ia,
+      initB: ib,
+      trainA: args.train_ab[0] === "y",
+      trainB: args.train_ab[1] === "y",
+    };
     if (resume) {
       const ad = await openAdapterDir(resume.ckpt);
       try {
-        await loadAdapters(model, ad.config, ad.weights);
+        await loadAdapters(model, ad.config, ad.weights, attach);
       } finally {
         ad.close();
       }
-    } else {
-      const [ia, ib] = args.init_ab.split(",").map((s) =>
-        s.trim()
-      ) as ("kaiming" | "zero" | "gaussian")[];
-      attachAdapters(model, ac, {
-        seed: args.seed,
-        initA: ia,
-        initB: ib,
-        trainA: args.train_ab[0] === "y",
-        trainB: args.train_ab[1] === "y",
-      });
-    }
+    } else attachAdapters(model, ac, attach);
     model.adapterTrain = { A: args.train_ab[0] === "y", B: args.train_ab[1] === "y" };
   }
   const trainable = args.peft_type === "full" ? base : adapterParameterCount(model);

@@ -149,6 +149,7 @@ export async function matmul(
       VEC_B: String(vecB),
       VEC_C: String(vecC),
       KTAIL: String(K % 4 !== 0),
+      ACC: String(opts.accumulate ?? false),
       RB: shape.rb,
       CB: shape.cb,
       LX: shape.lx,
@@ -171,7 +172,6 @@ export async function matmul(
       M * outStride,
       outStride,
       outOffset,
-      opts.accumulate ? 1 : 0,
       { f32: alpha },
     ],
     vec4Window(a),
@@ -194,16 +194,18 @@ export interface CpuKernelShape {
 }
 
 /**
- * The "cpu" kernel shape for an M×N output: the largest register block (up to
- * 4·maxBlock × 4·maxBlock) that the output fills, with the 8 invocations of a workgroup laid out to pad the output least (ties go
- * to lanes along N, which measured fastest on lavapipe).
+ * The "cpu" kernel shape for an M×N output: the largest register block (up to 4·maxBlock square)
+ * that the output fills, with the 8 invocations of a workgroup along N or along M, whichever pads
+ * the output less (ties go to N, which measured fastest on lavapipe).
  */
 export function cpuShape(M: number, N: number, maxBlock = 4): CpuKernelShape {
-  const rb = Math.min(maxBlock, Math.max(1, Math.ceil(M / 4)));
-  const cb = Math.min(maxBlock, Math.max(1, Math.ceil(N / 4)));
+  // Blocks of 1, 2 or 4 and lanes all along N or all along M: few distinct kernels to compile.
+  const block = (n: number) => Math.min(maxBlock, n <= 4 ? 1 : n <= 8 ? 2 : 4);
+  const rb = block(M);
+  const cb = block(N);
   let best: CpuKernelShape = { rb, cb, lx: 8, ly: 1 };
   let bestArea = Infinity;
-  for (const lx of [8, 4, 2, 1]) {
+  for (const lx of [8, 1]) {
     const tm = (8 / lx) * rb * 4, tn = lx * cb * 4;
     const area = Math.ceil(M / tm) * tm * Math.ceil(N / tn) * tn;
     if (area < bestArea) {
