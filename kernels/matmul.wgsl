@@ -15,6 +15,8 @@
 //                     are its batch strides), so the CPU kernel may load whole vec4s of it.
 //   VEC_C             "true" when N, outStride and outOffset are multiples of 4: whole-vec4 stores.
 //   KTAIL             "true" when K % 4 != 0: the CPU kernel then zeroes k >= K in its last step.
+//   ACC               "true": out += alpha·op(A)·op(B) (a define, not a uniform: the read of out
+//                     doubles the store code, which dominates compile time on llvmpipe).
 //   RB, CB, LX, LY    CPU kernel shape: each invocation owns RB×CB blocks of 4×4 outputs and a
 //                     workgroup is LX (along N) × LY (along M) invocations.
 
@@ -30,7 +32,6 @@ struct Params {
   outBatch: u32,
   outStride: u32,
   outOffset: u32,
-  accumulate: u32,
   alpha: f32,
 }
 
@@ -40,6 +41,7 @@ const VEC_A: bool = {{VEC_A}};
 const VEC_B: bool = {{VEC_B}};
 const VEC_C: bool = {{VEC_C}};
 const KTAIL: bool = {{KTAIL}};
+const ACC: bool = {{ACC}};
 const RB: u32 = {{RB}}u;
 const CB: u32 = {{CB}}u;
 const LX: u32 = {{LX}}u;
@@ -75,13 +77,13 @@ fn store4(cBase: u32, r: u32, n0: u32, v: vec4<f32>) {
   let i = cBase + r * p.outStride + n0;
   var w = p.alpha * v;
   if (VEC_C) {
-    if (p.accumulate != 0u) { w += c[i >> 2u]; }
+    if (ACC) { w += c[i >> 2u]; }
     c[i >> 2u] = w;
     return;
   }
   // Ragged rows: one element at a time, columns past N untouched.
   let n = min(vec4(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4(p.N - 1u)) - n0 + i;
-  if (p.accumulate != 0u) {
+  if (ACC) {
     w += vec4(c[n.x >> 2u][n.x & 3u], c[n.y >> 2u][n.y & 3u], c[n.z >> 2u][n.z & 3u],
       c[n.w >> 2u][n.w & 3u]);
   }

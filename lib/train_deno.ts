@@ -136,6 +136,21 @@ export async function loadDatasets(
   return { train, validation: trainExamples(valRecords, tok, name), validationRecords: valRecords };
 }
 
+/** Token-length statistics of training examples (--dataset_analysis). */
+export function datasetAnalysis(examples: readonly TrainExample[], split: string): string {
+  const lens = examples.map((e) => e.tokens.length).sort((a, b) => a - b);
+  const targets = examples.map((e) => e.lossMask.reduce((a, b) => a + b, 0)).sort((a, b) => a - b);
+  const q = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor(p * xs.length))];
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  return `${split}: ${examples.length} examples; tokens per example min ${lens[0]} median ${
+    q(lens, 0.5)
+  } ` +
+    `p95 ${q(lens, 0.95)} max ${lens.at(-1)} mean ${mean(lens).toFixed(1)}; counted targets per ` +
+    `example median ${q(targets, 0.5)} max ${targets.at(-1)}; total ${
+      lens.reduce((a, b) => a + b, 0)
+    } tokens`;
+}
+
 function cut<T>(xs: T[], ratio: number): T[] {
   return ratio >= 1 ? xs : xs.slice(0, Math.max(1, Math.floor(xs.length * ratio)));
 }
@@ -367,6 +382,11 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     );
   }
   const data = await loadDatasets(args, tok);
+  if (args.dataset_analysis) {
+    log(datasetAnalysis(data.train, "train"));
+    if (data.validation.length) log(datasetAnalysis(data.validation, "validation"));
+    return { runDir: "", steps: 0, finalLoss: NaN, bestCheckpoint: null, interrupted: false };
+  }
   const steps = args.max_steps > 0
     ? args.max_steps
     : totalSteps(data.train.length, args.batch, args.grad_acc, args.epoch);
@@ -535,6 +555,23 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
         throw e;
       }
       lastLoss = r.loss;
+      if (r.step === trainer.opts.totalSteps || r.step === 1 || !Number.isFinite(lastLoss)) {
+        const mb = (model.peakActivationBytes / 2 ** 20).toFixed(1);
+        await jlog.write({
+          type: "memory",
+          step: r.step,
+          activation_peak_bytes: model.peakActivationBytes,
+          grad_ckpt: args.enable_grad_ckpt,
+        });
+        if (r.step === 1 || (resume && r.step === trainer.step)) {
+          progress.break();
+          log(
+            `activation memory at peak: ${mb} MiB (gradient checkpointing ${
+              args.enable_grad_ckpt ? "on" : "off"
+            })`,
+          );
+        }
+      }
       progress.update(r, args.log_every);
       const rec = {
         type: "train",
