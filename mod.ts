@@ -46,3 +46,6 @@ export * from "./lib/ops/optim.ts";
 export * from "./lib/metrics.ts";
 export * from "./lib/rank.ts";
 export * from "./lib/svg.ts";
+export * from "./lib/generate.ts";
+export * from "./lib/decode.ts";
+export * from "./lib/ops/kvcache.ts";

@@ -4,12 +4,11 @@
  * incrementally with a KV cache on the GPU.
  *
  * Adapters apply through `model.linear`, so decoding uses whatever the model carries (merged
- * decoding is a model whose weights were merged). Put LoRA adapters in eval mode
- * (`training = false`) before decoding, as the reference's model.eval() does: dropout is the only
- * thing that depends on it.
+ * decoding is a model whose weights were merged). Both decoders put the adapters in inference
+ * mode (`model.setTraining(false)`: no LoRA dropout), as the reference's model.eval() does.
  * @module
  */
-import { type Gpu, type Tensor } from "./gpu.ts";
+import type { Gpu, Tensor } from "./gpu.ts";
 import { checkStep, type StepFn, type Stepper } from "./generate.ts";
 import type { LlamaModel } from "./model.ts";
 import { matmul } from "./ops/matmul.ts";
@@ -61,6 +60,7 @@ function pack(seqs: readonly (readonly number[])[]): {
  */
 export function recomputeStep(model: LlamaModel): StepFn {
   return async (seqs) => {
+    model.setTraining(false);
     const { tokens, cuSeqlens, lastRows } = pack(seqs);
     const logits = await model.logits(tokens, cuSeqlens, lastRows);
     return logSoftmaxRows(logits, model.config.vocabSize);
@@ -108,6 +108,7 @@ export class KvCacheDecoder implements Stepper {
   ): Promise<Float32Array> {
     this.end();
     const m = this.model, g = m.gpu, cfg = m.config;
+    m.setTraining(false);
     if (prompts.length === 0) throw new Error("KvCacheDecoder.start: no prompts");
     if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) {
       throw new Error(`KvCacheDecoder.start: maxNewTokens ${maxNewTokens} is not a count`);
@@ -153,9 +154,7 @@ export class KvCacheDecoder implements Stepper {
    */
   async step(parents: readonly number[], tokens: readonly number[]): Promise<Float32Array> {
     const m = this.model, g = m.gpu, cfg = m.config;
-    if (this.#k.length === 0 && cfg.numLayers > 0) {
-      throw new Error("KvCacheDecoder.step: call start() first");
-    }
+    if (this.#lens.length === 0) throw new Error("KvCacheDecoder.step: call start() first");
     checkStep(parents, tokens, this.#lens.length);
     const ids32 = Int32Array.from(tokens);
     this.#checkTokens(ids32);
@@ -166,16 +165,16 @@ export class KvCacheDecoder implements Stepper {
         throw new Error(`KvCacheDecoder.step: position ${p} is past the cache length ${tmax}`);
       }
     }
+    const reorder = !parents.every((p, i) => p === i);
+    if (reorder) this.#checkCacheSize([s, tmax, cfg.numKvHeads, cfg.headDim]);
     // Uploads first: a write submits pending work, so keep them ahead of the recorded step.
     const ids = g.upload(ids32, [s], "i32");
     const pos = g.upload(positions, [s], "u32");
     const lens = g.upload(positions.map((p) => p + 1), [s], "u32");
     const rows = g.upload(positions.map((p, i) => i * tmax + p), [s], "u32");
-    const reorder = !parents.every((p, i) => p === i);
     const par = reorder ? g.upload(parents, [s], "u32") : null;
     if (par) {
       const copyRows = Math.max(...positions);
-      this.#checkCacheSize([s, tmax, cfg.numKvHeads, cfg.headDim]);
       for (let l = 0; l < cfg.numLayers; l++) {
         const moved = await kvGather(g, this.#k[l], this.#v[l], par, copyRows);
         // Safe to recycle now: whatever reuses the buffers is recorded after the gather.

@@ -208,6 +208,14 @@ export class LlamaModel {
     c.cu.release();
   }
 
+  /**
+   * Train or inference mode for the adapters (only LoRA dropout depends on it, as nn.Dropout
+   * does on model.train()/eval()). The trainer sets it on each step; decoders turn it off.
+   */
+  setTraining(on: boolean): void {
+    for (const a of this.adapters.values()) a.training = on;
+  }
+
   /** y = x·Wᵀ (+ bias) of projection `p` in layer `l`, through its adapter when it has one. */
   async linear(l: number, p: Projection, x: Tensor): Promise<Tensor> {
     const lw = this.weights.layers[l];

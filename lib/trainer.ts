@@ -68,6 +68,7 @@ export class Trainer {
     const gpu = this.model.gpu;
     const grads = this.opt.params.map((p) => p.grad);
     zeroGrads(gpu, grads);
+    this.model.setTraining(true);
     const losses: Tensor[] = [];
     let tokens = 0, targets = 0;
     for (const b of micro) {
@@ -99,14 +100,9 @@ export class Trainer {
   async evalLoss(batches: readonly Batch[]): Promise<number> {
     const gpu = this.model.gpu;
     const ts: Tensor[] = [];
-    // Evaluation runs without dropout (nn.Dropout in eval mode).
-    const adapters = [...this.model.adapters.values()];
-    for (const a of adapters) a.training = false;
-    try {
-      for (const b of batches) ts.push(await this.model.trainStep(b, 1, false));
-    } finally {
-      for (const a of adapters) a.training = true;
-    }
+    // Evaluation runs without dropout (nn.Dropout in eval mode); trainStep turns it back on.
+    this.model.setTraining(false);
+    for (const b of batches) ts.push(await this.model.trainStep(b, 1, false));
     const vals = await gpu.readMany(ts);
     for (const t of ts) t.release();
     let sum = 0, weight = 0;
