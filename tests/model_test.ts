@@ -13,6 +13,7 @@ import { refForward, refHiraMerge, refLoraMerge, refNll } from "../lib/ref/model
 import { modulePath, PROJECTIONS, projectionShape } from "../lib/config.ts";
 import { AdamW } from "../lib/ops/optim.ts";
 import { assertClose, testGpu } from "./_util.ts";
+import { packBatch } from "./_fixtures.ts";
 
 const FIX = new URL("../../shared/fixtures/pytorch-golden/", import.meta.url).pathname;
 
@@ -23,27 +24,6 @@ interface Tokens {
 
 async function tokensFile(name: string): Promise<Tokens> {
   return JSON.parse(await Deno.readTextFile(FIX + name));
-}
-
-/** Packs sequences into one batch; target t is token t+1 where the mask counts it. */
-export function packBatch(seqs: number[][], masks?: number[][]): Batch {
-  const tokens: number[] = [], targets: number[] = [], cu = [0];
-  let counted = 0;
-  seqs.forEach((s, i) => {
-    s.forEach((tok, t) => {
-      tokens.push(tok);
-      const next = t + 1 < s.length && (masks ? masks[i][t + 1] === 1 : true);
-      targets.push(next ? s[t + 1] : -100);
-      if (next) counted++;
-    });
-    cu.push(tokens.length);
-  });
-  return {
-    tokens: Int32Array.from(tokens),
-    targets: Int32Array.from(targets),
-    cuSeqlens: Uint32Array.from(cu),
-    numCounted: counted,
-  };
 }
 
 async function golden(name: string): Promise<Map<string, Float32Array>> {
