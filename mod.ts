@@ -49,3 +49,5 @@ export * from "./lib/svg.ts";
 export * from "./lib/generate.ts";
 export * from "./lib/decode.ts";
 export * from "./lib/ops/kvcache.ts";
+export * from "./lib/evaluate.ts";
+export * from "./lib/merge.ts";

@@ -9,6 +9,7 @@
 import { parseTrainArgs, trainHelp } from "./lib/args.ts";
 import { isHiraError } from "./lib/errors.ts";
 import { runTraining } from "./lib/train_deno.ts";
+import { accuracyHooks } from "./lib/evaluate_deno.ts";
 
 if (import.meta.main) {
   try {
@@ -20,6 +21,7 @@ if (import.meta.main) {
     const stopArg = Deno.env.get("HIRA_STOP_AFTER");
     const result = await runTraining(args, {
       stopAfter: stopArg ? Number(stopArg) : undefined,
+      ...(args.eval_accuracy ? accuracyHooks(args) : {}),
     });
     if (result.interrupted) Deno.exit(130);
   } catch (e) {

@@ -8,7 +8,7 @@ import { loadModelDir, readConfig } from "../lib/model_deno.ts";
 import { openModelWeights, openSafetensors } from "../lib/safetensors_deno.ts";
 import { openAdapterDir } from "../lib/peft_deno.ts";
 import { adapterTensors, attachAdapters, loadAdapters } from "../lib/attach.ts";
-import type { Batch, LlamaModel } from "../lib/model.ts";
+import type { LlamaModel } from "../lib/model.ts";
 import { refForward, refHiraMerge, refLoraMerge, refNll } from "../lib/ref/model.ts";
 import { modulePath, PROJECTIONS, projectionShape } from "../lib/config.ts";
 import { AdamW } from "../lib/ops/optim.ts";

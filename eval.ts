@@ -1,0 +1,25 @@
+/**
+ * Evaluates, merges and analyses adapters.
+ *
+ *   deno run -A eval.ts <dataset|all> [--ckpt=RUN_OR_ADAPTER] [--model=DIR] ...
+ *   deno run -A eval.ts perplexity --model=DIR [--ckpt=ADAPTER] --tokens=FILE.json
+ *   deno run -A eval.ts merge --model=DIR --ckpt=ADAPTER --out=DIR [--dtype=bf16]
+ *   deno run -A eval.ts rank --ckpt=ADAPTER [--ckpt2=ADAPTER2]
+ *
+ * `--help` lists every flag. Bad input prints one line `error: <file>: <reason>` and exits 2.
+ * @module
+ */
+import { isHiraError } from "./lib/errors.ts";
+import { evalMain } from "./lib/evaluate_deno.ts";
+
+if (import.meta.main) {
+  try {
+    await evalMain(Deno.args);
+  } catch (e) {
+    if (isHiraError(e)) {
+      console.error(`error: ${e.message}`);
+      Deno.exit(2);
+    }
+    throw e;
+  }
+}
