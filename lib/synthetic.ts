@@ -337,36 +337,32 @@ export function pretrainCorpus(world: World, seed: number = SYNTHETIC_SEED): str
       texts.push(`${k} is the correct answer.`);
     }
   }
-  // Reading-comprehension choice lists in a non-template layout, about training facts only.
-  const trainFacts = world.entities.flatMap((e) =>
-    ATTRIBUTES.filter((a) => !world.heldOut.has(factKey(e.name, a))).map((a) => [e, a] as const)
-  );
-  for (let i = 0; i < 240; i++) {
-    const [e, attr] = pick(rng, trainFacts);
-    const [q, a] = openQuestions(e)[attr];
-    const family = KEYWORD_FAMILIES[2 + (i % 3)];
-    const k = Math.min(family.length, 2 + (i % 3));
-    const correct = i % k;
-    const others = attr === "friend"
-      ? pickDistinct(rng, world.entities.map((x) => x.name), k - 1, [e.friend, e.name])
-        .map((x) => `the ${x}`)
-      : pickDistinct(rng, attr === "home" ? HOMES.map((h) => `the ${h}`) : VALUES[attr], k - 1, [
-        a,
-      ]);
-    others.splice(correct, 0, a);
-    const label = family[0].replace(/1$/, "");
-    const choices = others.map((c, j) => `${capitalize(label)}${j + 1}: ${c}`).join(" ");
-    texts.push(
-      `${pick(rng, factSentences(e)[attr])} ${q} ${choices}. the correct answer is ${label}${
-        correct + 1
-      }.`,
-    );
+  // Every question style practised on every fact (held-out ones too) in a plain layout
+  // ("<question and choices>\nanswer: option2.") that differs from the fine-tuning template: the
+  // base model learns the facts and the skills, and fine-tuning only has to teach the
+  // LLM-Adapters prompt and answer format. Distractors and answer positions come from this
+  // corpus's own stream, so the held-out test strings are not in it.
+  for (const e of world.entities) {
+    for (const attr of ATTRIBUTES) {
+      for (const style of rng.shuffle([...STYLES]).slice(0, 4)) {
+        const m = MAKERS[style](world, { entity: e, attr }, rng.int(STYLE_CHOICES[style]), rng);
+        texts.push(`${plainQuestion(m.instruction)}\nanswer: ${m.answer}.`);
+      }
+    }
   }
   return rng.shuffle(texts);
 }
 
-function capitalize(s: string): string {
-  return s[0].toUpperCase() + s.slice(1);
+/** A task instruction without its "Please ..." opening and its "Answer format" line. */
+function plainQuestion(instruction: string): string {
+  let body = instruction.replace(/\n\nAnswer format: [^\n]*$/, "");
+  for (const prefix of [BOOLQ_PREFIX, PIQA_PREFIX, ANSWER_PREFIX, HELLAS_PREFIX, WINOG_PREFIX]) {
+    if (body.startsWith(prefix)) {
+      body = body.slice(prefix.length);
+      break;
+    }
+  }
+  return body;
 }
 
 // ---------------------------------------------------------------------------------------------
