@@ -109,16 +109,6 @@ export class LlamaModel {
   baseGrads: BaseGrads | null = null;
   /** Keep only layer inputs in forward and recompute in backward. */
   gradCheckpointing = false;
-  #dropoutCounters(l: number): Map<unknown, number> {
-    const m = new Map<unknown, number>();
-    for (const p of PROJECTIONS) {
-      const ad = this.adapters.get(modulePath(l, p));
-      if (ad && "dropoutCounter" in ad) {
-        m.set(ad, (ad as { dropoutCounter: number }).dropoutCounter);
-      }
-    }
-    return m;
-  }
 
   /** Bytes of activations held at the peak of the last training step. */
   peakActivationBytes = 0;
@@ -179,6 +169,18 @@ export class LlamaModel {
         t.release();
       }
     }
+  }
+
+  /** The LoRA dropout mask ids the adapters of layer `l` will use next. */
+  #dropoutCounters(l: number): Map<unknown, number> {
+    const m = new Map<unknown, number>();
+    for (const p of PROJECTIONS) {
+      const ad = this.adapters.get(modulePath(l, p));
+      if (ad && "dropoutCounter" in ad) {
+        m.set(ad, (ad as { dropoutCounter: number }).dropoutCounter);
+      }
+    }
+    return m;
   }
 
   #ctx(tokens: Int32Array, cuSeqlens: Uint32Array): BatchCtx {
@@ -499,13 +501,12 @@ export class LlamaModel {
         const lg = g.empty([rows, V]);
         const hf = nf.y.rows(r0, rows);
         await this.#headLogits(hf, lg);
-        const ce = await crossEntropy(g, lg, tgtT.rows(r0, rows), {
+        await crossEntropy(g, lg, tgtT.rows(r0, rows), {
           scale: lossScale,
           backward,
           dlogits: lg,
           loss: lossRows.rows(r0, rows),
         });
-        void ce;
         if (!backward) {
           lg.release();
           continue;

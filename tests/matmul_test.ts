@@ -77,7 +77,7 @@ for (const variant of VARIANTS) {
     const gpu = await testGpu();
     const B = 3;
     for (const layout of LAYOUTS) {
-      for (const [M, N, K] of [[5, 7, 9], [8, 8, 12], [1, 1, 3]] as const) {
+      for (const [M, N, K] of [[37, 29, 13], [40, 136, 40]] as const) {
         const av = randn(B * M * K, 1), bv = randn(B * K * N, 2), bv2 = randn(K * N, 3);
         const cv = randn(B * M * N, 4);
         const a = gpu.upload(av, shapeA(M, K, layout.transA, B));
@@ -115,7 +115,7 @@ for (const variant of VARIANTS) {
     for (const layout of LAYOUTS) {
       // Ragged (element stores) and vec4-aligned (whole-vec4 stores) strides and offsets.
       for (
-        const [M, N, K, pad, c0] of [[9, 6, 7, 9, 5], [8, 8, 8, 8, 4], [1, 3, 4, 1, 2]] as const
+        const [M, N, K, pad, c0] of [[37, 29, 13, 9, 5], [40, 136, 40, 8, 4]] as const
       ) {
         // out is [rows, W]; the product lands in rows [r0, r0+M), columns [c0, c0+N).
         const W = N + pad, rows = M + 3, r0 = 2;

@@ -142,13 +142,14 @@ export async function matmul(
     file: "matmul.wgsl",
     entry: variant,
     bindings: BINDINGS,
+    // The tiled kernel ignores the CPU kernel's defines: fixed values share one pipeline.
     defines: {
       TRANS_A: String(transA),
       TRANS_B: String(transB),
-      VEC_A: String(vecA),
-      VEC_B: String(vecB),
+      VEC_A: String(variant === "cpu" && vecA),
+      VEC_B: String(variant === "cpu" && vecB),
       VEC_C: String(vecC),
-      KTAIL: String(K % 4 !== 0),
+      KTAIL: String(variant === "cpu" && K % 4 !== 0),
       ACC: String(opts.accumulate ?? false),
       RB: shape.rb,
       CB: shape.cb,
@@ -195,25 +196,17 @@ export interface CpuKernelShape {
 
 /**
  * The "cpu" kernel shape for an M×N output: the largest register block (up to 4·maxBlock square)
- * that the output fills, with the 8 invocations of a workgroup along N or along M, whichever pads
- * the output less (ties go to N, which measured fastest on lavapipe).
+ * that the output fills, with the 8 invocations of a workgroup along N (measured fastest on
+ * lavapipe) unless the output is too narrow for that.
  */
 export function cpuShape(M: number, N: number, maxBlock = 4): CpuKernelShape {
   // Blocks of 1, 2 or 4 and lanes all along N or all along M: few distinct kernels to compile.
   const block = (n: number) => Math.min(maxBlock, n <= 4 ? 1 : n <= 8 ? 2 : 4);
   const rb = block(M);
   const cb = block(N);
-  let best: CpuKernelShape = { rb, cb, lx: 8, ly: 1 };
-  let bestArea = Infinity;
-  for (const lx of [8, 1]) {
-    const tm = (8 / lx) * rb * 4, tn = lx * cb * 4;
-    const area = Math.ceil(M / tm) * tm * Math.ceil(N / tn) * tn;
-    if (area < bestArea) {
-      bestArea = area;
-      best = { rb, cb, lx, ly: 8 / lx };
-    }
-  }
-  return best;
+  // Lanes along N unless N fills less than half of such a tile and M is taller than N.
+  const lx = N * 2 < 8 * cb * 4 && M > N ? 1 : 8;
+  return { rb, cb, lx, ly: 8 / lx };
 }
 
 function pickVariant(gpu: Gpu, v: MatmulVariant): "cpu" | "tiled" {
