@@ -342,11 +342,15 @@ export function pretrainCorpus(world: World, seed: number = SYNTHETIC_SEED): str
   // base model learns the facts and the skills, and fine-tuning only has to teach the
   // LLM-Adapters prompt and answer format. Distractors and answer positions come from this
   // corpus's own stream, so the held-out test strings are not in it.
+  // Three instances of each (fact, style) with fresh distractors and answer positions, so
+  // memorising a question string never pays and the model has to learn the skill.
   for (const e of world.entities) {
     for (const attr of ATTRIBUTES) {
-      for (const style of rng.shuffle([...STYLES]).slice(0, 4)) {
-        const m = MAKERS[style](world, { entity: e, attr }, rng.int(STYLE_CHOICES[style]), rng);
-        texts.push(`${plainQuestion(m.instruction)}\nanswer: ${m.answer}.`);
+      for (const style of STYLES) {
+        for (let k = 0; k < 3; k++) {
+          const m = MAKERS[style](world, { entity: e, attr }, rng.int(STYLE_CHOICES[style]), rng);
+          texts.push(`${plainQuestion(m.instruction)}\nanswer: ${m.answer}.`);
+        }
       }
     }
   }
@@ -847,5 +851,10 @@ export function generateSynthetic(seed: number = SYNTHETIC_SEED): SyntheticOutpu
     "tiny/special_tokens_map.json",
     JSON.stringify(tinySpecialTokensMap(), null, 2) + "\n",
   );
+  // The embedded model's folder carries the same tokenizer files (a model folder is
+  // self-contained); regenerating keeps them identical.
+  for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
+    files.set(`tiny/model/${f}`, files.get(`tiny/${f}`)!);
+  }
   return { world, pretrain, splits, files };
 }

@@ -363,7 +363,7 @@ Deno.test("synthetic: sizes, formats and balanced answers", () => {
   const { train, validation, tests } = synthetic.splits;
   assertEquals(train.length, 8 * SYNTHETIC_SIZES.trainPerStyle);
   assertEquals(validation.length, 120);
-  assert(synthetic.pretrain.length >= 2000 && synthetic.pretrain.length <= 5000);
+  assert(synthetic.pretrain.length >= 2000 && synthetic.pretrain.length <= 12000);
   for (const style of styles) {
     const sets = [
       tests[style],
