@@ -100,7 +100,7 @@ export type StyleName = "boolq" | "piqa" | "siqa" | "hellas" | "winog" | "arce" 
 /** Sizes of the generated sets. */
 export const SYNTHETIC_SIZES = {
   /** Training questions per style (the train split mixes all eight). */
-  trainPerStyle: 300,
+  trainPerStyle: 200,
   /** Test questions per style, for the eight test.json files. */
   test: { boolq: 50, piqa: 50, siqa: 48, hellas: 48, winog: 50, arce: 48, arcc: 48, obqa: 48 },
   /** common_170k validation (= test) questions per style (8 × 15 = 120). */
@@ -143,7 +143,7 @@ export const STYLE_CHOICES: Readonly<Record<StyleName, number>> = {
 };
 
 const NUM_ENTITIES = 60;
-const HELD_OUT_PER_ATTRIBUTE = 12;
+const HELD_OUT_PER_ATTRIBUTE = 16;
 
 // Names are onset + vowel + coda; real English words that this can spell are rejected.
 const ONSETS = ["zw", "vr", "kl", "sn", "gl", "bl", "tr", "fl", "kr", "dr", "pl", "z", "v", "g"];
@@ -410,6 +410,23 @@ function mcChoices(
   return choices;
 }
 
+/**
+ * Canonical choices: the block of `k` consecutive values of `pool` (in its fixed order) that
+ * holds `correct`, so the answer position is a function of the fact alone. A tiny model can
+ * then answer by recalling the fact, without having to match it against shuffled options
+ * (which 0.8M parameters did not learn; see the README).
+ */
+function canonicalChoices(
+  correct: string,
+  pool: string[],
+  k: number,
+): { choices: string[]; index: number } {
+  const pos = pool.indexOf(correct);
+  if (pos < 0) throw new Error(`synthetic: ${correct} is not in its pool`);
+  const start = Math.min(Math.floor(pos / k) * k, pool.length - k);
+  return { choices: pool.slice(start, start + k), index: pos - start };
+}
+
 type Maker = (
   world: World,
   f: Fact,
@@ -442,7 +459,7 @@ const MAKERS: Record<StyleName, Maker> = {
       answer: truth ? "true" : "false",
     };
   },
-  piqa(world, f, index, rng) {
+  piqa(world, f, _index, _rng) {
     const n = f.entity.name;
     const { value, pool } = choiceValue(world, f);
     const [goal, form]: [string, (v: string) => string] = {
@@ -458,14 +475,15 @@ const MAKERS: Record<StyleName, Maker> = {
         (v: string) => `bring ${v} to visit.`,
       ],
     }[f.attr] as [string, (v: string) => string];
-    const choices = mcChoices(rng, value, pool, 2, index).map(form);
+    const c = canonicalChoices(value, pool, 2);
+    const choices = c.choices.map(form);
     return {
       instruction: `${PIQA_PREFIX}${goal}\n\n${answerLines("Solution", choices, "\n\n")}\n\n` +
         "Answer format: solution1/solution2",
-      answer: `solution${index + 1}`,
+      answer: `solution${c.index + 1}`,
     };
   },
-  siqa(world, f, index, rng) {
+  siqa(world, f, _index, _rng) {
     const n = f.entity.name;
     const { value, pool } = choiceValue(world, f);
     const q = {
@@ -475,14 +493,14 @@ const MAKERS: Record<StyleName, Maker> = {
       food: `the ${n} is hungry. what will the ${n} eat?`,
       friend: `the ${n} feels lonely. who will the ${n} visit?`,
     }[f.attr];
-    const choices = mcChoices(rng, value, pool, 3, index);
+    const c = canonicalChoices(value, pool, 3);
     return {
-      instruction: `${ANSWER_PREFIX}${q}\n\n${answerLines("Answer", choices, " ")}\n\n` +
+      instruction: `${ANSWER_PREFIX}${q}\n\n${answerLines("Answer", c.choices, " ")}\n\n` +
         "Answer format: answer1/answer2/answer3",
-      answer: `answer${index + 1}`,
+      answer: `answer${c.index + 1}`,
     };
   },
-  hellas(world, f, index, rng) {
+  hellas(world, f, _index, _rng) {
     const n = f.entity.name;
     const { value, pool } = choiceValue(world, f);
     const [ctx, form]: [string, (v: string) => string] = {
@@ -492,11 +510,12 @@ const MAKERS: Record<StyleName, Maker> = {
       food: [`the ${n} is hungry, so it`, (v: string) => `eats some ${v}.`],
       friend: [`on a sunny day, the ${n} goes to play with`, (v: string) => `${v}.`],
     }[f.attr] as [string, (v: string) => string];
-    const choices = mcChoices(rng, value, pool, 4, index).map(form);
+    const c = canonicalChoices(value, pool, 4);
+    const choices = c.choices.map(form);
     return {
       instruction: `${HELLAS_PREFIX}${ctx}\n\n${answerLines("Ending", choices, " ")}\n\n` +
         "Answer format: ending1/ending2/ending3/ending4",
-      answer: `ending${index + 1}`,
+      answer: `ending${c.index + 1}`,
     };
   },
   winog(world, f, index, rng) {
@@ -524,11 +543,11 @@ const MAKERS: Record<StyleName, Maker> = {
       answer: `option${index + 1}`,
     };
   },
-  arce(world, f, index, rng) {
+  arce(world, f, _index, _rng) {
     const q = openQuestions(f.entity)[f.attr][0];
     const { value, pool } = choiceValue(world, f);
-    const choices = mcChoices(rng, value, pool, 4, index);
-    return fourWay(q, choices, index);
+    const c = canonicalChoices(value, pool, 4);
+    return fourWay(q, c.choices, c.index);
   },
   arcc(world, f, index, rng) {
     // Reverse lookup: which animal has this value?
@@ -546,13 +565,13 @@ const MAKERS: Record<StyleName, Maker> = {
     const choices = mcChoices(rng, `the ${e.name}`, pool, 4, index);
     return fourWay(q, choices, index);
   },
-  obqa(world, f, index, rng) {
+  obqa(world, f, _index, _rng) {
     const n = f.entity.name;
     if (f.attr === "home") {
       // Two facts: the home, and the rule that animals of that home have its ability.
       const abilities = HOMES.map((h) => ABILITY[h]);
-      const choices = mcChoices(rng, ABILITY[f.entity.home], abilities, 4, index);
-      return fourWay(`which of these can the ${n} do?`, choices, index);
+      const c = canonicalChoices(ABILITY[f.entity.home], abilities, 4);
+      return fourWay(`which of these can the ${n} do?`, c.choices, c.index);
     }
     const q = {
       color: `you want to spot the ${n} from far away. which color should you look for?`,
@@ -561,7 +580,8 @@ const MAKERS: Record<StyleName, Maker> = {
       friend: `which of these animals does the ${n} trust most?`,
     }[f.attr];
     const { value, pool } = choiceValue(world, f);
-    return fourWay(q, mcChoices(rng, value, pool, 4, index), index);
+    const c = canonicalChoices(value, pool, 4);
+    return fourWay(q, c.choices, c.index);
   },
 };
 

@@ -338,6 +338,9 @@ Deno.test("synthetic: the shipped data_file/ is exactly what the generator produ
   assertEquals([...again.files.keys()], [...synthetic.files.keys()]);
 });
 
+/** Styles whose choices are canonical blocks of values (the answer follows from the fact). */
+const CANONICAL = new Set(["piqa", "siqa", "hellas", "arce", "obqa"]);
+
 Deno.test("synthetic: sizes, formats and balanced answers", () => {
   const styles = Object.keys(STYLE_FOLDERS) as StyleName[];
   const prefix: Record<StyleName, string> = {
@@ -383,10 +386,13 @@ Deno.test("synthetic: sizes, formats and balanced answers", () => {
         assert(format[style].split("/").includes(record.answer));
         counts.set(record.answer, (counts.get(record.answer) ?? 0) + 1);
       }
-      // Balanced: every choice is the answer equally often (±1 where the size is not a multiple).
+      // Every choice is sometimes the answer. Styles with shuffled choices are balanced exactly
+      // (±1); canonical-choice styles follow the facts' values, so only roughly (no position
+      // above 60% of a set, which keeps always-the-same-answer far from a pass).
       assertEquals(counts.size, STYLE_CHOICES[style]);
       const c = [...counts.values()];
-      assert(Math.max(...c) - Math.min(...c) <= 1, `${style}: ${c}`);
+      if (CANONICAL.has(style)) assert(Math.max(...c) <= 0.6 * set.length, `${style}: ${c}`);
+      else assert(Math.max(...c) - Math.min(...c) <= 1, `${style}: ${c}`);
     }
   }
 });
@@ -412,10 +418,10 @@ Deno.test("synthetic: held-out facts never asked in train, but stated in pre-tra
     assert(corpus.has(`the ${e.name} eats ${e.food}.`));
     assert(corpus.has(`the friend of the ${e.name} is the ${e.friend}.`));
   }
-  assertEquals(world.heldOut.size, 5 * 12);
+  assertEquals(world.heldOut.size, 5 * 16);
   for (const attr of ["color", "size", "home", "food", "friend"] as const) {
     const n = world.entities.filter((e) => world.heldOut.has(factKey(e.name, attr))).length;
-    assertEquals(n, 12, attr);
+    assertEquals(n, 16, attr);
   }
 });
 
