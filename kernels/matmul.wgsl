@@ -11,6 +11,8 @@
 //
 // Defines (all are substituted for every entry point):
 //   TRANS_A, TRANS_B  "true"/"false": a is stored [K, M] / b is stored [N, K].
+//   TRANS_C           "true": the kernel computes Cᵀ (its M and N are out's N and M) and stores it
+//                     transposed, so out's layout is as without it.
 //   VEC_A, VEC_B      "true" when the operand's contiguous dimension is a multiple of 4 (and so
 //                     are its batch strides), so the CPU kernel may load whole vec4s of it.
 //   VEC_C             "true" when N, outStride and outOffset are multiples of 4: whole-vec4 stores.
@@ -37,6 +39,7 @@ struct Params {
 
 const TRANS_A: bool = {{TRANS_A}};
 const TRANS_B: bool = {{TRANS_B}};
+const TRANS_C: bool = {{TRANS_C}};
 const VEC_A: bool = {{VEC_A}};
 const VEC_B: bool = {{VEC_B}};
 const VEC_C: bool = {{VEC_C}};
@@ -71,26 +74,33 @@ fn idxB(k: u32, n: u32) -> u32 {
   return k * p.N + n;
 }
 
-// Writes row r, columns n0..n0+3 of one batch's output (those inside M×N).
+// Writes row r, columns n0..n0+3 of one batch's output (those inside M×N). With TRANS_C the
+// kernel computed the transposed product: its row r is column r of out.
 fn store4(cBase: u32, r: u32, n0: u32, v: vec4<f32>) {
   if (r >= p.M || n0 >= p.N) { return; }
-  let i = cBase + r * p.outStride + n0;
   var w = p.alpha * v;
-  if (VEC_C) {
-    if (ACC) { w += c[i >> 2u]; }
-    c[i >> 2u] = w;
+  if (VEC_C && !TRANS_C) {
+    let i = (cBase + r * p.outStride + n0) >> 2u;
+    if (ACC) { w += c[i]; }
+    c[i] = w;
     return;
   }
-  // Ragged rows: one element at a time, columns past N untouched.
-  let n = min(vec4(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4(p.N - 1u)) - n0 + i;
-  if (ACC) {
-    w += vec4(c[n.x >> 2u][n.x & 3u], c[n.y >> 2u][n.y & 3u], c[n.z >> 2u][n.z & 3u],
-      c[n.w >> 2u][n.w & 3u]);
+  // One element at a time; columns past N are clamped for the reads and skipped for the writes.
+  let n = min(vec4(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4(p.N - 1u));
+  var idx: vec4<u32>;
+  if (TRANS_C) {
+    idx = cBase + n * p.outStride + r;
+  } else {
+    idx = cBase + r * p.outStride + n;
   }
-  c[n.x >> 2u][n.x & 3u] = w.x;
-  if (n0 + 1u < p.N) { c[n.y >> 2u][n.y & 3u] = w.y; }
-  if (n0 + 2u < p.N) { c[n.z >> 2u][n.z & 3u] = w.z; }
-  if (n0 + 3u < p.N) { c[n.w >> 2u][n.w & 3u] = w.w; }
+  if (ACC) {
+    w += vec4(c[idx.x >> 2u][idx.x & 3u], c[idx.y >> 2u][idx.y & 3u], c[idx.z >> 2u][idx.z & 3u],
+      c[idx.w >> 2u][idx.w & 3u]);
+  }
+  c[idx.x >> 2u][idx.x & 3u] = w.x;
+  if (n0 + 1u < p.N) { c[idx.y >> 2u][idx.y & 3u] = w.y; }
+  if (n0 + 2u < p.N) { c[idx.z >> 2u][idx.z & 3u] = w.z; }
+  if (n0 + 3u < p.N) { c[idx.w >> 2u][idx.w & 3u] = w.w; }
 }
 
 struct TileOrigin {
@@ -221,14 +231,41 @@ fn macRow(acc: vec4<f32>, x: vec4<f32>, bm: mat4x4<f32>) -> vec4<f32> {
     fma(vec4(x.x), bm[0], acc))));
 }
 
-// acc + the 4×4 block am·bm (columns of acc and am are output rows).
-fn mac(acc: mat4x4<f32>, am: mat4x4<f32>, bm: mat4x4<f32>) -> mat4x4<f32> {
-  return mat4x4<f32>(
-    macRow(acc[0], am[0], bm),
-    macRow(acc[1], am[1], bm),
-    macRow(acc[2], am[2], bm),
-    macRow(acc[3], am[3], bm),
-  );
+// Adds am·[b0 b1 b2 b3] to the blocks c0..c3 of one block row (columns of c and am are output
+// rows). Row by row across the blocks, which measured ~5% faster on lavapipe than block by block.
+fn macBlockRow(
+  c0: ptr<function, mat4x4<f32>>,
+  c1: ptr<function, mat4x4<f32>>,
+  c2: ptr<function, mat4x4<f32>>,
+  c3: ptr<function, mat4x4<f32>>,
+  am: mat4x4<f32>,
+  b0: mat4x4<f32>,
+  b1: mat4x4<f32>,
+  b2: mat4x4<f32>,
+  b3: mat4x4<f32>,
+) {
+  macRows(c0, c1, c2, c3, 0u, am[0], b0, b1, b2, b3);
+  macRows(c0, c1, c2, c3, 1u, am[1], b0, b1, b2, b3);
+  macRows(c0, c1, c2, c3, 2u, am[2], b0, b1, b2, b3);
+  macRows(c0, c1, c2, c3, 3u, am[3], b0, b1, b2, b3);
+}
+
+fn macRows(
+  c0: ptr<function, mat4x4<f32>>,
+  c1: ptr<function, mat4x4<f32>>,
+  c2: ptr<function, mat4x4<f32>>,
+  c3: ptr<function, mat4x4<f32>>,
+  q: u32,
+  x: vec4<f32>,
+  b0: mat4x4<f32>,
+  b1: mat4x4<f32>,
+  b2: mat4x4<f32>,
+  b3: mat4x4<f32>,
+) {
+  (*c0)[q] = macRow((*c0)[q], x, b0);
+  if (CB > 1u) { (*c1)[q] = macRow((*c1)[q], x, b1); }
+  if (CB > 2u) { (*c2)[q] = macRow((*c2)[q], x, b2); }
+  if (CB > 3u) { (*c3)[q] = macRow((*c3)[q], x, b3); }
 }
 
 fn storeBlock(cBase: u32, m0: u32, n0: u32, v: mat4x4<f32>) {
@@ -270,38 +307,28 @@ fn cpu(
   for (var k = 0u; k < p.K; k += 4u) {
     var a0: mat4x4<f32>; var a1: mat4x4<f32>; var a2: mat4x4<f32>; var a3: mat4x4<f32>;
     var b0: mat4x4<f32>; var b1: mat4x4<f32>; var b2: mat4x4<f32>; var b3: mat4x4<f32>;
-    a0 = loadA(ao0, k);
-    if (RB > 1u) { a1 = loadA(ao1, k); }
-    if (RB > 2u) { a2 = loadA(ao2, k); }
-    if (RB > 3u) { a3 = loadA(ao3, k); }
+    // B first, then each A block row just before its products: shorter live ranges than loading
+    // everything up front (~5% on lavapipe).
     b0 = loadB(bo0, k);
     if (CB > 1u) { b1 = loadB(bo1, k); }
     if (CB > 2u) { b2 = loadB(bo2, k); }
     if (CB > 3u) { b3 = loadB(bo3, k); }
-    ao0 += sa; ao1 += sa; ao2 += sa; ao3 += sa;
-    bo0 += sb; bo1 += sb; bo2 += sb; bo3 += sb;
-    c00 = mac(c00, a0, b0);
-    if (CB > 1u) { c01 = mac(c01, a0, b1); }
-    if (CB > 2u) { c02 = mac(c02, a0, b2); }
-    if (CB > 3u) { c03 = mac(c03, a0, b3); }
+    a0 = loadA(ao0, k);
+    macBlockRow(&c00, &c01, &c02, &c03, a0, b0, b1, b2, b3);
     if (RB > 1u) {
-      c10 = mac(c10, a1, b0);
-      if (CB > 1u) { c11 = mac(c11, a1, b1); }
-      if (CB > 2u) { c12 = mac(c12, a1, b2); }
-      if (CB > 3u) { c13 = mac(c13, a1, b3); }
+      a1 = loadA(ao1, k);
+      macBlockRow(&c10, &c11, &c12, &c13, a1, b0, b1, b2, b3);
     }
     if (RB > 2u) {
-      c20 = mac(c20, a2, b0);
-      if (CB > 1u) { c21 = mac(c21, a2, b1); }
-      if (CB > 2u) { c22 = mac(c22, a2, b2); }
-      if (CB > 3u) { c23 = mac(c23, a2, b3); }
+      a2 = loadA(ao2, k);
+      macBlockRow(&c20, &c21, &c22, &c23, a2, b0, b1, b2, b3);
     }
     if (RB > 3u) {
-      c30 = mac(c30, a3, b0);
-      if (CB > 1u) { c31 = mac(c31, a3, b1); }
-      if (CB > 2u) { c32 = mac(c32, a3, b2); }
-      if (CB > 3u) { c33 = mac(c33, a3, b3); }
+      a3 = loadA(ao3, k);
+      macBlockRow(&c30, &c31, &c32, &c33, a3, b0, b1, b2, b3);
     }
+    ao0 += sa; ao1 += sa; ao2 += sa; ao3 += sa;
+    bo0 += sb; bo1 += sb; bo2 += sb; bo3 += sb;
   }
   if (flat >= p.totalTiles) { return; }
   let cBase = p.outOffset + o.batch * p.outBatch;

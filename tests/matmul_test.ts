@@ -1,5 +1,5 @@
 import { assertRejects } from "@std/assert";
-import type { Gpu, Tensor } from "../lib/gpu.ts";
+import { type Gpu, Tensor } from "../lib/gpu.ts";
 import { matmul, type MatmulVariant } from "../lib/ops/matmul.ts";
 import { matmulBackwardRef, matmulRef } from "../lib/ref/matmul.ts";
 import { assertClose, randn, testGpu } from "./_util.ts";
@@ -14,7 +14,8 @@ const LAYOUTS = [
 const tag = (l: { transA: boolean; transB: boolean }) =>
   `${l.transA ? "T" : "N"}${l.transB ? "T" : "N"}`;
 
-// Shapes [M, N, K]: degenerate, thin (HiRA ranks), ragged and tile/vec4-aligned.
+// Shapes [M, N, K]: degenerate, thin (HiRA ranks; narrow outputs are computed transposed by the
+// CPU kernel), ragged and tile/vec4-aligned.
 const SHAPES: [number, number, number][] = [
   [1, 1, 1],
   [1, 37, 13],
@@ -51,7 +52,7 @@ async function checkPlain(gpu: Gpu, variant: MatmulVariant): Promise<void> {
     const inputs: Tensor[] = [];
     const outs: Tensor[] = [];
     const refs: Float64Array[] = [];
-    // All shapes of a layout are recorded first and read back in one submit.
+    // All shapes of a layout are read back together.
     for (const [i, [M, N, K]] of SHAPES.entries()) {
       const av = randn(M * K, 100 + i), bv = randn(K * N, 200 + i);
       const a = gpu.upload(av, shapeA(M, K, layout.transA));
@@ -73,39 +74,46 @@ for (const variant of VARIANTS) {
     await checkPlain(await testGpu(), variant);
   });
 
-  Deno.test(`matmul ${variant}: batched, broadcast b, alpha and accumulate`, async () => {
+  Deno.test(`matmul ${variant}: batched, broadcast a or b, alpha and accumulate`, async () => {
     const gpu = await testGpu();
     const B = 3;
     for (const layout of LAYOUTS) {
-      for (const [M, N, K] of [[37, 29, 13], [40, 136, 40]] as const) {
+      for (const [M, N, K] of [[37, 29, 13], [40, 136, 40], [40, 8, 12]] as const) {
         const av = randn(B * M * K, 1), bv = randn(B * K * N, 2), bv2 = randn(K * N, 3);
-        const cv = randn(B * M * N, 4);
+        const av2 = randn(M * K, 5), cv = randn(B * M * N, 4);
         const a = gpu.upload(av, shapeA(M, K, layout.transA, B));
         const b = gpu.upload(bv, shapeB(K, N, layout.transB, B));
+        const a2 = gpu.upload(av2, shapeA(M, K, layout.transA));
         const b2 = gpu.upload(bv2, shapeB(K, N, layout.transB));
         const acc = gpu.upload(cv, [B, M, N]);
         const batched = await matmul(gpu, a, b, { ...layout, variant, alpha: -0.5 });
-        const bcast = await matmul(gpu, a, b2, { ...layout, variant });
+        const bcastB = await matmul(gpu, a, b2, { ...layout, variant });
+        const bcastA = await matmul(gpu, a2, b, { ...layout, variant });
         await matmul(gpu, a, b, { ...layout, variant, out: acc, accumulate: true, alpha: 2 });
-        const [g1, g2, g3] = await gpu.readMany([batched, bcast, acc]);
-        const e1 = new Float64Array(B * M * N), e2 = new Float64Array(B * M * N);
-        const e3 = new Float64Array(B * M * N);
+        const got = await gpu.readMany([batched, bcastB, bcastA, acc]);
+        const want = [0, 1, 2, 3].map(() => new Float64Array(B * M * N));
         for (let i = 0; i < B; i++) {
           const ai = av.subarray(i * M * K, (i + 1) * M * K);
-          const r1 = matmulRef(ai, bv.subarray(i * K * N, (i + 1) * K * N), M, N, K, layout);
+          const bi = bv.subarray(i * K * N, (i + 1) * K * N);
+          const r1 = matmulRef(ai, bi, M, N, K, layout);
           const r2 = matmulRef(ai, bv2, M, N, K, layout);
+          const r3 = matmulRef(av2, bi, M, N, K, layout);
           for (let j = 0; j < M * N; j++) {
-            e1[i * M * N + j] = -0.5 * r1[j];
-            e2[i * M * N + j] = r2[j];
-            e3[i * M * N + j] = cv[i * M * N + j] + 2 * r1[j];
+            const o = i * M * N + j;
+            want[0][o] = -0.5 * r1[j];
+            want[1][o] = r2[j];
+            want[2][o] = r3[j];
+            want[3][o] = cv[o] + 2 * r1[j];
           }
         }
         const label = `${variant} ${tag(layout)} ${B}x${M}x${N}x${K}`;
-        assertClose(g1, e1, { ...tol(K), label: `batched ${label}` });
-        assertClose(g2, e2, { ...tol(K), label: `broadcast ${label}` });
-        assertClose(g3, e3, { ...tol(K), label: `accumulate ${label}` });
-        if (batched.shape.join() !== [B, M, N].join()) throw new Error(`shape ${batched.shape}`);
-        releaseAll([a, b, b2, acc, batched, bcast]);
+        ["batched", "broadcast b", "broadcast a", "accumulate"].forEach((what, i) =>
+          assertClose(got[i], want[i], { ...tol(K), label: `${what} ${label}` })
+        );
+        for (const t of [batched, bcastA, bcastB]) {
+          if (t.shape.join() !== [B, M, N].join()) throw new Error(`shape ${t.shape}`);
+        }
+        releaseAll([a, b, a2, b2, acc, batched, bcastB, bcastA]);
       }
     }
   });
@@ -113,9 +121,14 @@ for (const variant of VARIANTS) {
   Deno.test(`matmul ${variant}: outStride/outOffset write a column block`, async () => {
     const gpu = await testGpu();
     for (const layout of LAYOUTS) {
-      // Ragged (element stores) and vec4-aligned (whole-vec4 stores) strides and offsets.
+      // Ragged (element stores), vec4-aligned (whole-vec4 stores) and narrow (the CPU kernel
+      // computes the transposed product) outputs.
       for (
-        const [M, N, K, pad, c0] of [[37, 29, 13, 9, 5], [40, 136, 40, 8, 4]] as const
+        const [M, N, K, pad, c0] of [
+          [37, 29, 13, 9, 5],
+          [40, 136, 40, 8, 4],
+          [40, 8, 12, 5, 3],
+        ] as const
       ) {
         // out is [rows, W]; the product lands in rows [r0, r0+M), columns [c0, c0+N).
         const W = N + pad, rows = M + 3, r0 = 2;
@@ -146,6 +159,28 @@ for (const variant of VARIANTS) {
   });
 }
 
+Deno.test("matmul: reads past K (ragged K) never leak into the result", async () => {
+  const gpu = await testGpu();
+  // Operands are views followed by NaNs: a k >= K read that is not zeroed poisons the output.
+  const padded = (data: Float32Array, shape: number[]) => {
+    const backing = gpu.upload([...data, ...new Array(64).fill(NaN)], [data.length + 64]);
+    return { backing, view: new Tensor(gpu, shape, "f32", backing.buffer, 0, false) };
+  };
+  for (const variant of VARIANTS) {
+    for (const layout of LAYOUTS) {
+      for (const [M, N, K] of [[5, 6, 7], [8, 8, 6], [40, 8, 10]] as const) {
+        const av = randn(M * K, 51), bv = randn(K * N, 52);
+        const a = padded(av, shapeA(M, K, layout.transA));
+        const b = padded(bv, shapeB(K, N, layout.transB));
+        const c = await matmul(gpu, a.view, b.view, { ...layout, variant });
+        const label = `${variant} ${tag(layout)} ${M}x${N}x${K}`;
+        assertClose(await gpu.read(c), matmulRef(av, bv, M, N, K, layout), { ...tol(K), label });
+        releaseAll([a.backing, b.backing, c]);
+      }
+    }
+  }
+});
+
 Deno.test("matmul: more tiles than one grid dimension holds are folded into two", async () => {
   const gpu = await testGpu();
   // 70000 batches of 1×1 outputs: one tile each, past the 65535 workgroups of one dimension.
@@ -171,7 +206,7 @@ Deno.test("matmul: the model's forward and backward products match the f64 refer
   const T = 19, C = 24, O = 10;
   const xv = randn(T * C, 21), wv = randn(O * C, 22), dyv = randn(T * O, 23);
   const x = gpu.upload(xv, [T, C]), w = gpu.upload(wv, [O, C]), dy = gpu.upload(dyv, [T, O]);
-  for (const variant of VARIANTS) {
+  for (const variant of [...VARIANTS, "auto"] as const) {
     const y = await matmul(gpu, x, w, { transB: true, variant });
     const dx = await matmul(gpu, dy, w, { variant });
     const dw = await matmul(gpu, dy, x, { transA: true, variant });
@@ -207,6 +242,21 @@ Deno.test("matmulBackwardRef matches central finite differences of matmulRef", (
     const f = () => loss(a, b);
     assertClose(da, fd(a, f), { rtol: 1e-7, atol: 1e-8, label: `dA ${tag(layout)}` });
     assertClose(db, fd(b, f), { rtol: 1e-7, atol: 1e-8, label: `dB ${tag(layout)}` });
+  }
+});
+
+Deno.test("matmul: K = 0 gives zeros, or leaves out as it was when accumulating", async () => {
+  const gpu = await testGpu();
+  for (const variant of VARIANTS) {
+    const a = gpu.empty([3, 0]), b = gpu.empty([0, 5]);
+    const init = randn(15, 61);
+    const set = gpu.upload(init, [3, 5]), acc = gpu.upload(init, [3, 5]);
+    await matmul(gpu, a, b, { variant, out: set });
+    await matmul(gpu, a, b, { variant, out: acc, accumulate: true });
+    const [gs, ga] = await gpu.readMany([set, acc]);
+    assertClose(gs, new Float32Array(15), { label: `K=0 ${variant}` });
+    assertClose(ga, init, { label: `K=0 accumulate ${variant}` });
+    releaseAll([a, b, set, acc]);
   }
 });
 

@@ -40,8 +40,9 @@ const TILE = 64;
  * C[M,N] = alpha·op(A)·op(B) (+ C). Rank-3 inputs are batched over dim 0; a rank-2 b with a
  * rank-3 a broadcasts b over the batch. Returns out (shape [M,N] or [batch,M,N]).
  *
- * With a batch, the rows of batch i start at outOffset + i·M·outStride. Records one dispatch;
- * nothing is submitted.
+ * A rank-2 a with a rank-3 b broadcasts a likewise. With a batch, the rows of batch i start at
+ * outOffset + i·M·outStride. out must not share a buffer with a or b (WebGPU forbids binding a
+ * buffer writable and read-only at once). Records one dispatch; nothing is submitted.
  */
 export async function matmul(
   gpu: Gpu,
@@ -122,19 +123,35 @@ export async function matmul(
 
   // A rank-3 a against a shared b is one tall matmul: its [batch·M, K] rows are contiguous.
   let rowsM = M, nBatch = batch, aBatch = ab > 1 ? M * K : 0;
+  const bBatch = bb > 1 ? K * N : 0;
   if (ab > 1 && bb === 1 && !transA) {
     rowsM = batch * M;
     nBatch = 1;
     aBatch = 0;
   }
   const variant = pickVariant(gpu, opts.variant ?? "auto");
-  const vecA = (transA ? rowsM : K) % 4 === 0;
-  const vecB = (transB ? K : N) % 4 === 0;
-  const vecC = N % 4 === 0 && outStride % 4 === 0 && outOffset % 4 === 0;
+  // The CPU kernel runs 8 invocations along N; a narrow output (HiRA's rank r) would leave most
+  // of them idle, so it computes Cᵀ = op(B)ᵀ·op(A)ᵀ instead and stores it transposed.
+  const swap = variant === "cpu" && N <= 24 && N < rowsM;
+  const p = swap
+    ? {
+      a: b,
+      b: a,
+      transA: !transB,
+      transB: !transA,
+      M: N,
+      N: rowsM,
+      aBatch: bBatch,
+      bBatch: aBatch,
+    }
+    : { a, b, transA, transB, M: rowsM, N, aBatch, bBatch };
+  const vecA = (p.transA ? p.M : K) % 4 === 0;
+  const vecB = (p.transB ? K : p.N) % 4 === 0;
+  const vecC = !swap && N % 4 === 0 && outStride % 4 === 0 && outOffset % 4 === 0;
   // Ragged layouts load element by element; a smaller register block keeps their compile time
-  // (seconds on llvmpipe for a 16×16 block) in check.
+  // (about a second on llvmpipe for a 16×16 block) in check.
   const shape = variant === "cpu"
-    ? cpuShape(rowsM, N, vecA && vecB && vecC ? 4 : 2)
+    ? cpuShape(p.M, p.N, vecA && vecB && (vecC || swap) ? 4 : 2)
     : { rb: 1, cb: 1, lx: 1, ly: 1 };
   const tileM = variant === "cpu" ? shape.ly * shape.rb * 4 : TILE;
   const tileN = variant === "cpu" ? shape.lx * shape.cb * 4 : TILE;
@@ -144,8 +161,9 @@ export async function matmul(
     bindings: BINDINGS,
     // The tiled kernel ignores the CPU kernel's defines: fixed values share one pipeline.
     defines: {
-      TRANS_A: String(transA),
-      TRANS_B: String(transB),
+      TRANS_A: String(p.transA),
+      TRANS_B: String(p.transB),
+      TRANS_C: String(swap),
       VEC_A: String(variant === "cpu" && vecA),
       VEC_B: String(variant === "cpu" && vecB),
       VEC_C: String(vecC),
@@ -157,26 +175,26 @@ export async function matmul(
       LY: shape.ly,
     },
   });
-  const tilesN = cdiv(N, tileN);
-  const tilesPerBatch = tilesN * cdiv(rowsM, tileM);
+  const tilesN = cdiv(p.N, tileN);
+  const tilesPerBatch = tilesN * cdiv(p.M, tileM);
   const totalTiles = tilesPerBatch * nBatch;
   gpu.dispatch(kernel, [
     [
-      rowsM,
-      N,
+      p.M,
+      p.N,
       K,
       tilesN,
       tilesPerBatch,
       totalTiles,
-      aBatch,
-      bb > 1 ? K * N : 0,
+      p.aBatch,
+      p.bBatch,
       M * outStride,
       outStride,
       outOffset,
       { f32: alpha },
     ],
-    vec4Window(a),
-    vec4Window(b),
+    vec4Window(p.a),
+    vec4Window(p.b),
     vec4Window(out),
   ], grid(totalTiles, gpu.limits.maxComputeWorkgroupsPerDimension));
   return out;
@@ -196,17 +214,13 @@ export interface CpuKernelShape {
 
 /**
  * The "cpu" kernel shape for an M×N output: the largest register block (up to 4·maxBlock square)
- * that the output fills, with the 8 invocations of a workgroup along N (measured fastest on
- * lavapipe) unless the output is too narrow for that.
+ * that the output fills, with the 8 invocations of a workgroup along N.
  */
 export function cpuShape(M: number, N: number, maxBlock = 4): CpuKernelShape {
-  // Blocks of 1, 2 or 4 and lanes all along N or all along M: few distinct kernels to compile.
+  // Blocks of 1, 2 or 4: few distinct kernels to compile. Lanes run along N, which measured
+  // 4× faster on lavapipe than along M (matmul() transposes narrow products to keep it so).
   const block = (n: number) => Math.min(maxBlock, n <= 4 ? 1 : n <= 8 ? 2 : 4);
-  const rb = block(M);
-  const cb = block(N);
-  // Lanes along N unless N fills less than half of such a tile and M is taller than N.
-  const lx = N * 2 < 8 * cb * 4 && M > N ? 1 : 8;
-  return { rb, cb, lx, ly: 8 / lx };
+  return { rb: block(M), cb: block(N), lx: 8, ly: 1 };
 }
 
 function pickVariant(gpu: Gpu, v: MatmulVariant): "cpu" | "tiled" {
