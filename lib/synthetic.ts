@@ -312,8 +312,11 @@ export function pretrainCorpus(world: World, seed: number = SYNTHETIC_SEED): str
       `the ${e.name} is a ${e.size} ${e.color} animal. it lives in the ${e.home} and eats ` +
         `${e.food}. its friend is the ${e.friend}.`,
     );
+    // Questions only about training facts: held-out facts are only ever stated, so answering
+    // them needs knowledge extraction that generalises, not a memorised question string.
     const qa = openQuestions(e);
     for (const attr of ATTRIBUTES) {
+      if (world.heldOut.has(factKey(e.name, attr))) continue;
       const [q, a] = qa[attr];
       texts.push(`question: ${q} the correct answer is ${a}.`);
       texts.push(`${q} ${a}.`);
@@ -337,36 +340,7 @@ export function pretrainCorpus(world: World, seed: number = SYNTHETIC_SEED): str
       texts.push(`${k} is the correct answer.`);
     }
   }
-  // Every question style practised on every fact (held-out ones too) in a plain layout
-  // ("<question and choices>\nanswer: option2.") that differs from the fine-tuning template: the
-  // base model learns the facts and the skills, and fine-tuning only has to teach the
-  // LLM-Adapters prompt and answer format. Distractors and answer positions come from this
-  // corpus's own stream, so the held-out test strings are not in it.
-  // Three instances of each (fact, style) with fresh distractors and answer positions, so
-  // memorising a question string never pays and the model has to learn the skill.
-  for (const e of world.entities) {
-    for (const attr of ATTRIBUTES) {
-      for (const style of STYLES) {
-        for (let k = 0; k < 3; k++) {
-          const m = MAKERS[style](world, { entity: e, attr }, rng.int(STYLE_CHOICES[style]), rng);
-          texts.push(`${plainQuestion(m.instruction)}\nanswer: ${m.answer}.`);
-        }
-      }
-    }
-  }
   return rng.shuffle(texts);
-}
-
-/** A task instruction without its "Please ..." opening and its "Answer format" line. */
-function plainQuestion(instruction: string): string {
-  let body = instruction.replace(/\n\nAnswer format: [^\n]*$/, "");
-  for (const prefix of [BOOLQ_PREFIX, PIQA_PREFIX, ANSWER_PREFIX, HELLAS_PREFIX, WINOG_PREFIX]) {
-    if (body.startsWith(prefix)) {
-      body = body.slice(prefix.length);
-      break;
-    }
-  }
-  return body;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -412,9 +386,9 @@ function mcChoices(
 
 /**
  * Canonical choices: the block of `k` consecutive values of `pool` (in its fixed order) that
- * holds `correct`, so the answer position is a function of the fact alone. A tiny model can
- * then answer by recalling the fact, without having to match it against shuffled options
- * (which 0.8M parameters did not learn; see the README).
+ * holds `correct`, so the answer position is a function of the fact alone (an attempt to let
+ * the tiny model answer from recalled facts without matching shuffled options; see the
+ * README for why the demo relies on pre-training quizzes instead).
  */
 function canonicalChoices(
   correct: string,
@@ -641,6 +615,25 @@ function generateSet(
   return out;
 }
 
+/**
+ * Every question of every split (train, validation, test) as a pre-training text: the Alpaca
+ * prompt, then a bare "2." (the choice number; boolq: "yes"/"no"). The keyword form ("the
+ * correct answer is answer2") never appears in pre-training, so the base model knows the
+ * answers but not the form the scorer reads: fine-tuning
+ * (on training questions only) has to teach the format, and held-out accuracy measures whether
+ * that transfers to questions whose answers the model knows only from pre-training.
+ */
+function quizTexts(splits: SyntheticSplits, seed: number): string[] {
+  const rng = new Rng(seed ^ 0x5eed0003);
+  const all = [...splits.train, ...splits.validation, ...STYLES.flatMap((s) => splits.tests[s])];
+  const texts = all.map(({ record }) => {
+    const a = record.answer;
+    const short = a === "true" ? "yes" : a === "false" ? "no" : a.replace(/^[a-z]+/, "");
+    return `${formatTemplate(4, record.instruction, "")}${short}.`;
+  });
+  return rng.shuffle(texts);
+}
+
 /** All generated question sets, with their fact keys. */
 export interface SyntheticSplits {
   /** common_170k train: all eight styles, shuffled. */
@@ -842,8 +835,8 @@ function recordsJson(records: readonly KeyedRecord[]): string {
 /** Generates the whole synthetic world and the contents of every file under data_file/. */
 export function generateSynthetic(seed: number = SYNTHETIC_SEED): SyntheticOutput {
   const world = makeWorld(seed);
-  const pretrain = pretrainCorpus(world, seed);
   const splits = generateSplits(world, seed);
+  const pretrain = [...pretrainCorpus(world, seed), ...quizTexts(splits, seed)];
   const files = new Map<string, string>();
   files.set("tiny/pretrain.json", JSON.stringify(pretrain, null, 1) + "\n");
   const common = "llm_adapt/commonsense_170k";
