@@ -266,8 +266,8 @@ export const TRAIN_FLAGS: readonly FlagDoc[] = [
 
 /** Settings used when no --model is given: the embedded tiny model's demo run. */
 export const DEMO_PRESET: Partial<Record<keyof TrainArgs, number | string>> = {
-  lr: 3e-3,
-  epoch: 1,
+  lr: 2e-2,
+  epoch: 2,
   batch: 16,
   warmup: 5,
   r_ab: 8,
