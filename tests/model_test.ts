@@ -9,7 +9,8 @@ import { openModelWeights, openSafetensors } from "../lib/safetensors_deno.ts";
 import { openAdapterDir } from "../lib/peft_deno.ts";
 import { adapterTensors, attachAdapters, loadAdapters } from "../lib/attach.ts";
 import type { LlamaModel } from "../lib/model.ts";
-import { refForward, refHiraMerge, refLoraMerge, refNll } from "../lib/ref/model.ts";
+import { refForward, refNll } from "../lib/ref/model.ts";
+import { hiraWeightRef, loraWeightRef } from "../lib/ref/adapters.ts";
 import { modulePath, PROJECTIONS, projectionShape } from "../lib/config.ts";
 import { AdamW } from "../lib/ops/optim.ts";
 import { assertClose, testGpu } from "./_util.ts";
@@ -181,7 +182,9 @@ async function randomAdapterModel(type: "HIRA" | "LORA") {
         const w0 = base.get(`${modulePath(l, p)}.weight`)!;
         w.set(
           `${modulePath(l, p)}.weight`,
-          type === "HIRA" ? refHiraMerge(w0, a, b, o, i, 2) : refLoraMerge(w0, a, b, o, i, 2, 2),
+          type === "HIRA"
+            ? hiraWeightRef(w0, a, b, { inFeatures: i, outFeatures: o, r: 2 })
+            : loraWeightRef(w0, a, b, { inFeatures: i, outFeatures: o, r: 2 }, 2),
         );
       }
     }

@@ -1,7 +1,7 @@
 /**
  * A plain-loop f64 CPU forward of the Llama decoder, independent of the GPU path and its op
  * references: the oracle for whole-model tests (logits, loss, finite-difference gradients).
- * Adapters enter as effective weights (HiRA W0 ⊙ (1 + B·A), LoRA W0 + s·B·A), which is the
+ * Adapters enter as effective weights (lib/ref/adapters.ts hiraWeightRef / loraWeightRef), the
  * definition the GPU layers must agree with.
  * @module
  */
@@ -200,45 +200,4 @@ export function refNll(
     out[t] = Math.log(z) + mx - logits[t * vocab + tokens[t + 1]];
   }
   return out;
-}
-
-/** HiRA effective weight W0 ⊙ (1 + B·A) for W0 [out, in], A [r, in], B [out, r]. */
-export function refHiraMerge(
-  w0: ArrayLike<number>,
-  a: ArrayLike<number>,
-  b: ArrayLike<number>,
-  out: number,
-  inp: number,
-  r: number,
-): Float64Array {
-  const w = new Float64Array(out * inp);
-  for (let o = 0; o < out; o++) {
-    for (let i = 0; i < inp; i++) {
-      let s = 0;
-      for (let k = 0; k < r; k++) s += b[o * r + k] * a[k * inp + i];
-      w[o * inp + i] = w0[o * inp + i] * (1 + s);
-    }
-  }
-  return w;
-}
-
-/** LoRA effective weight W0 + scale·B·A. */
-export function refLoraMerge(
-  w0: ArrayLike<number>,
-  a: ArrayLike<number>,
-  b: ArrayLike<number>,
-  out: number,
-  inp: number,
-  r: number,
-  scale: number,
-): Float64Array {
-  const w = new Float64Array(out * inp);
-  for (let o = 0; o < out; o++) {
-    for (let i = 0; i < inp; i++) {
-      let s = 0;
-      for (let k = 0; k < r; k++) s += b[o * r + k] * a[k * inp + i];
-      w[o * inp + i] = w0[o * inp + i] + scale * s;
-    }
-  }
-  return w;
 }
