@@ -16,7 +16,7 @@ import {
 } from "./config.ts";
 import { matmul } from "./ops/matmul.ts";
 import { rmsnorm, rmsnormBackward } from "./ops/norm.ts";
-import { rope, ropeBackward, ropeFrequencies } from "./ops/rope.ts";
+import { positionsFor, rope, ropeBackward, ropeFrequencies } from "./ops/rope.ts";
 import { swiglu, swigluBackward } from "./ops/activation.ts";
 import { embedding, embeddingBackward, embeddingBackwardPlan } from "./ops/embedding.ts";
 import { crossEntropy, lossSum } from "./ops/loss.ts";
@@ -54,16 +54,6 @@ export interface Batch {
   cuSeqlens: Uint32Array;
   /** Number of counted targets. */
   numCounted: number;
-}
-
-/** Per-token positions (restarting at 0 in each packed sequence). */
-export function positionsOf(cuSeqlens: Uint32Array): Uint32Array {
-  const n = cuSeqlens[cuSeqlens.length - 1];
-  const out = new Uint32Array(n);
-  for (let b = 0; b + 1 < cuSeqlens.length; b++) {
-    for (let t = cuSeqlens[b]; t < cuSeqlens[b + 1]; t++) out[t] = t - cuSeqlens[b];
-  }
-  return out;
 }
 
 /** Saved activations of one layer for backward. */
@@ -199,7 +189,7 @@ export class LlamaModel {
     return {
       n,
       ids: g.upload(tokens, [n], "i32"),
-      positions: g.upload(positionsOf(cuSeqlens), [n], "u32"),
+      positions: g.upload(positionsFor(cuSeqlens), [n], "u32"),
       cu: g.upload(cuSeqlens, [cuSeqlens.length], "u32"),
     };
   }
