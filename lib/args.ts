@@ -55,6 +55,10 @@ export interface TrainArgs {
   eval_accuracy: boolean;
   eval_limit: number;
   dtype: "f32" | "f16";
+  weight_dtype: "auto" | "f32" | "f16";
+  dry_run: boolean;
+  memory_limit: number;
+  seq_len: number;
   log_every: number;
   /** Flags the user set explicitly (so presets only fill the others). */
   given: Set<string>;
@@ -213,7 +217,33 @@ export const TRAIN_FLAGS: readonly FlagDoc[] = [
     def: "false",
     help: "accepted for compatibility; sampling is not used (as in the reference's runs)",
   },
-  { name: "dtype", type: "string", def: "f32", help: "f32 | f16: storage of frozen base weights" },
+  { name: "dtype", type: "string", def: "f32", help: "alias of --weight_dtype (f32 | f16)" },
+  {
+    name: "weight_dtype",
+    type: "string",
+    def: "auto",
+    help:
+      "auto | f32 | f16: storage of the frozen weight matrices (auto: f16 when the GPU has shader-f16 and the base does not train)",
+  },
+  {
+    name: "dry_run",
+    type: "boolean",
+    def: false,
+    help:
+      "print the memory the run would allocate (from config.json only) and the limit check, then exit",
+  },
+  {
+    name: "memory_limit",
+    type: "number",
+    def: 0,
+    help: "GiB budget: refuse a run estimated above it before allocating (0: no budget)",
+  },
+  {
+    name: "seq_len",
+    type: "number",
+    def: 0,
+    help: "tokens per sequence for the memory estimate (0: the dataset's longest possible)",
+  },
   { name: "log_every", type: "number", def: 1, help: "print a progress line every N steps" },
   {
     name: "ckpt",
@@ -264,9 +294,19 @@ export const TRAIN_FLAGS: readonly FlagDoc[] = [
   { name: "rand_R", type: "boolean", def: false, help: "HiRA_rand variant (not supported yet)" },
 ];
 
-/** Settings used when no --model is given: the embedded tiny model's demo run. */
+/**
+ * Learning rates of the embedded model's demo run, per method: HiRA's update W0 ⊙ (B·A) is
+ * scaled by W0's small entries, so it takes a learning rate about 10x LoRA's (measured on the
+ * demo: LoRA at HiRA's 2e-2 diverges to below chance, at 2e-3 it matches HiRA).
+ */
+export const DEMO_LR: Readonly<Record<"hira" | "lora" | "full", number>> = {
+  hira: 2e-2,
+  lora: 2e-3,
+  full: 2e-4,
+};
+
+/** Settings used when no --model is given: the embedded tiny model's demo run (plus DEMO_LR). */
 export const DEMO_PRESET: Partial<Record<keyof TrainArgs, number | string>> = {
-  lr: 2e-2,
   epoch: 2,
   batch: 16,
   warmup: 5,
@@ -284,7 +324,7 @@ export function trainHelp(): string {
     "reference train_hira.py. With no --model, the embedded tiny model and synthetic data run",
     `with these defaults unless set: ${
       Object.entries(DEMO_PRESET).map(([k, v]) => `--${k}=${v}`).join(" ")
-    }`,
+    } --lr=${DEMO_LR.hira} (hira), ${DEMO_LR.lora} (lora), ${DEMO_LR.full} (full)`,
     "",
   ];
   for (const f of TRAIN_FLAGS) {
@@ -325,7 +365,8 @@ export function parseTrainArgs(argv: string[]): TrainArgs {
       : v !== undefined;
     if (present) given.add(f.name);
     if (f.type === "number") {
-      if (v === undefined || v === "") out[f.name] = f.def;
+      if (v === undefined) out[f.name] = f.def;
+      else if (v === "") throw new HiraError(`--${f.name}`, "needs a number");
       else {
         const n = Number(v);
         if (!Number.isFinite(n)) throw new HiraError(`--${f.name}`, `'${v}' is not a number`);
@@ -342,7 +383,10 @@ export function parseTrainArgs(argv: string[]): TrainArgs {
     for (const [k, v] of Object.entries(DEMO_PRESET)) {
       if (!given.has(k)) (out as Record<string, unknown>)[k] = v;
     }
+    const method = a.peft_type as keyof typeof DEMO_LR;
+    if (!given.has("lr") && method in DEMO_LR) a.lr = DEMO_LR[method];
   }
+  if (given.has("dtype") && !given.has("weight_dtype")) a.weight_dtype = a.dtype;
   validateTrainArgs(a);
   return a;
 }
@@ -414,6 +458,13 @@ export function validateTrainArgs(a: TrainArgs): void {
     `must be in [0, 1), got ${a.lora_dropout}`,
   );
   check(["f32", "f16"].includes(a.dtype), "dtype", `'${a.dtype}' is not f32 or f16`);
+  check(
+    ["auto", "f32", "f16"].includes(a.weight_dtype),
+    "weight_dtype",
+    `'${a.weight_dtype}' is not auto, f32 or f16`,
+  );
+  check(a.memory_limit >= 0, "memory_limit", `must be >= 0 GiB, got ${a.memory_limit}`);
+  check(int("seq_len") && a.seq_len >= 0, "seq_len", "must be a non-negative integer");
   check(!a.rand_R, "rand_R", "the HiRA_rand variant is not supported yet");
   check(
     a.ckpt === null,
@@ -433,5 +484,15 @@ export function validateTrainArgs(a: TrainArgs): void {
     `must be a positive integer`,
   );
   check(int("log_every") && a.log_every >= 1, "log_every", "must be a positive integer");
+  check(
+    int("save_total_limit") && a.save_total_limit >= 0,
+    "save_total_limit",
+    `must be a non-negative integer, got ${a.save_total_limit}`,
+  );
+  check(
+    int("early_stop_patience") && a.early_stop_patience >= 0,
+    "early_stop_patience",
+    `must be a non-negative integer, got ${a.early_stop_patience}`,
+  );
   check(int("eval_limit") && a.eval_limit >= 0, "eval_limit", "must be a non-negative integer");
 }

@@ -616,21 +616,34 @@ function generateSet(
 }
 
 /**
- * Every question of every split (train, validation, test) as a pre-training text: the Alpaca
- * prompt, then a bare "2." (the choice number; boolq: "yes"/"no"). The keyword form ("the
- * correct answer is answer2") never appears in pre-training, so the base model knows the
- * answers but not the form the scorer reads: fine-tuning
- * (on training questions only) has to teach the format, and held-out accuracy measures whether
- * that transfers to questions whose answers the model knows only from pre-training.
+ * Every question of every split (train, validation, test) as a pre-training quiz in a plain
+ * wrapper: `quiz: <instruction>` then the keyword sentence the scorer reads ("the correct answer
+ * is answer2."). The Alpaca template never frames a quiz in pre-training; it frames only open
+ * questions about training facts with free-form answers (`templateQuestions`). So the base
+ * model, prompted with the template, answers in free form and scores about 0; fine-tuning (on
+ * training questions only) has to teach that a multiple-choice instruction under the template
+ * gets the keyword sentence, and held-out accuracy measures whether that transfers to
+ * questions the model has seen only as pre-training quizzes.
  */
 function quizTexts(splits: SyntheticSplits, seed: number): string[] {
   const rng = new Rng(seed ^ 0x5eed0003);
   const all = [...splits.train, ...splits.validation, ...STYLES.flatMap((s) => splits.tests[s])];
-  const texts = all.map(({ record }) => {
-    const a = record.answer;
-    const short = a === "true" ? "yes" : a === "false" ? "no" : a.replace(/^[a-z]+/, "");
-    return `${formatTemplate(4, record.instruction, "")}${short}.`;
-  });
+  const texts = all.map(({ record }) => `quiz: ${record.instruction}\n${record.output}.`);
+  return rng.shuffle(texts);
+}
+
+/** Open questions about training facts under the Alpaca template, answered in free form. */
+function templateQuestions(world: World, seed: number): string[] {
+  const rng = new Rng(seed ^ 0x5eed0004);
+  const texts: string[] = [];
+  for (const e of world.entities) {
+    const qa = openQuestions(e);
+    for (const attr of ATTRIBUTES) {
+      if (world.heldOut.has(factKey(e.name, attr))) continue;
+      const [q, a] = qa[attr];
+      texts.push(`${formatTemplate(4, q, "")}${a}.`);
+    }
+  }
   return rng.shuffle(texts);
 }
 
@@ -836,7 +849,11 @@ function recordsJson(records: readonly KeyedRecord[]): string {
 export function generateSynthetic(seed: number = SYNTHETIC_SEED): SyntheticOutput {
   const world = makeWorld(seed);
   const splits = generateSplits(world, seed);
-  const pretrain = [...pretrainCorpus(world, seed), ...quizTexts(splits, seed)];
+  const pretrain = [
+    ...pretrainCorpus(world, seed),
+    ...templateQuestions(world, seed),
+    ...quizTexts(splits, seed),
+  ];
   const files = new Map<string, string>();
   files.set("tiny/pretrain.json", JSON.stringify(pretrain, null, 1) + "\n");
   const common = "llm_adapt/commonsense_170k";

@@ -1,0 +1,374 @@
+/**
+ * What the web page does with the engine, without any DOM: load a model from a folder, attach
+ * or load adapters, train them, measure held-out accuracy, answer a prompt, compute logits and
+ * encode the adapter as a PEFT folder. Every step is the lib/ code `deno task train` and
+ * `deno task eval` run (lib/load.ts, lib/attach.ts, lib/trainer.ts, lib/data.ts,
+ * lib/evaluate.ts, lib/merge.ts); this module only wires them together as lib/train_deno.ts
+ * does for the CLI, minus the run folder. It runs under Deno too (the browser test uses that).
+ * @module
+ */
+import type { Gpu } from "../lib/gpu.ts";
+import { loadModel } from "../lib/load.ts";
+import type { LlamaModel } from "../lib/model.ts";
+import { Tokenizer } from "../lib/tokenizer.ts";
+import { HiraError } from "../lib/errors.ts";
+import {
+  adapterParameterCount,
+  adapterTensors,
+  attachAdapters,
+  loadAdapters,
+} from "../lib/attach.ts";
+import type { AdapterConfig } from "../lib/peft.ts";
+import {
+  BatchLoader,
+  type DataRecord,
+  fieldsFor,
+  packBatch,
+  type PackedBatch,
+  parseRecords,
+  splitPath,
+  type TrainExample,
+  trainExamples,
+} from "../lib/data.ts";
+import { type StepReport, Trainer } from "../lib/trainer.ts";
+import {
+  type AccuracySummary,
+  type DatasetScore,
+  datasetScore,
+  decodeSettings,
+  decodingTag,
+  inEvalMode,
+  predictTexts,
+  scoreRecords,
+  summarize,
+} from "../lib/evaluate.ts";
+import { mergeAdaptersInPlace } from "../lib/merge.ts";
+import { COMMONSENSE_TASKS } from "../lib/extract.ts";
+import { DEMO_LR, DEMO_PRESET } from "../lib/args.ts";
+import { parseTargetList } from "../lib/peft.ts";
+import {
+  type AdapterFileBytes,
+  adapterFileBytes,
+  type AdapterFolderContents,
+  type FolderSource,
+  readModelFolder,
+} from "../lib/browser_io.ts";
+
+/** A model on the GPU with its tokenizer. */
+export interface LoadedModel {
+  model: LlamaModel;
+  tok: Tokenizer;
+  /** adapter_config.json's base_model_name_or_path for adapters trained on it. */
+  baseModel: string;
+  /** The folder it came from, for messages. */
+  source: string;
+}
+
+/**
+ * Loads a Hugging Face model folder onto the GPU with its tokenizer (as lib/train_deno.ts does
+ * with model_deno.ts and tokenizer_deno.ts). `baseModel` is what adapters trained on it will
+ * name as their base: "" for the embedded tiny model (which `deno task eval` then picks).
+ */
+export async function loadModelFolder(
+  gpu: Gpu,
+  folder: FolderSource,
+  baseModel: string,
+): Promise<LoadedModel> {
+  const files = await readModelFolder(folder);
+  const tok = new Tokenizer(files.tokenizer);
+  if (tok.vocabSize > files.config.vocabSize) {
+    throw new HiraError(
+      `${folder.name}/tokenizer.json`,
+      `has ${tok.vocabSize} ids but config.json's vocab_size is ${files.config.vocabSize}`,
+    );
+  }
+  const model = await loadModel(gpu, files.config, files.weights);
+  return { model, tok, baseModel, source: folder.name };
+}
+
+/** The page's training settings (a subset of train.ts's flags, same meanings). */
+export interface TrainSettings {
+  peftType: "hira" | "lora";
+  /** --r_ab. */
+  r: number;
+  /** --target_modules. */
+  targetModules: string[];
+  lr: number;
+  /** --max_steps. */
+  steps: number;
+  batch: number;
+  warmup: number;
+  seed: number;
+  weightDecay: number;
+  loraAlpha: number;
+  loraDropout: number;
+}
+
+/** The CLI's per-method demo learning rates (lib/args.ts DEMO_LR). */
+export { DEMO_LR };
+
+/** Defaults: the CLI's demo preset for the embedded model (lib/args.ts), 30 steps of 8. */
+export const DEFAULT_SETTINGS: Readonly<TrainSettings> = {
+  peftType: "hira",
+  r: Number(DEMO_PRESET.r_ab),
+  targetModules: parseTargetList(String(DEMO_PRESET.target_modules)),
+  lr: DEMO_LR.hira,
+  steps: 30,
+  batch: 8,
+  warmup: Number(DEMO_PRESET.warmup),
+  seed: 42,
+  weightDecay: 0.01,
+  loraAlpha: 32,
+  loraDropout: 0.05,
+};
+
+/** The adapter config a run with these settings writes (lib/train_deno.ts's adapterConfigOf). */
+export function adapterConfigFor(s: TrainSettings, baseModel: string): AdapterConfig {
+  return {
+    peftType: s.peftType === "hira" ? "HIRA" : "LORA",
+    r: s.r,
+    targetModules: [...s.targetModules],
+    loraAlpha: s.loraAlpha,
+    loraDropout: s.loraDropout,
+    baseModel,
+    keyStyle: "peft",
+  };
+}
+
+/** Removes every adapter from the model and frees its buffers. */
+export function detachAdapters(model: LlamaModel): void {
+  for (const ad of model.adapters.values()) ad.release();
+  model.adapters.clear();
+}
+
+/** Replaces the model's adapters with fresh ones (kaiming A, zero B, as train.ts's default). */
+export function attachFresh(model: LlamaModel, s: TrainSettings, baseModel: string): AdapterConfig {
+  detachAdapters(model);
+  const ac = adapterConfigFor(s, baseModel);
+  attachAdapters(model, ac, { seed: s.seed, initA: "kaiming", initB: "zero" });
+  return ac;
+}
+
+/** Replaces the model's adapters with a loaded PEFT folder's (strict key check). */
+export async function attachLoaded(
+  model: LlamaModel,
+  adapter: AdapterFolderContents,
+  seed: number,
+): Promise<AdapterConfig> {
+  detachAdapters(model);
+  await loadAdapters(model, adapter.config, adapter.weights, { seed });
+  return { ...adapter.config, keyStyle: "peft" };
+}
+
+/** Trainable adapter parameters on the model. */
+export function trainableCount(model: LlamaModel): number {
+  return adapterParameterCount(model);
+}
+
+/** Parses an LLM-Adapters training file and builds its (commonsense-layout) examples. */
+export function trainingExamples(text: string, file: string, tok: Tokenizer): TrainExample[] {
+  const records = parseRecords(text, file, { fields: fieldsFor("common_170k") });
+  const ex = trainExamples(records, tok, "common_170k");
+  if (ex.length === 0) throw new HiraError(file, "no example has a non-empty target");
+  return ex;
+}
+
+/** One optimizer step as the page shows it. */
+export interface TrainProgress extends StepReport {
+  totalSteps: number;
+  /** Tokens per second since training started. */
+  tokensPerSecond: number;
+}
+
+/** Hooks of {@linkcode trainAdapters}. */
+export interface TrainHooks {
+  onStep?: (p: TrainProgress) => void;
+  /** Checked before each step; true ends training early (the Stop button). */
+  shouldStop?: () => boolean;
+}
+
+/** How a training run ended. */
+export interface TrainResult {
+  steps: number;
+  losses: number[];
+  stopped: boolean;
+  /** Teacher-forced validation loss before the first and after the last step (NaN: none). */
+  validationBefore: number;
+  validationAfter: number;
+}
+
+/**
+ * Trains the attached adapters for `s.steps` optimizer steps with the CLI's recipe (lib/trainer.ts:
+ * AdamW, linear warmup then decay, clipping at 1.0; lib/data.ts's seeded BatchLoader over
+ * packed batches). With `validation` examples, their teacher-forced loss (Trainer.evalLoss, in
+ * batches of `s.batch` as the CLI) is measured before and after. The optimizer state is freed
+ * at the end.
+ */
+export async function trainAdapters(
+  model: LlamaModel,
+  examples: readonly TrainExample[],
+  s: TrainSettings,
+  hooks: TrainHooks = {},
+  validation: readonly TrainExample[] = [],
+): Promise<TrainResult> {
+  const trainer = new Trainer(model, {
+    lr: s.lr,
+    warmup: s.warmup,
+    weightDecay: s.weightDecay,
+    gradAcc: 1,
+    maxGradNorm: 1.0,
+    totalSteps: s.steps,
+  });
+  const loader = new BatchLoader(examples, s.batch, s.seed);
+  const valBatches: PackedBatch[] = [];
+  for (let i = 0; i < validation.length; i += s.batch) {
+    valBatches.push(packBatch(validation.slice(i, i + s.batch)));
+  }
+  const valLoss = () => (valBatches.length ? trainer.evalLoss(valBatches) : Promise.resolve(NaN));
+  const losses: number[] = [];
+  let validationBefore = NaN, validationAfter = NaN;
+  let tokens = 0;
+  const t0 = performance.now();
+  let stopped = false;
+  try {
+    validationBefore = await valLoss();
+    while (trainer.step < s.steps) {
+      if (hooks.shouldStop?.()) {
+        stopped = true;
+        break;
+      }
+      const r = await trainer.trainStep([loader.next()]);
+      losses.push(r.loss);
+      tokens += r.tokens;
+      const secs = Math.max(1e-6, (performance.now() - t0) / 1000);
+      hooks.onStep?.({ ...r, totalSteps: s.steps, tokensPerSecond: tokens / secs });
+    }
+    validationAfter = await valLoss();
+  } finally {
+    trainer.opt.release();
+    model.setTraining(false);
+  }
+  return { steps: trainer.step, losses, stopped, validationBefore, validationAfter };
+}
+
+/** A held-out test set: its name (boolq, piqa, ...) and the records used. */
+export interface HeldOutSet {
+  dataset: string;
+  records: DataRecord[];
+}
+
+/**
+ * Fetches the eight commonsense test sets under `dataRoot` (a URL of the data_file/ folder,
+ * ending in "/"), keeping the first `perSet` records of each. Missing sets are skipped.
+ */
+export async function fetchHeldOutSets(dataRoot: URL, perSet: number): Promise<HeldOutSet[]> {
+  const out: HeldOutSet[] = [];
+  for (const d of COMMONSENSE_TASKS) {
+    const url = splitPath(d, "test", dataRoot.href);
+    const r = await fetch(url);
+    if (r.status === 404) {
+      await r.body?.cancel();
+      continue;
+    }
+    if (!r.ok) throw new HiraError(url, `HTTP ${r.status}`);
+    const records = parseRecords(await r.text(), url, { fields: fieldsFor(d) });
+    out.push({ dataset: d, records: perSet > 0 ? records.slice(0, perSet) : records });
+  }
+  return out;
+}
+
+/** Options of {@linkcode heldOutAccuracy}. */
+export interface AccuracyOptions {
+  /** 1 = greedy (the default, as train.ts's report). */
+  beams?: number;
+  /** Prompts per decoding batch (default 8). */
+  batch?: number;
+  onSet?: (dataset: string, index: number, total: number) => void;
+  shouldStop?: () => boolean;
+}
+
+/**
+ * Accuracy on held-out sets as train.ts reports it before and after training
+ * (lib/evaluate_deno.ts accuracyHooks): adapters merged for decoding and restored exactly,
+ * each set decoded with the reference's settings (greedy unless `beams` > 1) and scored with
+ * the reference's keyword rules.
+ */
+export async function heldOutAccuracy(
+  model: LlamaModel,
+  tok: Tokenizer,
+  sets: readonly HeldOutSet[],
+  opts: AccuracyOptions = {},
+): Promise<AccuracySummary> {
+  const beams = opts.beams ?? 1;
+  const rows: DatasetScore[] = [];
+  let tag = beams === 1 ? "greedy" : `beam=${beams}`;
+  const h = await mergeAdaptersInPlace(model);
+  try {
+    for (const [i, s] of sets.entries()) {
+      if (opts.shouldStop?.()) break;
+      opts.onSet?.(s.dataset, i, sets.length);
+      const settings = decodeSettings(s.dataset, { greedy: beams === 1, beamSize: beams });
+      tag = decodingTag(settings, { limit: s.records.length });
+      const preds = await predictTexts(model, tok, s.records, settings, { batch: opts.batch });
+      rows.push(datasetScore(s.dataset, scoreRecords(s.dataset, s.records, preds)));
+    }
+  } finally {
+    h.restore();
+  }
+  return summarize(tag, rows);
+}
+
+/**
+ * The model's answer to an instruction, decoded as the held-out sets are (BOS + the Alpaca
+ * template, 16 new tokens unless `maxNewTokens`, cut at EOS/"Q:"/"R:").
+ */
+export async function answer(
+  model: LlamaModel,
+  tok: Tokenizer,
+  instruction: string,
+  opts: { beams?: number; maxNewTokens?: number } = {},
+): Promise<string> {
+  const beams = opts.beams ?? 1;
+  const settings = decodeSettings("common_170k", {
+    greedy: beams === 1,
+    beamSize: beams,
+    maxNewTokens: opts.maxNewTokens,
+  });
+  const [pred] = await predictTexts(model, tok, [{ instruction, output: "" }], settings, {
+    batch: 1,
+  });
+  return pred;
+}
+
+/** Token ids of a prompt as {@linkcode promptLogits} feeds them: BOS, then the text. */
+export function promptIds(tok: Tokenizer, prompt: string): number[] {
+  return tok.encode((tok.bosToken ?? "") + prompt);
+}
+
+/** Next-token logits after a prompt (BOS + text), adapters in eval mode and not merged. */
+export async function promptLogits(
+  model: LlamaModel,
+  tok: Tokenizer,
+  prompt: string,
+): Promise<{ ids: number[]; logits: Float32Array }> {
+  const ids = promptIds(tok, prompt);
+  if (ids.length === 0) throw new Error("promptLogits: empty prompt");
+  const logits = await inEvalMode(
+    model,
+    () =>
+      model.logits(
+        Int32Array.from(ids),
+        Uint32Array.of(0, ids.length),
+        Int32Array.of(ids.length - 1),
+      ),
+  );
+  return { ids, logits };
+}
+
+/** The attached adapters as a PEFT folder's two files (what `deno task train` saves). */
+export async function adapterFiles(
+  model: LlamaModel,
+  config: AdapterConfig,
+): Promise<AdapterFileBytes> {
+  return adapterFileBytes(config, await adapterTensors(model, config.peftType));
+}
