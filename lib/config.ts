@@ -6,7 +6,7 @@
  * clear error rather than loaded wrongly.
  * @module
  */
-import { HiraError } from "./errors.ts";
+import { HiraError, preview } from "./errors.ts";
 
 /** llama3-type RoPE scaling parameters (transformers `_compute_llama3_parameters`). */
 export interface RopeScaling {
@@ -67,8 +67,10 @@ export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
     throw new HiraError(file, "is not a JSON object");
   }
   const c = json as Record<string, unknown>;
-  const arch = Array.isArray(c.architectures) ? String(c.architectures[0]) : "";
-  const modelType = String(c.model_type ?? "");
+  // Only strings are read as names: String() of a deeply nested array overflows the stack.
+  const str = (v: unknown): string => (typeof v === "string" ? v : "");
+  const arch = Array.isArray(c.architectures) ? str(c.architectures[0]) : "";
+  const modelType = str(c.model_type);
   if (!SUPPORTED.includes(arch) && !["llama", "qwen2", "mistral"].includes(modelType)) {
     throw new HiraError(
       file,
@@ -83,7 +85,7 @@ export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
         file,
         v === undefined
           ? `missing field ${key}`
-          : `${key} must be a positive integer, got ${JSON.stringify(v)}`,
+          : `${key} must be a positive integer, got ${preview(v)}`,
       );
     }
     return v;
@@ -91,7 +93,7 @@ export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
   const num = (key: string, fallback: number): number => {
     const v = c[key] ?? fallback;
     if (typeof v !== "number" || !(v > 0)) {
-      throw new HiraError(file, `${key} must be a positive number, got ${JSON.stringify(v)}`);
+      throw new HiraError(file, `${key} must be a positive number, got ${preview(v)}`);
     }
     return v;
   };
@@ -119,7 +121,7 @@ export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
     else if (type !== "llama3") {
       throw new HiraError(
         file,
-        `rope_scaling type ${JSON.stringify(type)} is not supported (llama3 or none)`,
+        `rope_scaling type ${preview(type)} is not supported (llama3 or none)`,
       );
     } else {
       for (
@@ -142,9 +144,13 @@ export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
     }
   }
   const eos = c.eos_token_id;
-  const eosTokenIds = Array.isArray(eos) ? eos.map(Number) : typeof eos === "number" ? [eos] : [];
+  const eosTokenIds = Array.isArray(eos)
+    ? eos.filter((e): e is number => typeof e === "number")
+    : typeof eos === "number"
+    ? [eos]
+    : [];
   if (c.hidden_act != null && c.hidden_act !== "silu") {
-    throw new HiraError(file, `hidden_act ${JSON.stringify(c.hidden_act)} is not supported (silu)`);
+    throw new HiraError(file, `hidden_act ${preview(c.hidden_act)} is not supported (silu)`);
   }
   if (c.mlp_bias === true) throw new HiraError(file, "mlp_bias is not supported");
   return {
@@ -168,7 +174,7 @@ export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
     bosTokenId: typeof c.bos_token_id === "number" ? c.bos_token_id : null,
     eosTokenIds,
     maxPositionEmbeddings: int("max_position_embeddings", 2048),
-    torchDtype: String(c.torch_dtype ?? "float32"),
+    torchDtype: str(c.torch_dtype) || "float32",
     raw: c,
   };
 }

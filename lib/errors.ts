@@ -6,6 +6,9 @@
  * @module
  */
 
+/** Longest reason kept in a message; a corrupt file must not produce a megabyte-long line. */
+const MAX_REASON = 1000;
+
 /**
  * Bad user input, reported as one line `${file}: ${reason}`.
  *
@@ -24,16 +27,33 @@ export class HiraError extends Error {
    * Makes the error; the message is `${file}: ${reason}`.
    * @param file the offending file or input name
    * @param reason what is wrong with it; newlines are folded into spaces so the message
-   *   stays one line
+   *   stays one line, and a reason over 1000 characters is cut
    * @param options standard `ErrorOptions` (e.g. `{ cause }` for the underlying error)
    */
   constructor(file: string, reason: string, options?: ErrorOptions) {
-    const oneLine = reason.replace(/\s*\n\s*/g, " ");
+    let oneLine = reason.replace(/\s*\n\s*/g, " ");
+    if (oneLine.length > MAX_REASON) oneLine = oneLine.slice(0, MAX_REASON - 1) + "…";
     super(`${file}: ${oneLine}`, options);
     this.name = "HiraError";
     this.file = file;
     this.reason = oneLine;
   }
+}
+
+/**
+ * A short JSON rendering of a value from a user's file, for error messages: at most `max`
+ * characters, and safe on values that JSON.stringify cannot render (a 20,000-deep array
+ * overflows the stack).
+ */
+export function preview(v: unknown, max = 60): string {
+  let s: string | undefined;
+  try {
+    s = JSON.stringify(v);
+  } catch {
+    return Array.isArray(v) ? "a deeply nested array" : "a deeply nested value";
+  }
+  s ??= typeof v;
+  return s.length > max ? s.slice(0, max - 1) + "…" : s;
 }
 
 /** Whether a value is a {@linkcode HiraError} (also across module copies, by name). */

@@ -12,7 +12,7 @@
  * adapted only q_proj because of the space), and an entry that matches nothing is an error.
  * @module
  */
-import { HiraError } from "./errors.ts";
+import { HiraError, preview } from "./errors.ts";
 import {
   type LlamaConfig,
   modulePath,
@@ -72,6 +72,29 @@ export function matchTargets(
   return all.filter((m) => targets.some((t) => hit(m.path, t)));
 }
 
+/**
+ * Refuses a rank larger than a matched layer: B·A of an [out, in] layer has rank at most
+ * min(out, in), so the extra rows and columns only cost memory and time (LoRA and HiRA alike).
+ * Throws a HiraError naming `source` and the first layer that is too small.
+ */
+export function checkRank(
+  cfg: LlamaConfig,
+  modules: readonly { path: string; proj: Projection }[],
+  r: number,
+  source = "--r_ab",
+): void {
+  for (const m of modules) {
+    const [o, i] = projectionShape(cfg, m.proj);
+    if (r > Math.min(o, i)) {
+      throw new HiraError(
+        source,
+        `${r} is larger than ${m.path} [${o} × ${i}] (a rank is at most min(out, in) = ` +
+          `${Math.min(o, i)})`,
+      );
+    }
+  }
+}
+
 /** The file key of one adapter tensor. */
 export function adapterKey(
   path: string,
@@ -119,11 +142,11 @@ export function parseAdapterConfig(json: unknown, file = "adapter_config.json"):
   // The reference repo saves HiRA as peft_type "LORA" with an r_ab field.
   const reference = type === "LORA" && typeof c.r_ab === "number";
   if (type !== "HIRA" && type !== "LORA") {
-    throw new HiraError(file, `peft_type ${JSON.stringify(type)} is not supported (HIRA or LORA)`);
+    throw new HiraError(file, `peft_type ${preview(type)} is not supported (HIRA or LORA)`);
   }
   const r = reference ? c.r_ab : c.r;
   if (typeof r !== "number" || !Number.isInteger(r) || r <= 0) {
-    throw new HiraError(file, `r must be a positive integer, got ${JSON.stringify(r)}`);
+    throw new HiraError(file, `r must be a positive integer, got ${preview(r)}`);
   }
   const tm = c.target_modules;
   let targetModules: string[];
@@ -139,7 +162,7 @@ export function parseAdapterConfig(json: unknown, file = "adapter_config.json"):
     targetModules,
     loraAlpha: alpha,
     loraDropout: typeof c.lora_dropout === "number" ? c.lora_dropout : 0,
-    baseModel: String(c.base_model_name_or_path ?? ""),
+    baseModel: typeof c.base_model_name_or_path === "string" ? c.base_model_name_or_path : "",
     keyStyle: reference ? "reference" : "peft",
   };
 }

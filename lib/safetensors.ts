@@ -11,7 +11,7 @@
  * API (file sources live in safetensors_deno.ts), so it also runs in a browser.
  * @module
  */
-import { HiraError } from "./errors.ts";
+import { HiraError, preview } from "./errors.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "./gpu.ts";
 
 /** Random access to the bytes of one file (or blob, or in-memory buffer). */
@@ -255,14 +255,15 @@ function parseEntry(
   }
   if (!isStDType(dtype)) {
     return fail(
-      `${what}: unknown dtype '${dtype}' (known: ${Object.keys(ST_DTYPE_BYTES).join(", ")})`,
+      `${what}: unknown dtype '${dtype.length > 40 ? dtype.slice(0, 39) + "…" : dtype}' ` +
+        `(known: ${Object.keys(ST_DTYPE_BYTES).join(", ")})`,
     );
   }
   if (!Array.isArray(shape)) return fail(`${what}: shape is not an array but ${describe(shape)}`);
   for (const d of shape) {
     if (typeof d !== "number" || !Number.isSafeInteger(d) || d < 0) {
       fail(
-        `${what}: shape ${JSON.stringify(shape)} has a negative or non-integer dimension ` +
+        `${what}: shape ${preview(shape)} has a negative or non-integer dimension ` +
           `(${describe(d)})`,
       );
     }
@@ -272,7 +273,7 @@ function parseEntry(
     !offsets.every((o) => typeof o === "number" && Number.isSafeInteger(o) && o >= 0)
   ) {
     return fail(
-      `${what}: data_offsets ${JSON.stringify(offsets)} is not a pair [begin, end] of ` +
+      `${what}: data_offsets ${preview(offsets)} is not a pair [begin, end] of ` +
         `non-negative integers`,
     );
   }
@@ -288,7 +289,7 @@ function parseEntry(
   const want = elems * ST_DTYPE_BYTES[dtype];
   if (end - begin !== want) {
     fail(
-      `${what}: byte length ${end - begin} does not match shape ${JSON.stringify(shape)} × ` +
+      `${what}: byte length ${end - begin} does not match shape ${preview(shape)} × ` +
         `${dtype} (${want} bytes)`,
     );
   }

@@ -5,7 +5,7 @@
  * accumulation count), and teacher-forced validation loss. One readback per optimizer step.
  * @module
  */
-import type { Tensor } from "./gpu.ts";
+import { DeviceLostError, type Tensor } from "./gpu.ts";
 import type { Batch, LlamaModel } from "./model.ts";
 import { AdamW, zeroGrads } from "./ops/optim.ts";
 import { linearWarmupDecay } from "./schedule.ts";
@@ -31,14 +31,62 @@ export interface StepReport {
   targets: number;
 }
 
-/** A NaN or Inf loss or gradient norm, with the step it appeared at. */
+/** Where a stopped run stands, for the messages of {@linkcode NonFiniteError}. */
+export interface StopContext {
+  /** The last checkpoint written before the failure; null when none was. */
+  lastCheckpoint?: string | null;
+  /** The run's peak learning rate (named in the advice). */
+  lr?: number;
+}
+
+function stopTail(ctx: StopContext): string {
+  const kept = ctx.lastCheckpoint === undefined
+    ? "the last good checkpoint is kept"
+    : ctx.lastCheckpoint === null
+    ? "no checkpoint had been saved yet"
+    : `the last good checkpoint is ${ctx.lastCheckpoint}`;
+  return `the run stopped and ${kept}`;
+}
+
+/**
+ * A NaN or Inf loss, gradient norm or validation loss, with the step it appeared at: the run
+ * stops before anything of that step is saved.
+ */
 export class NonFiniteError extends Error {
-  constructor(readonly step: number, what: string) {
+  /**
+   * @param step the optimizer step (1-based) whose loss or gradient was not finite
+   * @param what what was not finite ("the training loss", "the gradient norm", ...)
+   * @param ctx the last checkpoint and learning rate, when the caller knows them
+   */
+  constructor(readonly step: number, readonly what: string, readonly ctx: StopContext = {}) {
     super(
-      `${what} is not finite at step ${step}; the run stopped and the last good checkpoint is ` +
-        `kept. Try a lower learning rate (--lr) or stronger clipping.`,
+      `${what} is not finite at step ${step}; ${stopTail(ctx)}. Try a lower learning rate ` +
+        `(--lr${ctx.lr !== undefined ? `, now ${ctx.lr}` : ""}) or stronger clipping.`,
     );
     this.name = "NonFiniteError";
+  }
+}
+
+/** The GPU device was lost during a step: reported like {@linkcode NonFiniteError}, by step. */
+export class DeviceLostAtStepError extends Error {
+  /**
+   * @param step the optimizer step (1-based) that was running
+   * @param reason the loss as the GPU reported it ({@linkcode DeviceLostError}'s message)
+   * @param ctx the last checkpoint, when the caller knows it
+   */
+  constructor(
+    readonly step: number,
+    readonly reason: string,
+    readonly ctx: StopContext = {},
+    options?: ErrorOptions,
+  ) {
+    super(
+      `${reason} at step ${step}; ${stopTail(ctx)}. Resume with --resume=RUN_DIR once the GPU ` +
+        `is back (a lost device is often out of GPU memory: try a smaller --batch or ` +
+        `--enable_grad_ckpt).`,
+      options,
+    );
+    this.name = "DeviceLostError";
   }
 }
 
@@ -65,6 +113,26 @@ export class Trainer {
    * the micro-batches' token-mean losses, as HF logs it.
    */
   async trainStep(micro: readonly Batch[]): Promise<StepReport> {
+    try {
+      return await this.#trainStep(micro);
+    } catch (e) {
+      throw await this.#asDeviceLoss(e, this.step + 1);
+    }
+  }
+
+  /**
+   * A failure of a GPU call as a {@linkcode DeviceLostAtStepError} when the device is gone
+   * (a lost device surfaces as a rejected map or a validation error first), else unchanged.
+   */
+  async #asDeviceLoss(e: unknown, step: number): Promise<unknown> {
+    if (e instanceof NonFiniteError) return e;
+    const info = e instanceof DeviceLostError ? null : await this.model.gpu.lostInfo(200);
+    if (!(e instanceof DeviceLostError) && !info) return e;
+    const reason = e instanceof DeviceLostError ? e.message : new DeviceLostError(info!).message;
+    return new DeviceLostAtStepError(step, reason, {}, { cause: e });
+  }
+
+  async #trainStep(micro: readonly Batch[]): Promise<StepReport> {
     const gpu = this.model.gpu;
     const grads = this.opt.params.map((p) => p.grad);
     zeroGrads(gpu, grads);
@@ -98,6 +166,14 @@ export class Trainer {
    * weighted by its number of sequences (HF repeats each batch mean batch-size times).
    */
   async evalLoss(batches: readonly Batch[]): Promise<number> {
+    try {
+      return await this.#evalLoss(batches);
+    } catch (e) {
+      throw await this.#asDeviceLoss(e, this.step);
+    }
+  }
+
+  async #evalLoss(batches: readonly Batch[]): Promise<number> {
     const gpu = this.model.gpu;
     const ts: Tensor[] = [];
     // Evaluation runs without dropout (nn.Dropout in eval mode); trainStep turns it back on.
