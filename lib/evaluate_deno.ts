@@ -65,6 +65,8 @@ import {
   rankMarkdown,
 } from "./merge.ts";
 import { readAdapterModules, writeMergedModelDir } from "./merge_deno.ts";
+import { isRunDir, writeRunReport } from "./report_deno.ts";
+import { bestCheckpointName } from "./permissions.ts";
 
 async function isDir(path: string): Promise<boolean> {
   return await Deno.stat(path).then((s) => s.isDirectory, () => false);
@@ -121,8 +123,9 @@ async function checkpointsOf(dir: string): Promise<{ step: number; dir: string }
  * Resolves `--ckpt`: an adapter folder (adapter_config.json), a model folder (config.json), a
  * run folder (its `adapter/` or `model/`, else the best checkpoint named by `--load_order`'s
  * checkpoint's trainer_state.json `best_model_checkpoint`, else that checkpoint), or a
- * checkpoint-N folder. The best-checkpoint path is tried as written, then as a folder of the
- * run (the reference recorded it relative to the training cwd).
+ * checkpoint-N folder. Of the best-checkpoint path only its `checkpoint-N` name is used, as a
+ * folder of the run (the reference recorded a path relative to the training cwd; a path from a
+ * file never leads outside the run).
  */
 export async function resolveCheckpoint(path: string, loadOrder = -1): Promise<ResolvedCheckpoint> {
   const st = await Deno.stat(path).catch(() => null);
@@ -157,14 +160,13 @@ export async function resolveCheckpoint(path: string, loadOrder = -1): Promise<R
       best_model_checkpoint?: unknown;
     };
     const best = state?.best_model_checkpoint;
-    if (typeof best === "string" && best !== "") {
-      const candidates = [best, join(path, basename(best))];
-      const found = [];
-      for (const c of candidates) if (await isDir(c)) found.push(c);
-      if (found.length === 0) {
+    // Only the checkpoint-N name counts, looked up in this run folder (never a path from the file).
+    const name = bestCheckpointName(best, stateFile);
+    if (name !== null) {
+      chosen = join(path, name);
+      if (!(await isDir(chosen))) {
         throw new HiraError(stateFile, `best_model_checkpoint '${best}' does not exist`);
       }
-      chosen = found[0];
     }
   }
   const c = await classify(chosen);
@@ -516,6 +518,11 @@ async function datasetCommand(a: EvalArgs): Promise<void> {
   const s = summarize(tag, rows);
   console.log("\n" + summaryMarkdown(s));
   console.log(`summary: ${join(outDir, `summary_${tag}.md`)}`);
+  // Evaluating a training run folder adds the accuracy to its report.
+  if (a.ckpt && !a.out && await isRunDir(a.ckpt)) {
+    const files = await writeRunReport(a.ckpt);
+    console.log(`report: ${files.at(-1)}`);
+  }
 }
 
 async function perplexityCommand(a: EvalArgs): Promise<void> {
@@ -698,6 +705,10 @@ export function accuracyHooks(args: TrainArgs): AccuracyHooks {
     afterTraining: async (model, tok, runDir) => {
       const after = await run(model, tok, runDir, "after");
       if (!after) return;
+      // A resumed run measured "before" in its first process: read it back.
+      before ??= await readSummary(
+        join(runDir, "accuracy_before", `summary_${after.decoding}.json`),
+      );
       const b = before ?? summarize(after.decoding, []);
       const md = beforeAfterMarkdown(b, after);
       console.log("\n" + md);

@@ -59,6 +59,11 @@ export interface MergedDirOptions {
   force?: boolean;
 }
 
+/** The temporary folder a merge into `outDir` is built in before it is renamed into place. */
+export function mergePartialDir(outDir: string): string {
+  return join(dirname(outDir), `.${basename(outDir)}.partial`);
+}
+
 /**
  * Writes `model` with its adapters merged in as a complete Hugging Face model folder:
  * config.json (torch_dtype updated), model.safetensors in the export dtype, and the base's
@@ -74,10 +79,12 @@ export async function writeMergedModelDir(
   const had = await checkOutputDir(outDir, opts.force ?? false);
   const dtype = exportDtype(model.config.torchDtype, opts.dtype);
   const weights = await mergedWeights(model);
-  const parent = dirname(outDir);
-  await Deno.mkdir(parent, { recursive: true });
-  const tmp = join(parent, `.${basename(outDir)}.tmp-${crypto.randomUUID().slice(0, 8)}`);
-  await Deno.mkdir(tmp);
+  // The scoped merge task may write only outDir and the one fixed partial name beside it, so
+  // the partial folder is created with its parents (mkdir of the parent itself would need
+  // write access to the parent).
+  const tmp = mergePartialDir(outDir);
+  await Deno.remove(tmp, { recursive: true }).catch(() => {}); // left by a killed merge
+  await Deno.mkdir(tmp, { recursive: true });
   try {
     await writeSafetensorsFile(join(tmp, "model.safetensors"), exportTensors(weights, dtype), {
       format: "pt",

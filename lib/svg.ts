@@ -387,6 +387,11 @@ export interface BarChartOptions {
   height?: number;
   /** Print each bar's value above it; default: when there are at most 40 bars. */
   valueLabels?: boolean;
+  /**
+   * Values the y axis must cover besides the data and 0 (e.g. `[0, 100]` for percentages, so
+   * an all-zero accuracy chart keeps its 0-100 scale).
+   */
+  yInclude?: readonly number[];
 }
 
 /**
@@ -406,6 +411,7 @@ export function barChart(opts: BarChartOptions): string {
     }
   }
   const values = series.flatMap((s) => s.values.filter((v) => Number.isFinite(v)));
+  for (const v of opts.yInclude ?? []) if (Number.isFinite(v)) values.push(v);
   const nCat = Math.max(1, categories.length);
   const nSer = Math.max(1, series.length);
   const longest = Math.max(0, ...categories.map((s) => [...s].length));

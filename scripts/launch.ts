@@ -1,0 +1,70 @@
+/**
+ * The launcher behind `deno task train|eval|merge|rank|report`: works out which folders the
+ * command line names (lib/launch_deno.ts), then runs the task in a child `deno run` that may
+ * read only those folders and the project's kernels/ and data_file/, and write only the output
+ * folder. The launcher itself reads (to resolve folders) and starts `deno`; it writes nothing.
+ *
+ *   deno run --allow-read --allow-run=deno scripts/launch.ts <train|eval|report> [flags...]
+ *
+ * `HIRA_SHOW_PERMISSIONS=1` prints the child's command line first. Ctrl-C and SIGTERM are passed
+ * to the child (training saves a checkpoint), and the launcher exits with the child's status.
+ * `deno run -A train.ts ...` still runs a task without any of this.
+ * @module
+ */
+import { join } from "@std/path";
+import { isHiraError } from "../lib/errors.ts";
+import { planTask, REPO_ROOT } from "../lib/launch_deno.ts";
+import { denoRunArgs } from "../lib/permissions.ts";
+
+/** Plans and runs one task; resolves to the exit code. */
+export async function launch(task: string, argv: readonly string[]): Promise<number> {
+  let args: string[];
+  try {
+    args = denoRunArgs(await planTask(task, argv), join(REPO_ROOT, "deno.json"));
+  } catch (e) {
+    if (isHiraError(e)) {
+      console.error(`error: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+  if (Deno.env.get("HIRA_SHOW_PERMISSIONS") === "1") {
+    console.error(
+      ["deno", ...args].map((a) => (/^[\w./=,:@+-]+$/.test(a) ? a : `'${a}'`)).join(" "),
+    );
+  }
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command("deno", {
+      args,
+      stdin: "inherit",
+      stdout: "inherit",
+      stderr: "inherit",
+    })
+      .spawn();
+  } catch (e) {
+    console.error(
+      `error: cannot start deno (${(e as Error).message}); run the task directly: ` +
+        `deno run -A ${task}.ts ...`,
+    );
+    return 1;
+  }
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  const forward = signals.map((sig) => {
+    const f = () => {
+      try {
+        child.kill(sig);
+      } catch { /* already gone */ }
+    };
+    Deno.addSignalListener(sig, f);
+    return () => Deno.removeSignalListener(sig, f);
+  });
+  const status = await child.status;
+  forward.forEach((off) => off());
+  return status.code;
+}
+
+if (import.meta.main) {
+  const [task = "", ...argv] = Deno.args;
+  Deno.exit(await launch(task, argv));
+}

@@ -1,0 +1,290 @@
+/**
+ * Crash safety of a real `train.ts` process: SIGKILL after the k-th logged step, SIGKILL in the
+ * middle of a checkpoint write, SIGKILL right after a resume starts, Ctrl-C (SIGINT) and SIGTERM.
+ * After each, every checkpoint-N folder is complete and loads, and the run resumed from the
+ * newest one ends with the same adapter and optimizer state, byte for byte, as a run never
+ * stopped with the same seed.
+ */
+import { assert, assertEquals, assertGreaterOrEqual } from "@std/assert";
+import { join } from "@std/path";
+import { parseConfig } from "../lib/config.ts";
+import { randomModel } from "../lib/load.ts";
+import { writeModelDir } from "../lib/train_deno.ts";
+import { openAdapterDir } from "../lib/peft_deno.ts";
+import { openSafetensors } from "../lib/safetensors_deno.ts";
+import { parseRunLog } from "../lib/report.ts";
+import { testGpu } from "./_util.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const TINY = join(ROOT, "data_file/tiny/");
+const STEPS = 12;
+
+/** A random-init tiny model folder, so the test does not depend on the embedded weights. */
+async function tinyModelDir(): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "hira-crash-model-" });
+  const cfg = parseConfig(JSON.parse(await Deno.readTextFile(join(TINY, "model/config.json"))));
+  await writeModelDir(randomModel(await testGpu(), cfg, 11), dir, TINY);
+  return dir;
+}
+
+function trainFlags(modelDir: string, out: string): string[] {
+  return [
+    `--model=${modelDir}`,
+    `--data_root=${join(ROOT, "data_file")}`,
+    `--output_folder=${out}`,
+    "--dataset=common_170k",
+    "--dataset_ratio=0.01",
+    "--batch=4",
+    `--max_steps=${STEPS}`,
+    "--warmup=2",
+    "--lr=1e-2",
+    "--r_ab=4",
+    "--target_modules=q_proj,v_proj,down_proj",
+    // A validation loss and a checkpoint after every step: many moments to be killed at.
+    "--eval_strategy=steps",
+    "--eval_steps=1",
+    "--save_total_limit=1",
+    "--seed=5",
+    "--log_every=1000",
+    "--no-eval_accuracy",
+  ];
+}
+
+/** A train.ts child process, its stderr collected for failure messages. */
+class TrainProcess {
+  readonly child: Deno.ChildProcess;
+  readonly stderr: Promise<string>;
+
+  constructor(flags: string[], env: Record<string, string> = {}) {
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", join(ROOT, "train.ts"), ...flags],
+      cwd: ROOT,
+      env: { DENO_WEBGPU_BACKEND: "vulkan", XDG_RUNTIME_DIR: "/tmp", ...env },
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    this.stderr = new Response(this.child.stderr).text();
+  }
+
+  async exit(): Promise<Deno.CommandStatus> {
+    const status = await this.child.status;
+    await this.stderr;
+    return status;
+  }
+
+  /** Sends `signal` and waits for the exit. */
+  async kill(signal: Deno.Signal): Promise<Deno.CommandStatus> {
+    try {
+      this.child.kill(signal);
+    } catch { /* already gone */ }
+    return await this.exit();
+  }
+}
+
+/** Polls `cond` every few ms until it holds (or the process ends, or 60 s pass). */
+async function waitFor(
+  p: TrainProcess,
+  what: string,
+  cond: () => Promise<boolean>,
+): Promise<void> {
+  let done = false;
+  p.child.status.then(() => (done = true));
+  const t0 = Date.now();
+  while (!(await cond())) {
+    if (done) throw new Error(`train.ts exited before ${what}:\n${await p.stderr}`);
+    if (Date.now() - t0 > 60_000) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 3));
+  }
+}
+
+async function names(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) out.push(e.name);
+  } catch { /* not there yet */ }
+  return out.sort();
+}
+
+async function runDirOf(out: string): Promise<string | null> {
+  const n = (await names(out)).filter((x) => !x.startsWith("."));
+  return n.length === 1 ? join(out, n[0]) : null;
+}
+
+/** Steps of the `train` records logged after the last `resume` record (or from the start). */
+async function stepsLoggedSinceResume(runDir: string): Promise<number[]> {
+  const text = await Deno.readTextFile(join(runDir, "log.jsonl")).catch(() => "");
+  const steps: number[] = [];
+  for (const line of text.split("\n")) {
+    if (line.includes('"type":"resume"')) steps.length = 0;
+    const m = /^\{"type":"train","step":(\d+),/.exec(line);
+    if (m) steps.push(Number(m[1]));
+  }
+  return steps;
+}
+
+async function checkpointSteps(runDir: string): Promise<number[]> {
+  return (await names(runDir)).map((n) => /^checkpoint-(\d+)$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null).map((m) => Number(m[1]))
+    .sort((a, b) => a - b);
+}
+
+/**
+ * Every checkpoint-N folder is complete: its adapter opens and every tensor reads, the optimizer
+ * moments read, and trainer_state.json parses and says step N. Returns the newest step.
+ */
+async function checkCheckpoints(runDir: string): Promise<number> {
+  const steps = await checkpointSteps(runDir);
+  assert(steps.length > 0, `no checkpoint in ${runDir}`);
+  for (const step of steps) {
+    const dir = join(runDir, `checkpoint-${step}`);
+    assertEquals(
+      await names(dir),
+      [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "optimizer.safetensors",
+        "trainer_state.json",
+      ],
+      dir,
+    );
+    const ad = await openAdapterDir(dir);
+    ad.close();
+    for (const file of ["adapter_model.safetensors", "optimizer.safetensors"]) {
+      const f = await openSafetensors(join(dir, file));
+      try {
+        for (const n of f.names) assert((await f.read(n, "f32")).length > 0, `${file} ${n}`);
+      } finally {
+        f.close();
+      }
+    }
+    const state = JSON.parse(await Deno.readTextFile(join(dir, "trainer_state.json")));
+    assertEquals(state.global_step, step);
+  }
+  return steps.at(-1)!;
+}
+
+/** The bytes that must match an uninterrupted run's. */
+async function finalBytes(runDir: string): Promise<Record<string, Uint8Array>> {
+  const out: Record<string, Uint8Array> = {};
+  for (
+    const f of [
+      "adapter/adapter_model.safetensors",
+      "adapter/adapter_config.json",
+      `checkpoint-${STEPS}/adapter_model.safetensors`,
+      `checkpoint-${STEPS}/optimizer.safetensors`,
+    ]
+  ) out[f] = await Deno.readFile(join(runDir, f));
+  return out;
+}
+
+Deno.test("killed, interrupted and resumed training ends with the uninterrupted run's adapter", async (t) => {
+  const modelDir = await tinyModelDir();
+  const tmp = await Deno.makeTempDir({ prefix: "hira-crash-" });
+  const outA = join(tmp, "a"), outB = join(tmp, "b");
+  // The uninterrupted reference runs alongside the interrupted run's first segments.
+  const reference = new TrainProcess(trainFlags(modelDir, outA));
+  try {
+    let runDir = "";
+    // Each segment continues the previous one's run: stop at the first failure.
+    let ok = true;
+    const resume = (env: Record<string, string> = {}) =>
+      new TrainProcess([`--resume=${runDir}`, "--log_every=1000"], env);
+
+    ok = ok && await t.step("SIGKILL after the 3rd logged step", async () => {
+      const p = new TrainProcess(trainFlags(modelDir, outB));
+      await waitFor(p, "3 logged steps", async () => {
+        const dir = await runDirOf(outB);
+        return dir !== null && (await stepsLoggedSinceResume(dir)).length >= 3;
+      });
+      const status = await p.kill("SIGKILL");
+      assertEquals(status.signal, "SIGKILL");
+      runDir = (await runDirOf(outB))!;
+      // Step 3's record is written after checkpoint-2's rename.
+      assertGreaterOrEqual(await checkCheckpoints(runDir), 2);
+    });
+
+    ok = ok && await t.step("SIGKILL in the middle of a checkpoint write", async () => {
+      const before = await checkCheckpoints(runDir);
+      const p = resume({ HIRA_CHECKPOINT_PAUSE_MS: "400" });
+      let partial = "";
+      // The pause comes after the adapter file and before the optimizer state.
+      await waitFor(p, "a checkpoint half written", async () => {
+        partial = (await names(runDir)).find((n) => /^\.checkpoint-\d+\.tmp-/.test(n)) ?? "";
+        return partial !== "" &&
+          (await names(join(runDir, partial))).includes("adapter_model.safetensors");
+      });
+      await p.kill("SIGKILL");
+      const step = Number(/^\.checkpoint-(\d+)/.exec(partial)![1]);
+      assertEquals(step, before + 1);
+      // Killed halfway: the adapter was written, the optimizer state and trainer state were not.
+      const inside = await names(join(runDir, partial));
+      assert(!inside.includes("trainer_state.json"), `${partial}: ${inside}`);
+      assert(!inside.includes("optimizer.safetensors"), `${partial}: ${inside}`);
+      assert(!(await checkpointSteps(runDir)).includes(step), `checkpoint-${step} appeared`);
+      assertEquals(await checkCheckpoints(runDir), before);
+    });
+
+    ok = ok && await t.step("SIGKILL right after a resume starts", async () => {
+      const p = resume();
+      await waitFor(p, "the resume record", async () => {
+        const log = await Deno.readTextFile(join(runDir, "log.jsonl"));
+        return log.split('"type":"resume"').length - 1 >= 2;
+      });
+      await p.kill("SIGKILL");
+      // The resume removed the half-written checkpoint folder of the previous kill.
+      assertEquals((await names(runDir)).filter((n) => n.startsWith(".")), []);
+      await checkCheckpoints(runDir);
+    });
+
+    for (const [signal, atStep] of [["SIGINT", 6], ["SIGTERM", 9]] as const) {
+      ok = ok && await t.step(`${signal} saves a checkpoint and exits with 130`, async () => {
+        const p = resume();
+        await waitFor(p, `step ${atStep}`, async () => {
+          return (await stepsLoggedSinceResume(runDir)).some((s) => s >= atStep);
+        });
+        const status = await p.kill(signal);
+        assertEquals(status.code, 130, await p.stderr);
+        const steps = await stepsLoggedSinceResume(runDir);
+        const last = steps.at(-1)!;
+        assert(last < STEPS, `stopped at ${last}, before the end`);
+        assertEquals(await checkCheckpoints(runDir), last);
+        const log = parseRunLog(await Deno.readTextFile(join(runDir, "log.jsonl")));
+        assertEquals(log.end?.interrupted, true);
+        // The report is written on stop, too.
+        assert((await names(runDir)).includes("report.md"));
+      });
+    }
+
+    ok = ok &&
+      await t.step("the resumed run ends byte-identical to the uninterrupted one", async () => {
+        const p = resume();
+        const status = await p.exit();
+        assertEquals(status.code, 0, await p.stderr);
+        const refStatus = await reference.exit();
+        assertEquals(refStatus.code, 0, await reference.stderr);
+        const refDir = (await runDirOf(outA))!;
+        const expected = await finalBytes(refDir);
+        const actual = await finalBytes(runDir);
+        for (const [file, bytes] of Object.entries(expected)) {
+          assertEquals(actual[file], bytes, `${file} differs from the uninterrupted run's`);
+        }
+        // The log holds every step once (redone steps replace the killed run's) and the resumes.
+        const log = parseRunLog(await Deno.readTextFile(join(runDir, "log.jsonl")));
+        assertEquals(log.train.map((p) => p.step), Array.from({ length: STEPS }, (_, i) => i + 1));
+        assertEquals(log.resumes.length, 5);
+        const refLog = parseRunLog(await Deno.readTextFile(join(refDir, "log.jsonl")));
+        assertEquals(log.train.map((p) => p.loss), refLog.train.map((p) => p.loss));
+        assertEquals(log.eval, refLog.eval);
+        const md = await Deno.readTextFile(join(runDir, "report.md"));
+        assert(md.includes("| status | complete |"), md);
+        assertEquals((await names(runDir)).filter((n) => n.startsWith(".")), []);
+        // Resumes kept the run's saved flags (--no-eval_accuracy), not the command line's.
+        assert(!(await names(runDir)).includes("accuracy_after"));
+      });
+  } finally {
+    await reference.kill("SIGKILL"); // a no-op unless a step failed early
+    await Deno.remove(tmp, { recursive: true });
+    await Deno.remove(modelDir, { recursive: true });
+  }
+});
