@@ -1,12 +1,30 @@
-// HiRA layer, unfused path: the effective weight W0 ⊙ (1 + B·A) is materialised, then an
-// ordinary matmul uses it (exactly the reference's order of operations). A fused kernel is tested
-// against these, so they stay simple: one invocation per output element, the rank sum in order.
+// HiRA kernels. Shapes: W0 [out, in] (element type WTYPE, read as f32), A [r, in], B [out, r],
+// activations [N, in] / [N, out]; everything else row-major f32.
 //
-// Shapes: W0, W_eff, G [out, in]; A [r, in]; B [out, r]; all row-major f32.
+// Two families:
+// - Unfused (the reference's order of operations, kept as the path the fused kernels are tested
+//   against): apply_factor turns B·A (a matmul-kernel product) into W0 ⊙ (1 + B·A) or PEFT's
+//   W0 ⊙ (B·A); mul_inplace forms W0 ⊙ G; effective_weight, delta_weight and unmerge do the
+//   whole element with the rank sum in order (one invocation per element, 2r loads each).
+// - Fused: mm_* multiply activations by W_eff = W0 ⊙ (1 + B·A) forming W_eff tile by tile
+//   (never written to memory): forward y = x·W_effᵀ (DX false) and dX = dY·W_eff (DX true).
+//   grad_* compute G = dYᵀ·X tile by tile, M = W0 ⊙ G in registers, and write per-tile partial
+//   sums of dB = M·Aᵀ and dA = Bᵀ·M; reduce_grads adds the partials into the gradients. The
+//   out × in matrices G and M are never written.
+//   "cpu" entries suit CPU rasterizers (no workgroup memory in the hot loop, vec4 loads,
+//   register blocks); "tiled" entries stage tiles in workgroup memory for real GPUs.
+//
+// Every entry of this file is compiled with the defines WTYPE (f32 or the half type), DX, ACC,
+// RANK, RB, CB, NB (= RB·CB), BL (= RANK·CB), JC (= min(RANK, 32)), VEC_K, VEC_IN, VEC_R, VEC_N;
+// entries ignore the ones they do not use (the host passes fixed values for them).
 
 fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
   return gid.x + gid.y * nwg.x * 256u;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Unfused kernels.
+// ---------------------------------------------------------------------------------------------
 
 struct WeightParams {
   out_features: u32,
@@ -15,18 +33,18 @@ struct WeightParams {
 }
 
 @group(0) @binding(0) var<uniform> wp: WeightParams;
-@group(0) @binding(1) var<storage, read> w_src: array<f32>;
+@group(0) @binding(1) var<storage, read> w_src: array<{{WTYPE}}>;
 @group(0) @binding(2) var<storage, read> lora_a: array<f32>;
 @group(0) @binding(3) var<storage, read> lora_b: array<f32>;
 @group(0) @binding(4) var<storage, read_write> w_dst: array<f32>;
 
-// 1 + Σ_r B[o, r]·A[r, i]
-fn hadamard_factor(o: u32, i: u32) -> f32 {
+// Σ_r B[o, r]·A[r, i]
+fn rank_product(o: u32, i: u32) -> f32 {
   var s = 0.0;
   for (var k = 0u; k < wp.rank; k++) {
     s += lora_b[o * wp.rank + k] * lora_a[k * wp.in_features + i];
   }
-  return 1.0 + s;
+  return s;
 }
 
 // w_dst = W0 ⊙ (1 + B·A), with w_src = W0.
@@ -39,7 +57,20 @@ fn effective_weight(
   if (idx >= wp.out_features * wp.in_features) { return; }
   let o = idx / wp.in_features;
   let i = idx % wp.in_features;
-  w_dst[idx] = w_src[idx] * hadamard_factor(o, i);
+  w_dst[idx] = f32(w_src[idx]) * (1.0 + rank_product(o, i));
+}
+
+// w_dst = W0 ⊙ (B·A): PEFT's stored delta weight (the bench's unfused PEFT-style path).
+@compute @workgroup_size(256)
+fn delta_weight(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let idx = flat(gid, nwg);
+  if (idx >= wp.out_features * wp.in_features) { return; }
+  let o = idx / wp.in_features;
+  let i = idx % wp.in_features;
+  w_dst[idx] = f32(w_src[idx]) * rank_product(o, i);
 }
 
 // w_dst = W' ⊘ (1 + B·A), with w_src = W' (a merged weight). Ill-conditioned where 1 + B·A ≈ 0.
@@ -52,7 +83,7 @@ fn unmerge(
   if (idx >= wp.out_features * wp.in_features) { return; }
   let o = idx / wp.in_features;
   let i = idx % wp.in_features;
-  w_dst[idx] = w_src[idx] / hadamard_factor(o, i);
+  w_dst[idx] = f32(w_src[idx]) / (1.0 + rank_product(o, i));
 }
 
 struct ElemParams {
@@ -61,7 +92,7 @@ struct ElemParams {
 }
 
 @group(0) @binding(0) var<uniform> ep: ElemParams;
-@group(0) @binding(1) var<storage, read> e_src: array<f32>;
+@group(0) @binding(1) var<storage, read> e_src: array<{{WTYPE}}>;
 @group(0) @binding(2) var<storage, read_write> e_dst: array<f32>;
 
 // e_dst ⊙= e_src in place (M = W0 ⊙ G overwrites G, which is not needed afterwards).
@@ -72,5 +103,795 @@ fn mul_inplace(
 ) {
   let i = flat(gid, nwg);
   if (i >= ep.n) { return; }
-  e_dst[i] = e_dst[i] * e_src[i];
+  e_dst[i] = e_dst[i] * f32(e_src[i]);
+}
+
+struct FactorParams {
+  n: u32,
+  one: f32,
+}
+
+@group(0) @binding(0) var<uniform> fp: FactorParams;
+@group(0) @binding(1) var<storage, read> f_w0: array<{{WTYPE}}>;
+@group(0) @binding(2) var<storage, read_write> f_dst: array<f32>;
+
+// f_dst = W0 ⊙ (one + f_dst) in place, where f_dst holds B·A (from the matmul kernel): W_eff
+// with one = 1, PEFT's delta weight with one = 0.
+@compute @workgroup_size(256)
+fn apply_factor(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let i = flat(gid, nwg);
+  if (i >= fp.n) { return; }
+  f_dst[i] = f32(f_w0[i]) * (fp.one + f_dst[i]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused activation × W_eff product.
+//   DX false (forward): out[m, n] = Σ_k act[m, k]·W_eff[n, k]   (act = x [M, in], N = out)
+//   DX true  (dX):      out[m, n] = Σ_k act[m, k]·W_eff[k, n]   (act = dY [M, out], N = in)
+// so op(W)[k, n] is W_eff[n, k] or W_eff[k, n]. All operands are bound as vec4 arrays (the host
+// rounds the windows up); single elements are read through the e*() helpers.
+// ---------------------------------------------------------------------------------------------
+
+struct MmParams {
+  M: u32,
+  N: u32,
+  K: u32,
+  out_f: u32,
+  in_f: u32,
+  rank: u32,
+  tilesN: u32,
+  totalTiles: u32,
+}
+
+const DX: bool = {{DX}};
+const ACC: bool = {{ACC}};
+const RANK: u32 = {{RANK}}u;
+const RB: u32 = {{RB}}u;
+const CB: u32 = {{CB}}u;
+// K % 4 == 0 (activation rows load as vec4), in % 4 == 0 (W0 and A rows), r % 4 == 0 (B rows),
+// N % 4 == 0 (output rows store as vec4).
+const VEC_K: bool = {{VEC_K}};
+const VEC_IN: bool = {{VEC_IN}};
+const VEC_R: bool = {{VEC_R}};
+const VEC_N: bool = {{VEC_N}};
+
+@group(0) @binding(0) var<uniform> mp: MmParams;
+@group(0) @binding(1) var<storage, read> m_act: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> m_w0: array<vec4<{{WTYPE}}>>;
+@group(0) @binding(3) var<storage, read> m_a: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> m_b: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> m_out: array<vec4<f32>>;
+
+fn m_act_e(i: u32) -> f32 {
+  return m_act[i >> 2u][i & 3u];
+}
+
+fn m_w0_e(i: u32) -> f32 {
+  return f32(m_w0[i >> 2u][i & 3u]);
+}
+
+fn m_a_e(i: u32) -> f32 {
+  return m_a[i >> 2u][i & 3u];
+}
+
+fn m_b_e(i: u32) -> f32 {
+  return m_b[i >> 2u][i & 3u];
+}
+
+// act[m, k..k+3], zero past K. Rows past M are clamped (their outputs are never stored).
+fn mm_act4(m: u32, k: u32) -> vec4<f32> {
+  let row = min(m, mp.M - 1u) * mp.K;
+  if (VEC_K) { return m_act[(row + k) >> 2u]; }
+  var v: vec4<f32>;
+  for (var kk = 0u; kk < 4u; kk++) {
+    v[kk] = select(0.0, m_act_e(row + min(k + kk, mp.K - 1u)), k + kk < mp.K);
+  }
+  return v;
+}
+
+// A[j, i..i+3] (columns clamped into range; callers zero what lies past `in` elsewhere).
+fn mm_a4(j: u32, i: u32) -> vec4<f32> {
+  if (VEC_IN) { return m_a[(j * mp.in_f + min(i, mp.in_f - 4u)) >> 2u]; }
+  let last = mp.in_f - 1u;
+  let base = j * mp.in_f;
+  return vec4(m_a_e(base + min(i, last)), m_a_e(base + min(i + 1u, last)),
+    m_a_e(base + min(i + 2u, last)), m_a_e(base + min(i + 3u, last)));
+}
+
+// W0[o, i..i+3] with o clamped and columns clamped.
+fn mm_w0row4(o: u32, i: u32) -> vec4<f32> {
+  let row = min(o, mp.out_f - 1u) * mp.in_f;
+  if (VEC_IN) { return vec4<f32>(m_w0[(row + min(i, mp.in_f - 4u)) >> 2u]); }
+  let last = mp.in_f - 1u;
+  return vec4(m_w0_e(row + min(i, last)), m_w0_e(row + min(i + 1u, last)),
+    m_w0_e(row + min(i + 2u, last)), m_w0_e(row + min(i + 3u, last)));
+}
+
+// B[o, j..j+3] (o clamped; ranks past r read as 0).
+fn mm_b4(o: u32, j: u32) -> vec4<f32> {
+  let row = min(o, mp.out_f - 1u) * mp.rank;
+  if (VEC_R) { return m_b[(row + j) >> 2u]; }
+  var v: vec4<f32>;
+  for (var jj = 0u; jj < 4u; jj++) {
+    v[jj] = select(0.0, m_b_e(row + min(j + jj, mp.rank - 1u)), j + jj < mp.rank);
+  }
+  return v;
+}
+
+// B[o, j] (o clamped).
+fn mm_b_at(o: u32, j: u32) -> f32 {
+  return m_b_e(min(o, mp.out_f - 1u) * mp.rank + j);
+}
+
+// op(W0)[k..k+3, n..n+3] as a matrix whose column kk is op(W0)[k+kk, n..n+3].
+fn mm_w0tile(k: u32, n: u32) -> mat4x4<f32> {
+  if (DX) {
+    return mat4x4<f32>(mm_w0row4(k, n), mm_w0row4(k + 1u, n), mm_w0row4(k + 2u, n),
+      mm_w0row4(k + 3u, n));
+  }
+  return transpose(mat4x4<f32>(mm_w0row4(n, k), mm_w0row4(n + 1u, k), mm_w0row4(n + 2u, k),
+    mm_w0row4(n + 3u, k)));
+}
+
+// Writes out[m, n..n+3] (those inside M×N), adding the old values with ACC.
+fn mm_store4(m: u32, n: u32, v: vec4<f32>) {
+  if (m >= mp.M || n >= mp.N) { return; }
+  let base = m * mp.N + n;
+  if (VEC_N) {
+    var w = v;
+    if (ACC) { w += m_out[base >> 2u]; }
+    m_out[base >> 2u] = w;
+    return;
+  }
+  for (var q = 0u; q < 4u; q++) {
+    if (n + q < mp.N) {
+      let i = base + q;
+      var w = v[q];
+      if (ACC) { w += m_out[i >> 2u][i & 3u]; }
+      m_out[i >> 2u][i & 3u] = w;
+    }
+  }
+}
+
+// One output row of a 4×4 block: acc + Σ_kk x[kk]·w[kk].
+fn mac_row(acc: vec4<f32>, x: vec4<f32>, w: mat4x4<f32>) -> vec4<f32> {
+  return fma(vec4(x.w), w[3], fma(vec4(x.z), w[2], fma(vec4(x.y), w[1], fma(vec4(x.x), w[0],
+    acc))));
+}
+
+// Adds am·bm to a 4×4 block: column q of acc (output row q) += Σ_kk am[q][kk]·bm[kk].
+fn mac_block(acc: ptr<function, mat4x4<f32>>, am: mat4x4<f32>, bm: mat4x4<f32>) {
+  (*acc)[0] = mac_row((*acc)[0], am[0], bm);
+  (*acc)[1] = mac_row((*acc)[1], am[1], bm);
+  (*acc)[2] = mac_row((*acc)[2], am[2], bm);
+  (*acc)[3] = mac_row((*acc)[3], am[3], bm);
+}
+
+// act[m..m+3, k..k+3] as a matrix whose column q is act[m+q, k..k+3].
+fn mm_act_block(m: u32, k: u32) -> mat4x4<f32> {
+  return mat4x4<f32>(mm_act4(m, k), mm_act4(m + 1u, k), mm_act4(m + 2u, k), mm_act4(m + 3u, k));
+}
+
+// Adds the rank term of one rank j to a factor block: f[kk] += u[kk]·v (u varies along k,
+// v along the block's 4 columns).
+fn add_outer(f: ptr<function, mat4x4<f32>>, u: vec4<f32>, v: vec4<f32>) {
+  (*f)[0] = fma(vec4(u.x), v, (*f)[0]);
+  (*f)[1] = fma(vec4(u.y), v, (*f)[1]);
+  (*f)[2] = fma(vec4(u.z), v, (*f)[2]);
+  (*f)[3] = fma(vec4(u.w), v, (*f)[3]);
+}
+
+fn hadamard(a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
+  return mat4x4<f32>(a[0] * b[0], a[1] * b[1], a[2] * b[2], a[3] * b[3]);
+}
+
+// One block row (4 output rows from m) against the CB column blocks.
+fn mm_block_row(
+  c0: ptr<function, mat4x4<f32>>,
+  c1: ptr<function, mat4x4<f32>>,
+  c2: ptr<function, mat4x4<f32>>,
+  c3: ptr<function, mat4x4<f32>>,
+  m: u32,
+  k: u32,
+  w0: mat4x4<f32>,
+  w1: mat4x4<f32>,
+  w2: mat4x4<f32>,
+  w3: mat4x4<f32>,
+) {
+  let am = mm_act_block(m, k);
+  mac_block(c0, am, w0);
+  if (CB > 1u) { mac_block(c1, am, w1); }
+  if (CB > 2u) { mac_block(c2, am, w2); }
+  if (CB > 3u) { mac_block(c3, am, w3); }
+}
+
+fn mm_store_block(m: u32, n: u32, v: mat4x4<f32>) {
+  mm_store4(m, n, v[0]);
+  mm_store4(m + 1u, n, v[1]);
+  mm_store4(m + 2u, n, v[2]);
+  mm_store4(m + 3u, n, v[3]);
+}
+
+// CPU-adapter fused product. A workgroup is 8 invocations along N (one SIMD row on llvmpipe);
+// each owns (4·RB) rows × (4·CB) columns of the output in registers (explicit variables, as in
+// kernels/matmul.wgsl: arrays indexed in loops end up in memory on llvmpipe). Per step of 4 k it
+// loads its W0 columns, forms their factor 1 + B·A from rank values preloaded once (B rows in the
+// forward, A columns in dX) and one vec4 of the other rank factor per rank, then runs the
+// (4·RB)×(4·CB)×4 product. The factor costs RANK/(4·RB) of the product's FMAs, no extra writes.
+@compute @workgroup_size(8)
+fn mm_cpu(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let tile = wg.x + wg.y * nwg.x;
+  if (tile >= mp.totalTiles) { return; }
+  let m0 = (tile / mp.tilesN) * 4u * RB;
+  let n0 = (tile % mp.tilesN) * 32u * CB + lid.x * 4u * CB;
+  // The rank factor that is fixed along k, for this invocation's columns: pre[j·CB + c] holds
+  // B[n0+4c.., j] (forward) or A[j, n0+4c..] (dX).
+  var pre: array<vec4<f32>, {{BL}}>;
+  for (var j = 0u; j < RANK; j++) {
+    for (var c = 0u; c < CB; c++) {
+      let n = n0 + 4u * c;
+      if (DX) {
+        pre[j * CB + c] = mm_a4(j, n);
+      } else {
+        pre[j * CB + c] = vec4(mm_b_at(n, j), mm_b_at(n + 1u, j), mm_b_at(n + 2u, j),
+          mm_b_at(n + 3u, j));
+      }
+    }
+  }
+  var c00: mat4x4<f32>; var c01: mat4x4<f32>; var c02: mat4x4<f32>; var c03: mat4x4<f32>;
+  var c10: mat4x4<f32>; var c11: mat4x4<f32>; var c12: mat4x4<f32>; var c13: mat4x4<f32>;
+  var c20: mat4x4<f32>; var c21: mat4x4<f32>; var c22: mat4x4<f32>; var c23: mat4x4<f32>;
+  var c30: mat4x4<f32>; var c31: mat4x4<f32>; var c32: mat4x4<f32>; var c33: mat4x4<f32>;
+  let ones = mat4x4<f32>(vec4(1.0), vec4(1.0), vec4(1.0), vec4(1.0));
+  for (var k = 0u; k < mp.K; k += 4u) {
+    // f_c: column kk holds 1 + (B·A) at op(W)[k+kk, n0+4c..].
+    var f0 = ones;
+    var f1 = ones;
+    var f2 = ones;
+    var f3 = ones;
+    if (DX) {
+      // op(W)[k, n] = W_eff[k, n]: the factor varying along k is B[k+kk, j].
+      for (var j = 0u; j < RANK; j += 4u) {
+        let bt = transpose(mat4x4<f32>(mm_b4(k, j), mm_b4(k + 1u, j), mm_b4(k + 2u, j),
+          mm_b4(k + 3u, j)));
+        for (var jj = 0u; jj < 4u; jj++) {
+          if (j + jj < RANK) {
+            let u = bt[jj];
+            add_outer(&f0, u, pre[(j + jj) * CB]);
+            if (CB > 1u) { add_outer(&f1, u, pre[(j + jj) * CB + 1u]); }
+            if (CB > 2u) { add_outer(&f2, u, pre[(j + jj) * CB + 2u]); }
+            if (CB > 3u) { add_outer(&f3, u, pre[(j + jj) * CB + 3u]); }
+          }
+        }
+      }
+    } else {
+      // op(W)[k, n] = W_eff[n, k]: the factor varying along k is A[j, k+kk].
+      for (var j = 0u; j < RANK; j++) {
+        let u = mm_a4(j, k);
+        add_outer(&f0, u, pre[j * CB]);
+        if (CB > 1u) { add_outer(&f1, u, pre[j * CB + 1u]); }
+        if (CB > 2u) { add_outer(&f2, u, pre[j * CB + 2u]); }
+        if (CB > 3u) { add_outer(&f3, u, pre[j * CB + 3u]); }
+      }
+    }
+    let w0 = hadamard(mm_w0tile(k, n0), f0);
+    var w1: mat4x4<f32>;
+    var w2: mat4x4<f32>;
+    var w3: mat4x4<f32>;
+    if (CB > 1u) { w1 = hadamard(mm_w0tile(k, n0 + 4u), f1); }
+    if (CB > 2u) { w2 = hadamard(mm_w0tile(k, n0 + 8u), f2); }
+    if (CB > 3u) { w3 = hadamard(mm_w0tile(k, n0 + 12u), f3); }
+    mm_block_row(&c00, &c01, &c02, &c03, m0, k, w0, w1, w2, w3);
+    if (RB > 1u) { mm_block_row(&c10, &c11, &c12, &c13, m0 + 4u, k, w0, w1, w2, w3); }
+    if (RB > 2u) { mm_block_row(&c20, &c21, &c22, &c23, m0 + 8u, k, w0, w1, w2, w3); }
+    if (RB > 3u) { mm_block_row(&c30, &c31, &c32, &c33, m0 + 12u, k, w0, w1, w2, w3); }
+  }
+  mm_store_block(m0, n0, c00);
+  if (CB > 1u) { mm_store_block(m0, n0 + 4u, c01); }
+  if (CB > 2u) { mm_store_block(m0, n0 + 8u, c02); }
+  if (CB > 3u) { mm_store_block(m0, n0 + 12u, c03); }
+  if (RB > 1u) {
+    mm_store_block(m0 + 4u, n0, c10);
+    if (CB > 1u) { mm_store_block(m0 + 4u, n0 + 4u, c11); }
+    if (CB > 2u) { mm_store_block(m0 + 4u, n0 + 8u, c12); }
+    if (CB > 3u) { mm_store_block(m0 + 4u, n0 + 12u, c13); }
+  }
+  if (RB > 2u) {
+    mm_store_block(m0 + 8u, n0, c20);
+    if (CB > 1u) { mm_store_block(m0 + 8u, n0 + 4u, c21); }
+    if (CB > 2u) { mm_store_block(m0 + 8u, n0 + 8u, c22); }
+    if (CB > 3u) { mm_store_block(m0 + 8u, n0 + 12u, c23); }
+  }
+  if (RB > 3u) {
+    mm_store_block(m0 + 12u, n0, c30);
+    if (CB > 1u) { mm_store_block(m0 + 12u, n0 + 4u, c31); }
+    if (CB > 2u) { mm_store_block(m0 + 12u, n0 + 8u, c32); }
+    if (CB > 3u) { mm_store_block(m0 + 12u, n0 + 12u, c33); }
+  }
+}
+
+// GPU fused product: 64×64 output tile per workgroup of 16×16 invocations, each owning 4×4
+// outputs; k in steps of 16 through a tile of activations and a tile of W_eff, both in workgroup
+// memory. The W_eff tile (16×64) is formed by the workgroup from W0, A and B (r FMAs per
+// element, read through the caches), so the factor costs r/64 of the product.
+const TILE: u32 = 64u;
+const TBK: u32 = 16u;
+
+// t_act[kk·16 + m/4][m%4] = act[row0 + m, k0 + kk]; t_w likewise with columns of op(W).
+var<workgroup> t_act: array<vec4<f32>, 256>;
+var<workgroup> t_w: array<vec4<f32>, 256>;
+
+// op(W_eff)[k, n], or 0 outside K×N.
+fn mm_weff(k: u32, n: u32) -> f32 {
+  if (k >= mp.K || n >= mp.N) { return 0.0; }
+  var o = n;
+  var i = k;
+  if (DX) {
+    o = k;
+    i = n;
+  }
+  var s = 1.0;
+  for (var j = 0u; j < mp.rank; j++) {
+    s = fma(m_b_e(o * mp.rank + j), m_a_e(j * mp.in_f + i), s);
+  }
+  return m_w0_e(o * mp.in_f + i) * s;
+}
+
+@compute @workgroup_size(16, 16)
+fn mm_tiled(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+) {
+  let tile = wg.x + wg.y * nwg.x;
+  if (tile >= mp.totalTiles) { return; }
+  let row0 = (tile / mp.tilesN) * TILE;
+  let col0 = (tile % mp.tilesN) * TILE;
+  var acc: array<vec4<f32>, 4>;
+  for (var k0 = 0u; k0 < mp.K; k0 += TBK) {
+    {
+      // Activations are contiguous along k: 4 ks of one row per invocation.
+      let m = li / 4u;
+      let kk = (li % 4u) * 4u;
+      for (var j = 0u; j < 4u; j++) {
+        let k = k0 + kk + j;
+        var v = 0.0;
+        if (row0 + m < mp.M && k < mp.K) { v = m_act_e((row0 + m) * mp.K + k); }
+        t_act[(kk + j) * 16u + m / 4u][m % 4u] = v;
+      }
+    }
+    {
+      // 4 columns at one k per invocation.
+      let kk = li / 16u;
+      let n = (li % 16u) * 4u;
+      t_w[kk * 16u + n / 4u] = vec4(mm_weff(k0 + kk, col0 + n), mm_weff(k0 + kk, col0 + n + 1u),
+        mm_weff(k0 + kk, col0 + n + 2u), mm_weff(k0 + kk, col0 + n + 3u));
+    }
+    workgroupBarrier();
+    for (var kk = 0u; kk < TBK; kk++) {
+      let av = t_act[kk * 16u + lid.y];
+      let bv = t_w[kk * 16u + lid.x];
+      acc[0] = fma(vec4(av.x), bv, acc[0]);
+      acc[1] = fma(vec4(av.y), bv, acc[1]);
+      acc[2] = fma(vec4(av.z), bv, acc[2]);
+      acc[3] = fma(vec4(av.w), bv, acc[3]);
+    }
+    workgroupBarrier();
+  }
+  for (var q = 0u; q < 4u; q++) {
+    mm_store4(row0 + lid.y * 4u + q, col0 + lid.x * 4u, acc[q]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused adapter gradients. With G = dYᵀ·X and M = W0 ⊙ G ([out, in], never stored):
+//   dB = M·Aᵀ [out, r] and dA = Bᵀ·M [r, in].
+// A workgroup covers a block of `in` columns and a block (segment) of `out` rows; it writes
+//   d_bp[column block, o, j] = Σ_{i in its columns} M[o, i]·A[j, i]
+//   d_ap[row block, j, i]    = Σ_{o in its rows} B[o, j]·M[o, i]
+// which reduce_grads then sums into the gradients (the partials are r/(block width) and
+// r/(block height) of W0's size).
+// ---------------------------------------------------------------------------------------------
+
+struct GradParams {
+  N: u32,
+  out_f: u32,
+  in_f: u32,
+  rank: u32,
+  // grad_cpu: 16-row blocks of `out` per segment.
+  blocks_per_seg: u32,
+  // grad_tiled: 64×64 tiles per workgroup along `in` and along `out`.
+  tiles_c: u32,
+  tiles_r: u32,
+}
+
+@group(0) @binding(0) var<uniform> gp: GradParams;
+@group(0) @binding(1) var<storage, read> g_dy: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> g_x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> g_w0: array<vec4<{{WTYPE}}>>;
+@group(0) @binding(4) var<storage, read> g_a: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> g_b: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> g_ap: array<f32>;
+@group(0) @binding(7) var<storage, read_write> g_bp: array<f32>;
+
+fn g_dy_e(i: u32) -> f32 {
+  return g_dy[i >> 2u][i & 3u];
+}
+
+fn g_x_e(i: u32) -> f32 {
+  return g_x[i >> 2u][i & 3u];
+}
+
+fn g_w0_e(i: u32) -> f32 {
+  return f32(g_w0[i >> 2u][i & 3u]);
+}
+
+fn g_a_e(i: u32) -> f32 {
+  return g_a[i >> 2u][i & 3u];
+}
+
+fn g_b_e(i: u32) -> f32 {
+  return g_b[i >> 2u][i & 3u];
+}
+
+// dY[t, o..o+3] (t clamped: callers scale past-N rows by 0; o past out reads as 0).
+fn g_dy4(t: u32, o: u32) -> vec4<f32> {
+  let row = min(t, gp.N - 1u) * gp.out_f;
+  if (VEC_K) {
+    // VEC_K here means out % 4 == 0.
+    if (o >= gp.out_f) { return vec4(0.0); }
+    return g_dy[(row + o) >> 2u];
+  }
+  var v: vec4<f32>;
+  for (var q = 0u; q < 4u; q++) {
+    v[q] = select(0.0, g_dy_e(row + min(o + q, gp.out_f - 1u)), o + q < gp.out_f);
+  }
+  return v;
+}
+
+// X[t, i..i+3] (t clamped, columns clamped).
+fn g_x4(t: u32, i: u32) -> vec4<f32> {
+  let row = min(t, gp.N - 1u) * gp.in_f;
+  if (VEC_IN) { return g_x[(row + min(i, gp.in_f - 4u)) >> 2u]; }
+  let last = gp.in_f - 1u;
+  return vec4(g_x_e(row + min(i, last)), g_x_e(row + min(i + 1u, last)),
+    g_x_e(row + min(i + 2u, last)), g_x_e(row + min(i + 3u, last)));
+}
+
+// W0[o, i..i+3], zero for o past out or columns past in (so M is zero there).
+fn g_w04(o: u32, i: u32) -> vec4<f32> {
+  if (o >= gp.out_f) { return vec4(0.0); }
+  let row = o * gp.in_f;
+  if (VEC_IN) {
+    if (i >= gp.in_f) { return vec4(0.0); }
+    return vec4<f32>(g_w0[(row + i) >> 2u]);
+  }
+  var v: vec4<f32>;
+  for (var q = 0u; q < 4u; q++) {
+    v[q] = select(0.0, g_w0_e(row + min(i + q, gp.in_f - 1u)), i + q < gp.in_f);
+  }
+  return v;
+}
+
+// A[j, i..i+3] (columns clamped).
+fn g_a4(j: u32, i: u32) -> vec4<f32> {
+  let base = j * gp.in_f;
+  if (VEC_IN) { return g_a[(base + min(i, gp.in_f - 4u)) >> 2u]; }
+  let last = gp.in_f - 1u;
+  return vec4(g_a_e(base + min(i, last)), g_a_e(base + min(i + 1u, last)),
+    g_a_e(base + min(i + 2u, last)), g_a_e(base + min(i + 3u, last)));
+}
+
+// B[o, j..j+3] (o clamped; ranks past r read as 0).
+fn g_b4(o: u32, j: u32) -> vec4<f32> {
+  let row = min(o, gp.out_f - 1u) * gp.rank;
+  if (VEC_R) { return g_b[(row + j) >> 2u]; }
+  var v: vec4<f32>;
+  for (var jj = 0u; jj < 4u; jj++) {
+    v[jj] = select(0.0, g_b_e(row + min(j + jj, gp.rank - 1u)), j + jj < gp.rank);
+  }
+  return v;
+}
+
+// dY[t..t+3, o..o+3] as a matrix whose column q is dY[t..t+3, o+q] (tokens past N are zeroed
+// through X's block).
+fn g_dy_block(t: u32, o: u32) -> mat4x4<f32> {
+  return transpose(mat4x4<f32>(g_dy4(t, o), g_dy4(t + 1u, o), g_dy4(t + 2u, o), g_dy4(t + 3u, o)));
+}
+
+// X[t..t+3, i..i+3] as a matrix whose column tt is X[t+tt, i..i+3], zero for tokens past N.
+fn g_x_block(t: u32, i: u32) -> mat4x4<f32> {
+  let live = vec4<f32>(vec4<u32>(t, t + 1u, t + 2u, t + 3u) < vec4(gp.N));
+  return mat4x4<f32>(live.x * g_x4(t, i), live.y * g_x4(t + 1u, i), live.z * g_x4(t + 2u, i),
+    live.w * g_x4(t + 3u, i));
+}
+
+fn g_block_row(
+  c0: ptr<function, mat4x4<f32>>,
+  c1: ptr<function, mat4x4<f32>>,
+  c2: ptr<function, mat4x4<f32>>,
+  c3: ptr<function, mat4x4<f32>>,
+  am: mat4x4<f32>,
+  b0: mat4x4<f32>,
+  b1: mat4x4<f32>,
+  b2: mat4x4<f32>,
+  b3: mat4x4<f32>,
+) {
+  mac_block(c0, am, b0);
+  if (CB > 1u) { mac_block(c1, am, b1); }
+  if (CB > 2u) { mac_block(c2, am, b2); }
+  if (CB > 3u) { mac_block(c3, am, b3); }
+}
+
+// dB partials of the 8 invocations, summed across them: [lane][row 0..15][rank chunk].
+const JC: u32 = {{JC}}u;
+var<workgroup> g_red: array<f32, 128 * JC>;
+
+// CPU-adapter gradients. A workgroup is 8 invocations along `in`, each owning 4·CB columns, and
+// walks the 16-row blocks of its `out` segment: per block it accumulates G (16 × 4·CB) over all
+// tokens in registers (explicit variables, vec4 loads, no workgroup memory), scales by W0, adds
+// Bᵀ·M into its dA partial (written once at the end) and M·Aᵀ over its columns into a dB partial
+// that the 8 invocations sum through workgroup memory (two barriers per block and 32 ranks). The
+// per-block work loops over the runtime rank: unrolling it made compiles take seconds.
+@compute @workgroup_size(8)
+fn grad_cpu(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let col_tile = wg.x;
+  let seg = wg.y;
+  let i0 = col_tile * 32u * CB + lid.x * 4u * CB;
+  let rank = gp.rank;
+  var al: array<vec4<f32>, {{BL}}>;
+  for (var j = 0u; j < rank; j++) {
+    for (var c = 0u; c < CB; c++) {
+      al[j * CB + c] = g_a4(j, i0 + 4u * c);
+    }
+  }
+  var da: array<vec4<f32>, {{BL}}>;
+  let blocks = (gp.out_f + 15u) / 16u;
+  let ob0 = seg * gp.blocks_per_seg;
+  let ob1 = min(ob0 + gp.blocks_per_seg, blocks);
+  for (var ob = ob0; ob < ob1; ob++) {
+    let o0 = ob * 16u;
+    var g00: mat4x4<f32>; var g01: mat4x4<f32>; var g02: mat4x4<f32>; var g03: mat4x4<f32>;
+    var g10: mat4x4<f32>; var g11: mat4x4<f32>; var g12: mat4x4<f32>; var g13: mat4x4<f32>;
+    var g20: mat4x4<f32>; var g21: mat4x4<f32>; var g22: mat4x4<f32>; var g23: mat4x4<f32>;
+    var g30: mat4x4<f32>; var g31: mat4x4<f32>; var g32: mat4x4<f32>; var g33: mat4x4<f32>;
+    for (var t = 0u; t < gp.N; t += 4u) {
+      let b0 = g_x_block(t, i0);
+      var b1: mat4x4<f32>;
+      var b2: mat4x4<f32>;
+      var b3: mat4x4<f32>;
+      if (CB > 1u) { b1 = g_x_block(t, i0 + 4u); }
+      if (CB > 2u) { b2 = g_x_block(t, i0 + 8u); }
+      if (CB > 3u) { b3 = g_x_block(t, i0 + 12u); }
+      g_block_row(&g00, &g01, &g02, &g03, g_dy_block(t, o0), b0, b1, b2, b3);
+      g_block_row(&g10, &g11, &g12, &g13, g_dy_block(t, o0 + 4u), b0, b1, b2, b3);
+      g_block_row(&g20, &g21, &g22, &g23, g_dy_block(t, o0 + 8u), b0, b1, b2, b3);
+      g_block_row(&g30, &g31, &g32, &g33, g_dy_block(t, o0 + 12u), b0, b1, b2, b3);
+    }
+    // g[rb·4 + c][q] = M[o0 + 4rb + q, i0 + 4c..+3] after scaling by W0 (zero outside out × in).
+    var g = array<mat4x4<f32>, 16>(g00, g01, g02, g03, g10, g11, g12, g13, g20, g21, g22, g23,
+      g30, g31, g32, g33);
+    for (var rb = 0u; rb < 4u; rb++) {
+      for (var q = 0u; q < 4u; q++) {
+        for (var c = 0u; c < CB; c++) {
+          g[rb * 4u + c][q] *= g_w04(o0 + 4u * rb + q, i0 + 4u * c);
+        }
+      }
+    }
+    // dA partial += Bᵀ·M over this block's rows.
+    for (var r16 = 0u; r16 < 16u; r16++) {
+      let o = o0 + r16;
+      for (var j = 0u; j < rank; j += 4u) {
+        let bv = g_b4(o, j);
+        for (var jj = 0u; jj < min(4u, rank - j); jj++) {
+          for (var c = 0u; c < CB; c++) {
+            da[(j + jj) * CB + c] = fma(vec4(bv[jj]), g[(r16 / 4u) * 4u + c][r16 % 4u],
+              da[(j + jj) * CB + c]);
+          }
+        }
+      }
+    }
+    // dB partial: each invocation's M·Aᵀ over its columns, summed across the 8 invocations.
+    for (var jc = 0u; jc < rank; jc += JC) {
+      let jn = min(JC, rank - jc);
+      for (var r16 = 0u; r16 < 16u; r16++) {
+        for (var jj = 0u; jj < jn; jj++) {
+          var s = 0.0;
+          for (var c = 0u; c < CB; c++) {
+            s += dot(g[(r16 / 4u) * 4u + c][r16 % 4u], al[(jc + jj) * CB + c]);
+          }
+          g_red[(lid.x * 16u + r16) * JC + jj] = s;
+        }
+      }
+      workgroupBarrier();
+      for (var rr = 0u; rr < 2u; rr++) {
+        let row = 2u * lid.x + rr;
+        let o = o0 + row;
+        for (var jj = 0u; jj < jn; jj++) {
+          var s = 0.0;
+          for (var l = 0u; l < 8u; l++) {
+            s += g_red[(l * 16u + row) * JC + jj];
+          }
+          if (o < gp.out_f) {
+            g_bp[(col_tile * gp.out_f + o) * rank + jc + jj] = s;
+          }
+        }
+      }
+      workgroupBarrier();
+    }
+  }
+  for (var j = 0u; j < rank; j++) {
+    for (var c = 0u; c < CB; c++) {
+      let v = da[j * CB + c];
+      let base = (seg * rank + j) * gp.in_f;
+      for (var q = 0u; q < 4u; q++) {
+        let i = i0 + 4u * c + q;
+        if (i < gp.in_f) { g_ap[base + i] = v[q]; }
+      }
+    }
+  }
+}
+
+// GPU gradients: 64 (out) × 64 (in) tiles of G per workgroup of 16×16 invocations (4×4 each),
+// tokens in steps of 16 through workgroup tiles of dY and X. M = W0 ⊙ G then goes through
+// workgroup memory in two halves of 32 rows, from which the workgroup forms the tile's dB part
+// (M·Aᵀ over its 64 columns) and dA part (Bᵀ·M over its 64 rows). A workgroup walks a block of
+// tiles_c column tiles × tiles_r row tiles and accumulates those parts in its own slices of the
+// partial buffers (d_bp by column block, d_ap by row block; each element always goes to the same
+// invocation, so no two invocations touch it): the partials are r/(64·block) of W0's size each.
+var<workgroup> t_dy: array<vec4<f32>, 256>;
+var<workgroup> t_x: array<vec4<f32>, 256>;
+var<workgroup> t_m: array<f32, 2048>;
+
+@compute @workgroup_size(16, 16)
+fn grad_tiled(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+) {
+  let col_block = wg.x;
+  let row_block = wg.y;
+  // Tiles of the last blocks that lie wholly outside out × in are skipped.
+  for (var rt = 0u; rt < gp.tiles_r && (row_block * gp.tiles_r + rt) * TILE < gp.out_f; rt++) {
+    for (var ct = 0u; ct < gp.tiles_c && (col_block * gp.tiles_c + ct) * TILE < gp.in_f; ct++) {
+      let i0 = (col_block * gp.tiles_c + ct) * TILE;
+      let o0 = (row_block * gp.tiles_r + rt) * TILE;
+      grad_tile(i0, o0, col_block, row_block, ct == 0u, rt == 0u, lid, li);
+    }
+  }
+}
+
+fn grad_tile(
+  i0: u32,
+  o0: u32,
+  col_block: u32,
+  row_block: u32,
+  first_c: bool,
+  first_r: bool,
+  lid: vec3<u32>,
+  li: u32,
+) {
+  var acc: array<vec4<f32>, 4>;
+  for (var t0 = 0u; t0 < gp.N; t0 += TBK) {
+    {
+      // 4 consecutive columns of one token row per invocation.
+      let tt = li / 16u;
+      let c = (li % 16u) * 4u;
+      let t = t0 + tt;
+      var d = vec4(0.0);
+      var x = vec4(0.0);
+      for (var q = 0u; q < 4u; q++) {
+        if (t < gp.N && o0 + c + q < gp.out_f) { d[q] = g_dy_e(t * gp.out_f + o0 + c + q); }
+        if (t < gp.N && i0 + c + q < gp.in_f) { x[q] = g_x_e(t * gp.in_f + i0 + c + q); }
+      }
+      t_dy[tt * 16u + c / 4u] = d;
+      t_x[tt * 16u + c / 4u] = x;
+    }
+    workgroupBarrier();
+    for (var tt = 0u; tt < TBK; tt++) {
+      let dv = t_dy[tt * 16u + lid.y];
+      let xv = t_x[tt * 16u + lid.x];
+      acc[0] = fma(vec4(dv.x), xv, acc[0]);
+      acc[1] = fma(vec4(dv.y), xv, acc[1]);
+      acc[2] = fma(vec4(dv.z), xv, acc[2]);
+      acc[3] = fma(vec4(dv.w), xv, acc[3]);
+    }
+    workgroupBarrier();
+  }
+  for (var q = 0u; q < 4u; q++) {
+    let o = o0 + lid.y * 4u + q;
+    for (var c = 0u; c < 4u; c++) {
+      let i = i0 + lid.x * 4u + c;
+      var w = 0.0;
+      if (o < gp.out_f && i < gp.in_f) { w = g_w0_e(o * gp.in_f + i); }
+      acc[q][c] *= w;
+    }
+  }
+  for (var h = 0u; h < 2u; h++) {
+    if (lid.y / 8u == h) {
+      for (var q = 0u; q < 4u; q++) {
+        let r = (lid.y % 8u) * 4u + q;
+        for (var c = 0u; c < 4u; c++) {
+          t_m[r * 64u + lid.x * 4u + c] = acc[q][c];
+        }
+      }
+    }
+    workgroupBarrier();
+    // dB part of rows o0 + 32h .. +31.
+    for (var e = li; e < 32u * gp.rank; e += 256u) {
+      let r = e / gp.rank;
+      let j = e % gp.rank;
+      let o = o0 + 32u * h + r;
+      var s = 0.0;
+      for (var c = 0u; c < 64u; c++) {
+        if (i0 + c < gp.in_f) { s = fma(t_m[r * 64u + c], g_a_e(j * gp.in_f + i0 + c), s); }
+      }
+      if (o < gp.out_f) {
+        let idx = (col_block * gp.out_f + o) * gp.rank + j;
+        if (first_c) { g_bp[idx] = s; } else { g_bp[idx] += s; }
+      }
+    }
+    // dA part of columns i0 .. +63 over this half's rows.
+    for (var e = li; e < 64u * gp.rank; e += 256u) {
+      let j = e / 64u;
+      let c = e % 64u;
+      var s = 0.0;
+      for (var r = 0u; r < 32u; r++) {
+        let o = o0 + 32u * h + r;
+        if (o < gp.out_f) { s = fma(g_b_e(o * gp.rank + j), t_m[r * 64u + c], s); }
+      }
+      if (i0 + c < gp.in_f) {
+        let idx = (row_block * gp.rank + j) * gp.in_f + i0 + c;
+        if (first_r && h == 0u) { g_ap[idx] = s; } else { g_ap[idx] += s; }
+      }
+    }
+    workgroupBarrier();
+  }
+}
+
+struct ReduceParams {
+  len_a: u32,
+  parts_a: u32,
+  len_b: u32,
+  parts_b: u32,
+}
+
+@group(0) @binding(0) var<uniform> rp: ReduceParams;
+@group(0) @binding(1) var<storage, read> r_ap: array<f32>;
+@group(0) @binding(2) var<storage, read> r_bp: array<f32>;
+@group(0) @binding(3) var<storage, read_write> r_ga: array<f32>;
+@group(0) @binding(4) var<storage, read_write> r_gb: array<f32>;
+
+// gradA += Σ_p d_ap[p], gradB += Σ_p d_bp[p], partials in order (deterministic).
+@compute @workgroup_size(256)
+fn reduce_grads(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let e = flat(gid, nwg);
+  if (e < rp.len_a) {
+    var s = 0.0;
+    for (var p = 0u; p < rp.parts_a; p++) {
+      s += r_ap[p * rp.len_a + e];
+    }
+    r_ga[e] += s;
+  } else if (e < rp.len_a + rp.len_b) {
+    let f = e - rp.len_a;
+    var s = 0.0;
+    for (var p = 0u; p < rp.parts_b; p++) {
+      s += r_bp[p * rp.len_b + f];
+    }
+    r_gb[f] += s;
+  }
 }

@@ -4,8 +4,10 @@
  *
  * HiRA follows the reference implementation exactly (shared/reference/hira-reference.md §1):
  * y = x·(W0 ⊙ (1 + B·A))ᵀ (+ bias), A [r, in] ~ U(−1/√in, 1/√in), B [out, r] = 0, no scaling
- * and no dropout. This is the UNFUSED path: it materialises W_eff = W0 ⊙ (1 + B·A) (and G in the
- * backward) as the reference does; fused kernels are tested against it.
+ * and no dropout. {@linkcode HiraAdapter.kernel} selects how: "fused" kernels that never write an
+ * out × in matrix (lib/ops/hira.ts), "materialized" (the reference's order: W_eff = W0 ⊙ (1 + B·A)
+ * and G = dYᵀ·X written out; the path the fused kernels are tested against), or "peft" (PEFT's
+ * y = x·W0ᵀ + x·(W0 ⊙ B·A)ᵀ with its autograd backward; a benchmark baseline).
  *
  * LoRA follows PEFT: y = x·W0ᵀ + (α/r)·dropout(x)·Aᵀ·Bᵀ (+ bias), A kaiming-uniform(a=√5), i.e.
  * U(−1/√in, 1/√in), B = 0. Dropout uses a stateless hash mask (kernels/lora.wgsl), so the
@@ -16,7 +18,19 @@ import type { PeftType } from "./peft.ts";
 import { addBias } from "./ops/linear.ts";
 import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "./gpu.ts";
 import { matmul } from "./ops/matmul.ts";
+import {
+  hiraDeltaWeight,
+  hiraEffectiveWeight,
+  hiraForwardFused,
+  hiraInputGradFused,
+  type HiraVariant,
+  hiraWeightGradsFused,
+  mulByWeight,
+  unmergeHira,
+} from "./ops/hira.ts";
 import type { Rng } from "./rand.ts";
+
+export { hiraEffectiveWeight, unmergeHira };
 
 /** One trainable tensor of an adapter, with its gradient accumulator. */
 export interface AdapterParam {
@@ -84,18 +98,31 @@ export interface AdapterOptions {
   loraDropout?: number;
   /** LoRA dropout mask seed (u32); drawn from `rng` after A's init when absent and p > 0. */
   seed?: number;
+  /** HiRA only: how the layer is computed (see {@linkcode HiraKernel}); "auto" by default. */
+  hiraKernel?: HiraKernel;
+  /** HiRA only: the fused kernel family ("auto": by adapter). */
+  hiraVariant?: HiraVariant;
 }
 
-const HIRA_WEIGHT = (entry: string): KernelSpec => ({
-  file: "hira.wgsl",
-  entry,
-  bindings: ["uniform", "read", "read", "read", "rw"],
-});
-const HIRA_ELEM = (entry: string): KernelSpec => ({
-  file: "hira.wgsl",
-  entry,
-  bindings: ["uniform", "read", "rw"],
-});
+/**
+ * How {@linkcode HiraAdapter} computes its layer:
+ * - "fused": lib/ops/hira.ts kernels; no out × in matrix is written (forward, dX, dA/dB);
+ * - "materialized": W_eff = W0 ⊙ (1 + B·A) and M = W0 ⊙ (dYᵀ·X) written out, then matmuls (the
+ *   reference's order of operations);
+ * - "peft": PEFT's formulation, y = x·W0ᵀ + x·Dᵀ with D = W0 ⊙ (B·A) materialised, backward as
+ *   its autograd does it (dX = dY·W0 + dY·D, dD = dYᵀ·X); a benchmark baseline;
+ * - "auto": "fused" on GPUs; on CPU rasterizers the fused forward up to 16 tokens (decoding)
+ *   and "materialized" otherwise, which measured faster there (the out × in writes are cheap on
+ *   a CPU next to the fused CPU kernels' extra work; see {@linkcode HiraAdapter.kernelFor}).
+ */
+export type HiraKernel = "auto" | "fused" | "materialized" | "peft";
+
+/** A {@linkcode HiraKernel} other than "auto". */
+export type HiraKernelResolved = Exclude<HiraKernel, "auto">;
+
+/** Tokens up to which "auto" uses the fused forward on CPU rasterizers (one CPU row block). */
+const CPU_FUSED_MAX_TOKENS = 16;
+
 const LORA_DROPOUT = (entry: string): KernelSpec => ({
   file: "lora.wgsl",
   entry,
@@ -122,43 +149,6 @@ function tokens(what: string, x: Tensor, features: number): number {
     throw new Error(`${what}: expected [N, ${features}], got [${x.shape}]`);
   }
   return x.shape[0];
-}
-
-async function hiraWeightOp(
-  gpu: Gpu,
-  entry: "effective_weight" | "unmerge",
-  src: Tensor,
-  a: Tensor,
-  b: Tensor,
-): Promise<Tensor> {
-  const [out, inF] = src.shape;
-  const r = a.shape[0];
-  checkShape(`${entry} A`, a, [r, inF]);
-  checkShape(`${entry} B`, b, [out, r]);
-  const k = await gpu.kernel(HIRA_WEIGHT(entry));
-  const dst = gpu.empty([out, inF]);
-  gpu.dispatch(k, [[out, inF, r], src, a, b, dst], grid(cdiv(out * inF, 256)));
-  return dst;
-}
-
-/** HiRA's effective weight W0 ⊙ (1 + B·A) [out, in] as a new tensor. */
-export function hiraEffectiveWeight(gpu: Gpu, w0: Tensor, a: Tensor, b: Tensor): Promise<Tensor> {
-  return hiraWeightOp(gpu, "effective_weight", w0, a, b);
-}
-
-/**
- * Recovers W0 = W' ⊘ (1 + B·A) from a merged HiRA weight W' [out, in] (paper §4.4), as a new
- * tensor. Ill-conditioned wherever 1 + B·A ≈ 0 (division by ~0 amplifies W's rounding error,
- * and W0 is lost where 1 + B·A = 0 exactly), which is why the engine keeps W0 and never
- * unmerges on its own: it rebuilds W0 ⊙ (1 + B·A) from the exact W0 (the exact route).
- */
-export function unmergeHira(gpu: Gpu, merged: Tensor, a: Tensor, b: Tensor): Promise<Tensor> {
-  return hiraWeightOp(gpu, "unmerge", merged, a, b);
-}
-
-async function mulInPlace(gpu: Gpu, dst: Tensor, src: Tensor): Promise<void> {
-  const k = await gpu.kernel(HIRA_ELEM("mul_inplace"));
-  gpu.dispatch(k, [[dst.size, 0], src, dst], grid(cdiv(dst.size, 256)));
 }
 
 function initA(rng: Rng, r: number, inFeatures: number): Float32Array {
@@ -222,15 +212,46 @@ abstract class AdapterBase {
 }
 
 /**
- * HiRA: y = x·(W0 ⊙ (1 + B·A))ᵀ (+ bias), unfused. Backward with G = dYᵀ·X and M = W0 ⊙ G:
- * dB += M·Aᵀ, dA += Bᵀ·M, dX = dY·(W0 ⊙ (1 + B·A)).
+ * HiRA: y = x·(W0 ⊙ (1 + B·A))ᵀ (+ bias). Backward with G = dYᵀ·X and M = W0 ⊙ G:
+ * dB += M·Aᵀ, dA += Bᵀ·M, dX = dY·(W0 ⊙ (1 + B·A)). {@linkcode kernel} picks the kernels.
  */
 export class HiraAdapter extends AdapterBase implements LinearAdapter {
   readonly peftType = "HIRA" as const;
+  /** How the layer is computed; may be changed between calls. */
+  kernel: HiraKernel;
+  /** Fused kernel family ("auto": by adapter); may be changed between calls. */
+  variant: HiraVariant;
 
   /** Creates A ~ U(−1/√in, 1/√in) from `rng` and B = 0. */
-  constructor(gpu: Gpu, inFeatures: number, outFeatures: number, r: number, rng: Rng) {
+  constructor(
+    gpu: Gpu,
+    inFeatures: number,
+    outFeatures: number,
+    r: number,
+    rng: Rng,
+    opts: { kernel?: HiraKernel; variant?: HiraVariant } = {},
+  ) {
     super(gpu, inFeatures, outFeatures, r, rng);
+    this.kernel = opts.kernel ?? "auto";
+    this.variant = opts.variant ?? "auto";
+  }
+
+  /**
+   * The kernel {@linkcode kernel} resolves to on this GPU for a forward (or backward) call on
+   * `tokens` tokens. "auto" on a CPU rasterizer takes the fused forward only up to 16 tokens,
+   * where all tokens share one row block of the CPU kernel so the factor 1 + B·A is formed once
+   * per weight element (as the materialising path does, minus its writes): decoding. Otherwise
+   * the materialising path measured faster there.
+   */
+  kernelFor(tokens: number, pass: "forward" | "backward" = "forward"): HiraKernelResolved {
+    if (this.kernel === "auto") {
+      if (!this.gpu.isCpuAdapter) return "fused";
+      return pass === "forward" && tokens <= CPU_FUSED_MAX_TOKENS ? "fused" : "materialized";
+    }
+    if (!["fused", "materialized", "peft"].includes(this.kernel)) {
+      throw new Error(`HiRA: unknown kernel ${this.kernel}`);
+    }
+    return this.kernel;
   }
 
   /** hira_A [r, in] and hira_B [out, r] with their gradients. */
@@ -241,13 +262,25 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
     ];
   }
 
-  /** y = x·W_effᵀ (+ bias); W_eff is built and released within the call. */
+  /** y = x·W_effᵀ (+ bias). */
   async forward(x: Tensor, w0: Tensor, bias?: Tensor): Promise<Tensor> {
     this.check(x, w0, "HiRA forward");
-    const w = await hiraEffectiveWeight(this.gpu, w0, this.a, this.b);
-    const y = await matmul(this.gpu, x, w, { transB: true });
-    w.release();
-    if (bias) await addBias(this.gpu, y, bias);
+    const gpu = this.gpu;
+    let y: Tensor;
+    const kernel = this.kernelFor(x.shape[0]);
+    if (kernel === "fused") {
+      y = await hiraForwardFused(gpu, x, w0, this.a, this.b, { variant: this.variant });
+    } else if (kernel === "materialized") {
+      const w = await hiraEffectiveWeight(gpu, w0, this.a, this.b);
+      y = await matmul(gpu, x, w, { transB: true });
+      w.release();
+    } else {
+      y = await matmul(gpu, x, w0, { transB: true });
+      const d = await hiraDeltaWeight(gpu, w0, this.a, this.b);
+      await matmul(gpu, x, d, { transB: true, out: y, accumulate: true });
+      d.release();
+    }
+    if (bias) await addBias(gpu, y, bias);
     return y;
   }
 
@@ -261,17 +294,40 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
     const n = this.check(x, w0, "HiRA backward");
     checkShape("HiRA backward dy", dy, [n, this.outFeatures]);
     const gpu = this.gpu;
-    // G = dYᵀ·X [out, in], then M = W0 ⊙ G in place.
+    const kernel = this.kernelFor(n, "backward");
+    const accumulate = opts.accumulateDx ?? false;
+    if (kernel === "fused") {
+      await hiraWeightGradsFused(gpu, x, dy, w0, this.a, this.b, this.gradA, this.gradB, {
+        variant: this.variant,
+      });
+      if (opts.needDx === false) return null;
+      const dx = this.dxTarget(n, opts);
+      await hiraInputGradFused(gpu, dy, w0, this.a, this.b, {
+        out: dx,
+        accumulate,
+        variant: this.variant,
+      });
+      return dx;
+    }
+    // G = dYᵀ·X [out, in] (PEFT: the delta weight's gradient), then M = W0 ⊙ G in place.
     const m = await matmul(gpu, dy, x, { transA: true });
-    await mulInPlace(gpu, m, w0);
+    await mulByWeight(gpu, m, w0);
     await matmul(gpu, m, this.a, { transB: true, out: this.gradB, accumulate: true });
     await matmul(gpu, this.b, m, { transA: true, out: this.gradA, accumulate: true });
     m.release();
     if (opts.needDx === false) return null;
     const dx = this.dxTarget(n, opts);
-    const w = await hiraEffectiveWeight(gpu, w0, this.a, this.b);
-    await matmul(gpu, dy, w, { out: dx, accumulate: opts.accumulateDx ?? false });
-    w.release();
+    if (kernel === "materialized") {
+      const w = await hiraEffectiveWeight(gpu, w0, this.a, this.b);
+      await matmul(gpu, dy, w, { out: dx, accumulate });
+      w.release();
+    } else {
+      // PEFT: the base layer's dY·W0 plus the delta branch's dY·D.
+      await matmul(gpu, dy, w0, { out: dx, accumulate });
+      const d = await hiraDeltaWeight(gpu, w0, this.a, this.b);
+      await matmul(gpu, dy, d, { out: dx, accumulate: true });
+      d.release();
+    }
     return dx;
   }
 
@@ -462,7 +518,12 @@ export class LoraAdapter extends AdapterBase implements LinearAdapter {
 /** Creates a HiRA or LoRA adapter for a linear layer [out, in] (A random from opts.rng, B = 0). */
 export function createAdapter(gpu: Gpu, type: PeftType, opts: AdapterOptions): LinearAdapter {
   const { inFeatures, outFeatures, r, rng } = opts;
-  if (type === "HIRA") return new HiraAdapter(gpu, inFeatures, outFeatures, r, rng);
+  if (type === "HIRA") {
+    return new HiraAdapter(gpu, inFeatures, outFeatures, r, rng, {
+      kernel: opts.hiraKernel,
+      variant: opts.hiraVariant,
+    });
+  }
   if (type === "LORA") {
     return new LoraAdapter(gpu, inFeatures, outFeatures, r, rng, {
       alpha: opts.loraAlpha,

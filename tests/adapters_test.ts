@@ -2,10 +2,12 @@ import { assert, assertEquals, assertNotEquals } from "@std/assert";
 import {
   createAdapter,
   hiraEffectiveWeight,
+  type HiraKernel,
   type LinearAdapter,
   type LoraAdapter,
   unmergeHira,
 } from "../lib/adapters.ts";
+import type { HiraVariant } from "../lib/ops/hira.ts";
 import type { PeftType } from "../lib/peft.ts";
 import { bf16ToF32, type Gpu, type Tensor } from "../lib/gpu.ts";
 import { matmul } from "../lib/ops/matmul.ts";
@@ -186,6 +188,24 @@ Deno.test("HiRA forward and backward match the f64 reference", async () => {
       forward: (l, x, bias) => hiraForwardRef(x, l.w0, l.a, l.b, d, bias),
       backward: (l, x, dy) => hiraBackwardRef(x, l.w0, l.a, l.b, dy, dims(l, d.n)),
     });
+  }
+});
+
+Deno.test("every HiRA kernel mode (fused cpu/tiled, materialized, PEFT) matches", async () => {
+  const gpu = await testGpu();
+  const modes: { hiraKernel: HiraKernel; hiraVariant?: HiraVariant }[] = [
+    { hiraKernel: "fused", hiraVariant: "cpu" },
+    { hiraKernel: "fused", hiraVariant: "tiled" },
+    { hiraKernel: "materialized" },
+    { hiraKernel: "peft" },
+  ];
+  for (const mode of modes) {
+    for (const [i, d] of [SHAPES[2]].entries()) {
+      await checkAgainstRef(gpu, "HIRA", d, 100 * i + 7, {
+        forward: (l, x, bias) => hiraForwardRef(x, l.w0, l.a, l.b, d, bias),
+        backward: (l, x, dy) => hiraBackwardRef(x, l.w0, l.a, l.b, dy, dims(l, d.n)),
+      }, mode);
+    }
   }
 });
 

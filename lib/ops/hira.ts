@@ -1,0 +1,460 @@
+/**
+ * HiRA kernels (kernels/hira.wgsl) on GPU tensors.
+ *
+ * Unfused ops materialise an out × in matrix as the reference does: {@linkcode hiraEffectiveWeight}
+ * (W0 ⊙ (1 + B·A), with B·A from the matmul kernels), {@linkcode hiraDeltaWeight} (PEFT's
+ * W0 ⊙ (B·A)), their per-element forms, {@linkcode unmergeHira} and {@linkcode mulByWeight}.
+ * Fused ops never write an out × in matrix:
+ * - {@linkcode hiraForwardFused}: y = x·(W0 ⊙ (1 + B·A))ᵀ, forming the effective weight by tiles;
+ * - {@linkcode hiraInputGradFused}: dX = dY·(W0 ⊙ (1 + B·A)), the same in the other orientation;
+ * - {@linkcode hiraWeightGradsFused}: dA += Bᵀ·M and dB += M·Aᵀ with M = W0 ⊙ (dYᵀ·X) formed tile
+ *   by tile, reduced through partial sums per block of columns / rows (r/16 to r/256 of W0's
+ *   size each) and one reduction dispatch.
+ *
+ * Each fused op has a "cpu" variant (CPU rasterizers: register blocks, vec4 loads, no workgroup
+ * memory in the hot loop) and a "tiled" variant (real GPUs: 64×64 tiles in workgroup memory);
+ * "auto" picks by {@linkcode Gpu.isCpuAdapter}. W0 may be an f16 tensor (read as f32).
+ * @module
+ */
+import { type BufferWindow, cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
+import { matmul } from "./matmul.ts";
+
+/** Fused kernel family: "cpu" for CPU rasterizers, "tiled" (workgroup memory) for real GPUs. */
+export type HiraVariant = "auto" | "cpu" | "tiled";
+
+/** Options of {@linkcode hiraForwardFused} and {@linkcode hiraInputGradFused}. */
+export interface HiraProductOptions {
+  /** Destination; a new tensor when absent. */
+  out?: Tensor;
+  /** out += the product instead of out = the product (needs `out`). */
+  accumulate?: boolean;
+  /** Kernel family; "auto" by default. */
+  variant?: HiraVariant;
+}
+
+/** Options of {@linkcode hiraWeightGradsFused}. */
+export interface HiraGradOptions {
+  /** Kernel family; "auto" by default. */
+  variant?: HiraVariant;
+  /**
+   * "tiled" only: 64×64 tiles each workgroup walks along `in` and along `out` (default: up to
+   * 4 each while at least 512 workgroups remain). Larger blocks shrink the partial sums.
+   */
+  tileBlock?: number;
+}
+
+const FILE = "hira.wgsl";
+const TILE = 64;
+/** Workgroups the CPU gradient kernel aims for (llvmpipe runs one workgroup per thread). */
+const CPU_GRAD_WORKGROUPS = 16;
+/** Workgroups the tiled gradient kernel keeps at least when it grows its tile blocks. */
+const TILED_GRAD_WORKGROUPS = 512;
+
+/** Grid and block sizes of the gradient kernels for W0 [out, in]. */
+function gradLayout(variant: "cpu" | "tiled", outF: number, inF: number, tileBlock?: number) {
+  if (variant === "cpu") {
+    const cb = inF > 64 ? 4 : inF > 32 ? 2 : 1;
+    const colTiles = cdiv(inF, 32 * cb);
+    const blocks = cdiv(outF, 16);
+    const blocksPerSeg = cdiv(
+      blocks,
+      Math.min(blocks, Math.max(1, cdiv(CPU_GRAD_WORKGROUPS, colTiles))),
+    );
+    return { cb, cols: colTiles, rows: cdiv(blocks, blocksPerSeg), blocksPerSeg, tc: 1, tr: 1 };
+  }
+  const ct = cdiv(inF, TILE), rt = cdiv(outF, TILE);
+  let tc = tileBlock ?? 1, tr = tileBlock ?? 1;
+  if (tileBlock === undefined) {
+    while (tc < 4 && cdiv(ct, 2 * tc) * cdiv(rt, tr) >= TILED_GRAD_WORKGROUPS) tc *= 2;
+    while (tr < 4 && cdiv(ct, tc) * cdiv(rt, 2 * tr) >= TILED_GRAD_WORKGROUPS) tr *= 2;
+  }
+  return { cb: 1, cols: cdiv(ct, tc), rows: cdiv(rt, tr), blocksPerSeg: 1, tc, tr };
+}
+
+/** The variant `v` resolves to on this GPU. */
+export function resolveHiraVariant(gpu: Gpu, v: HiraVariant = "auto"): "cpu" | "tiled" {
+  if (v === "cpu" || v === "tiled") return v;
+  if (v !== "auto") throw new Error(`hira: unknown kernel variant ${v}`);
+  return gpu.isCpuAdapter ? "cpu" : "tiled";
+}
+
+/** Every define of kernels/hira.wgsl (each entry is compiled with a full set). */
+interface Defines {
+  WTYPE: "f32" | "f16";
+  DX: boolean;
+  ACC: boolean;
+  RANK: number;
+  RB: number;
+  CB: number;
+  VEC_K: boolean;
+  VEC_IN: boolean;
+  VEC_R: boolean;
+  VEC_N: boolean;
+}
+
+function spec(entry: string, bindings: KernelSpec["bindings"], d: Partial<Defines>): KernelSpec {
+  const full: Defines = {
+    WTYPE: "f32",
+    DX: false,
+    ACC: false,
+    RANK: 1,
+    RB: 1,
+    CB: 1,
+    VEC_K: false,
+    VEC_IN: false,
+    VEC_R: false,
+    VEC_N: false,
+    ...d,
+  };
+  return {
+    file: FILE,
+    entry,
+    bindings,
+    defines: {
+      WTYPE: full.WTYPE,
+      DX: String(full.DX),
+      ACC: String(full.ACC),
+      RANK: full.RANK,
+      RB: full.RB,
+      CB: full.CB,
+      NB: full.RB * full.CB,
+      BL: full.RANK * full.CB,
+      JC: Math.min(full.RANK, 32),
+      VEC_K: String(full.VEC_K),
+      VEC_IN: String(full.VEC_IN),
+      VEC_R: String(full.VEC_R),
+      VEC_N: String(full.VEC_N),
+    },
+  };
+}
+
+function wtype(w0: Tensor): "f32" | "f16" {
+  if (w0.dtype === "f32" || w0.dtype === "f16") return w0.dtype;
+  throw new Error(`hira: W0 must be f32 or f16, not ${w0.dtype}`);
+}
+
+function checkShape(what: string, t: Tensor, shape: readonly number[]): void {
+  if (t.shape.length !== shape.length || t.shape.some((s, i) => s !== shape[i])) {
+    throw new Error(`${what}: expected [${shape}], got [${t.shape}]`);
+  }
+}
+
+function checkF32(what: string, ...ts: Tensor[]): void {
+  for (const t of ts) {
+    if (t.dtype !== "f32") throw new Error(`${what}: expected f32 tensors, got ${t.dtype}`);
+    if (t.released) throw new Error(`${what}: a tensor was released`);
+  }
+}
+
+/** The sizes of W0 [out, in] and the rank of A [r, in] / B [out, r], checked. */
+function adapterDims(what: string, w0: Tensor, a: Tensor, b: Tensor) {
+  if (w0.shape.length !== 2) throw new Error(`${what}: W0 must be [out, in], got [${w0.shape}]`);
+  const [out, inF] = w0.shape;
+  const r = a.shape[0];
+  checkShape(`${what} A`, a, [r, inF]);
+  checkShape(`${what} B`, b, [out, r]);
+  checkF32(what, a, b);
+  wtype(w0);
+  return { out, inF, r };
+}
+
+/**
+ * The binding of a tensor read as vec4s: its window rounded up to whole vec4s of its element
+ * type (the kernels read single elements of ragged shapes through vec4 arrays).
+ */
+function vec4Window(t: Tensor): BufferWindow {
+  const vecBytes = t.dtype === "f16" ? 8 : 16;
+  const size = Math.max(vecBytes, Math.ceil(t.byteLength / vecBytes) * vecBytes);
+  if (t.byteOffset + size > t.buffer.size) {
+    throw new Error(
+      `hira: tensor [${t.shape}] at byte ${t.byteOffset} cannot be read as vec4s (its buffer ` +
+        `of ${t.buffer.size} bytes ends inside the last vec4)`,
+    );
+  }
+  return { buffer: t.buffer, offset: t.byteOffset, size };
+}
+
+async function weightOp(
+  gpu: Gpu,
+  entry: "effective_weight" | "delta_weight" | "unmerge",
+  src: Tensor,
+  a: Tensor,
+  b: Tensor,
+): Promise<Tensor> {
+  const { out, inF, r } = adapterDims(entry, src, a, b);
+  const k = await gpu.kernel(
+    spec(entry, ["uniform", "read", "read", "read", "rw"], { WTYPE: wtype(src) }),
+  );
+  const dst = gpu.empty([out, inF]);
+  gpu.dispatch(k, [[out, inF, r], src, a, b, dst], grid(cdiv(out * inF, 256)));
+  return dst;
+}
+
+/**
+ * W0 ⊙ (one + B·A) as a new tensor: B·A by the matmul kernels (register-blocked on CPU
+ * adapters; a per-element rank loop costs 2r scalar loads per element there), then one
+ * elementwise pass.
+ */
+async function factorWeight(
+  gpu: Gpu,
+  w0: Tensor,
+  a: Tensor,
+  b: Tensor,
+  one: number,
+): Promise<Tensor> {
+  const { out, inF } = adapterDims("hira weight", w0, a, b);
+  const dst = await matmul(gpu, b, a);
+  const k = await gpu.kernel(spec("apply_factor", ["uniform", "read", "rw"], { WTYPE: wtype(w0) }));
+  gpu.dispatch(k, [[out * inF, { f32: one }], w0, dst], grid(cdiv(out * inF, 256)));
+  return dst;
+}
+
+/** HiRA's effective weight W0 ⊙ (1 + B·A) [out, in] as a new f32 tensor (W0 f32 or f16). */
+export function hiraEffectiveWeight(gpu: Gpu, w0: Tensor, a: Tensor, b: Tensor): Promise<Tensor> {
+  return factorWeight(gpu, w0, a, b, 1);
+}
+
+/** PEFT's stored HiRA delta weight W0 ⊙ (B·A) [out, in] as a new f32 tensor. */
+export function hiraDeltaWeight(gpu: Gpu, w0: Tensor, a: Tensor, b: Tensor): Promise<Tensor> {
+  return factorWeight(gpu, w0, a, b, 0);
+}
+
+/**
+ * W0 ⊙ (1 + B·A) [out, in] by one elementwise kernel that sums the rank in order per element
+ * (the plainest form, for tests and checks; {@linkcode hiraEffectiveWeight} is faster).
+ */
+export function hiraEffectiveWeightDirect(
+  gpu: Gpu,
+  w0: Tensor,
+  a: Tensor,
+  b: Tensor,
+): Promise<Tensor> {
+  return weightOp(gpu, "effective_weight", w0, a, b);
+}
+
+/** PEFT's delta weight W0 ⊙ (B·A) by the per-element kernel (see hiraEffectiveWeightDirect). */
+export function hiraDeltaWeightDirect(
+  gpu: Gpu,
+  w0: Tensor,
+  a: Tensor,
+  b: Tensor,
+): Promise<Tensor> {
+  return weightOp(gpu, "delta_weight", w0, a, b);
+}
+
+/**
+ * Recovers W0 = W' ⊘ (1 + B·A) from a merged HiRA weight W' [out, in] (paper §4.4), as a new
+ * tensor. Ill-conditioned wherever 1 + B·A ≈ 0 (division by ~0 amplifies W's rounding error,
+ * and W0 is lost where 1 + B·A = 0 exactly), which is why the engine keeps W0 and never
+ * unmerges on its own: it rebuilds W0 ⊙ (1 + B·A) from the exact W0 (the exact route).
+ */
+export function unmergeHira(gpu: Gpu, merged: Tensor, a: Tensor, b: Tensor): Promise<Tensor> {
+  return weightOp(gpu, "unmerge", merged, a, b);
+}
+
+/** dst ⊙= w in place, for dst f32 and w (a weight, f32 or f16) of the same size. */
+export async function mulByWeight(gpu: Gpu, dst: Tensor, w: Tensor): Promise<void> {
+  if (dst.size !== w.size) throw new Error(`mulByWeight: sizes ${dst.size} and ${w.size} differ`);
+  checkF32("mulByWeight", dst);
+  const k = await gpu.kernel(
+    spec("mul_inplace", ["uniform", "read", "rw"], { WTYPE: wtype(w) }),
+  );
+  gpu.dispatch(k, [[dst.size, 0], w, dst], grid(cdiv(dst.size, 256)));
+}
+
+/** Register block edge (in 4s) for an output dimension of `n` on the CPU kernels. */
+function block(n: number): number {
+  return n <= 4 ? 1 : n <= 8 ? 2 : 4;
+}
+
+async function fusedProduct(
+  gpu: Gpu,
+  dx: boolean,
+  act: Tensor,
+  w0: Tensor,
+  a: Tensor,
+  b: Tensor,
+  opts: HiraProductOptions,
+): Promise<Tensor> {
+  const what = dx ? "hiraInputGradFused" : "hiraForwardFused";
+  const { out: outF, inF, r } = adapterDims(what, w0, a, b);
+  const K = dx ? outF : inF;
+  const N = dx ? inF : outF;
+  if (act.shape.length !== 2 || act.shape[1] !== K) {
+    throw new Error(`${what}: activations must be [N, ${K}], got [${act.shape}]`);
+  }
+  checkF32(what, act);
+  const M = act.shape[0];
+  let out = opts.out;
+  if (out) {
+    checkShape(`${what} out`, out, [M, N]);
+    checkF32(what, out);
+    if ([act, w0, a, b].some((t) => t.buffer === out!.buffer)) {
+      throw new Error(`${what}: out must not share a buffer with an input`);
+    }
+  } else {
+    if (opts.accumulate) throw new Error(`${what}: accumulate needs an explicit out tensor`);
+    out = gpu.empty([M, N]);
+  }
+  if (M === 0) return out;
+  const variant = resolveHiraVariant(gpu, opts.variant);
+  const rb = variant === "cpu" ? block(M) : 1;
+  // Columns per workgroup are 8 invocations × 4·CB: keep that within N's next multiple of 32.
+  const cb = variant === "cpu" ? (N > 64 ? 4 : N > 32 ? 2 : 1) : 1;
+  const kernel = await gpu.kernel(
+    spec(variant === "cpu" ? "mm_cpu" : "mm_tiled", [
+      "uniform",
+      "read",
+      "read",
+      "read",
+      "read",
+      "rw",
+    ], {
+      WTYPE: wtype(w0),
+      DX: dx,
+      ACC: opts.accumulate ?? false,
+      RANK: variant === "cpu" ? r : 1,
+      RB: rb,
+      CB: cb,
+      VEC_K: K % 4 === 0,
+      VEC_IN: inF % 4 === 0,
+      VEC_R: r % 4 === 0,
+      VEC_N: N % 4 === 0,
+    }),
+  );
+  const tileM = variant === "cpu" ? 4 * rb : TILE;
+  const tileN = variant === "cpu" ? 32 * cb : TILE;
+  const tilesN = cdiv(N, tileN);
+  const totalTiles = tilesN * cdiv(M, tileM);
+  gpu.dispatch(kernel, [
+    [M, N, K, outF, inF, r, tilesN, totalTiles],
+    vec4Window(act),
+    vec4Window(w0),
+    vec4Window(a),
+    vec4Window(b),
+    vec4Window(out),
+  ], grid(totalTiles, gpu.limits.maxComputeWorkgroupsPerDimension));
+  return out;
+}
+
+/**
+ * y [N, out] = x·(W0 ⊙ (1 + B·A))ᵀ for x [N, in], W0 [out, in], A [r, in], B [out, r], without
+ * writing the effective weight. Records one dispatch.
+ */
+export function hiraForwardFused(
+  gpu: Gpu,
+  x: Tensor,
+  w0: Tensor,
+  a: Tensor,
+  b: Tensor,
+  opts: HiraProductOptions = {},
+): Promise<Tensor> {
+  return fusedProduct(gpu, false, x, w0, a, b, opts);
+}
+
+/**
+ * dX [N, in] = dY·(W0 ⊙ (1 + B·A)) for dY [N, out], without writing the effective weight.
+ * Records one dispatch.
+ */
+export function hiraInputGradFused(
+  gpu: Gpu,
+  dy: Tensor,
+  w0: Tensor,
+  a: Tensor,
+  b: Tensor,
+  opts: HiraProductOptions = {},
+): Promise<Tensor> {
+  return fusedProduct(gpu, true, dy, w0, a, b, opts);
+}
+
+/**
+ * gradA [r, in] += Bᵀ·M and gradB [out, r] += M·Aᵀ with M = W0 ⊙ (dYᵀ·X), for x [N, in] and
+ * dy [N, out]. M is formed tile by tile; each tile's contribution goes to a partial-sum buffer
+ * (per `out` segment for dA, per `in` column block for dB), and one reduction dispatch adds the
+ * partials, in a fixed order, into the gradients. Records two dispatches.
+ */
+export async function hiraWeightGradsFused(
+  gpu: Gpu,
+  x: Tensor,
+  dy: Tensor,
+  w0: Tensor,
+  a: Tensor,
+  b: Tensor,
+  gradA: Tensor,
+  gradB: Tensor,
+  opts: HiraGradOptions = {},
+): Promise<void> {
+  const what = "hiraWeightGradsFused";
+  const { out: outF, inF, r } = adapterDims(what, w0, a, b);
+  if (x.shape.length !== 2 || x.shape[1] !== inF) {
+    throw new Error(`${what}: x must be [N, ${inF}], got [${x.shape}]`);
+  }
+  const n = x.shape[0];
+  checkShape(`${what} dy`, dy, [n, outF]);
+  checkShape(`${what} gradA`, gradA, [r, inF]);
+  checkShape(`${what} gradB`, gradB, [outF, r]);
+  checkF32(what, x, dy, gradA, gradB);
+  if (n === 0) return;
+  const variant = resolveHiraVariant(gpu, opts.variant);
+  if (opts.tileBlock !== undefined && !(Number.isInteger(opts.tileBlock) && opts.tileBlock >= 1)) {
+    throw new Error(`${what}: tileBlock must be a positive integer, got ${opts.tileBlock}`);
+  }
+  const lay = gradLayout(variant, outF, inF, opts.tileBlock);
+  const { cb, cols: colTiles, rows: segs } = lay;
+  const kernel = await gpu.kernel(
+    spec(variant === "cpu" ? "grad_cpu" : "grad_tiled", [
+      "uniform",
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "rw",
+      "rw",
+    ], {
+      WTYPE: wtype(w0),
+      RANK: variant === "cpu" ? r : 1,
+      RB: 4,
+      CB: cb,
+      // grad_cpu reads dY rows as vec4 when out % 4 == 0.
+      VEC_K: outF % 4 === 0,
+      VEC_IN: inF % 4 === 0,
+      VEC_R: r % 4 === 0,
+    }),
+  );
+  const partA = gpu.empty([segs, r, inF]);
+  const partB = gpu.empty([colTiles, outF, r]);
+  gpu.dispatch(kernel, [
+    [n, outF, inF, r, lay.blocksPerSeg, lay.tc, lay.tr],
+    vec4Window(dy),
+    vec4Window(x),
+    vec4Window(w0),
+    vec4Window(a),
+    vec4Window(b),
+    partA,
+    partB,
+  ], [colTiles, segs]);
+  const reduce = await gpu.kernel(
+    spec("reduce_grads", ["uniform", "read", "read", "rw", "rw"], {}),
+  );
+  const lenA = r * inF, lenB = outF * r;
+  gpu.dispatch(reduce, [[lenA, segs, lenB, colTiles], partA, partB, gradA, gradB], [
+    ...grid(cdiv(lenA + lenB, 256)),
+  ]);
+  partA.release();
+  partB.release();
+}
+
+/**
+ * Bytes of the partial-sum buffers {@linkcode hiraWeightGradsFused} allocates for a layer
+ * [out, in] of rank r (for memory accounting).
+ */
+export function hiraGradScratchBytes(
+  variant: "cpu" | "tiled",
+  outF: number,
+  inF: number,
+  r: number,
+): number {
+  const lay = gradLayout(variant, outF, inF);
+  return 4 * r * (lay.rows * inF + lay.cols * outF);
+}
