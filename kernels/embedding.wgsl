@@ -2,6 +2,9 @@
 // under the storage-binding size limit): a dispatch handles the shard holding rows
 // [row_start, row_start + row_count). One invocation per output element; the flat index folds
 // the grid's y dimension. Each entry point declares its own bindings, numbered from 0.
+//
+// Define WTYPE: the element type of the forward's table ("f32", or "f16" for frozen tables stored
+// in half precision; rows are widened to f32). The backward's tables are always f32.
 
 fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
   return gid.x + gid.y * nwg.x * 256u;
@@ -20,7 +23,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> f_table: array<f32>;
+@group(0) @binding(1) var<storage, read> f_table: array<{{WTYPE}}>;
 @group(0) @binding(2) var<storage, read> f_ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> f_out: array<f32>;
 
@@ -36,7 +39,7 @@ fn embedding_forward(
   // Negative i32 ids wrap to large u32 values and so land outside every shard.
   let local = f_ids[t] - p.row_start;
   if (f_ids[t] >= p.row_start && local < p.row_count) {
-    f_out[i] = f_table[local * p.c + col];
+    f_out[i] = f32(f_table[local * p.c + col]);
   } else if (p.zero_others != 0u) {
     f_out[i] = 0.0;
   }
@@ -81,4 +84,24 @@ fn embedding_backward(
   }
   let o = (id - q.row_start) * q.c + col;
   b_dtable[o] = b_dtable[o] + acc;
+}
+
+// ---- widening copy: out[i] = f32(src[i]) (an f16 table or weight as an f32 tensor) ----
+
+struct CastParams {
+  n: u32,
+}
+
+@group(0) @binding(0) var<uniform> cp: CastParams;
+@group(0) @binding(1) var<storage, read> c_src: array<{{WTYPE}}>;
+@group(0) @binding(2) var<storage, read_write> c_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn to_f32(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let i = flat(gid, nwg);
+  if (i >= cp.n) { return; }
+  c_out[i] = f32(c_src[i]);
 }

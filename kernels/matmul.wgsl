@@ -1,4 +1,5 @@
-// C = alpha·op(A)·op(B) (+ C) for row-major f32 matrices, batched.
+// C = alpha·op(A)·op(B) (+ C) for row-major matrices, batched: C is f32, A and B f32 or f16
+// (frozen weights stored in f16), always accumulated in f32.
 //
 // Output tiles of every batch are numbered in one flat range so that any M·N·batch fits the
 // 65535-per-dimension workgroup limit: tile = wg.x + wg.y·nwg.x (see grid() in lib/gpu.ts).
@@ -21,6 +22,8 @@
 //                     doubles the store code, which dominates compile time on llvmpipe).
 //   RB, CB, LX, LY    CPU kernel shape: each invocation owns RB×CB blocks of 4×4 outputs and a
 //                     workgroup is LX (along N) × LY (along M) invocations.
+//   ATYPE, BTYPE      element type of a / b: "f32" or "f16" (then lib/gpu.ts prepends the f16
+//                     enable directive). Every load goes through va/vb/ea/eb (widened to f32).
 
 struct Params {
   M: u32,
@@ -51,16 +54,24 @@ const LX: u32 = {{LX}}u;
 const LY: u32 = {{LY}}u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> a: array<vec4<{{ATYPE}}>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<{{BTYPE}}>>;
 @group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
 
 fn ea(i: u32) -> f32 {
-  return a[i >> 2u][i & 3u];
+  return f32(a[i >> 2u][i & 3u]);
 }
 
 fn eb(i: u32) -> f32 {
-  return b[i >> 2u][i & 3u];
+  return f32(b[i >> 2u][i & 3u]);
+}
+
+fn va(i: u32) -> vec4<f32> {
+  return vec4<f32>(a[i]);
+}
+
+fn vb(i: u32) -> vec4<f32> {
+  return vec4<f32>(b[i]);
 }
 
 // Element index of op(A)[m, k] / op(B)[k, n] relative to the batch base.
@@ -170,9 +181,9 @@ fn bOffsets(base: u32, n0: u32) -> vec4<u32> {
 fn loadA(o: vec4<u32>, k: u32) -> mat4x4<f32> {
   var r: mat4x4<f32>;
   if (VEC_A && TRANS_A) {
-    r = transpose(mat4x4<f32>(a[o.x], a[o.y], a[o.z], a[o.w]));
+    r = transpose(mat4x4<f32>(va(o.x), va(o.y), va(o.z), va(o.w)));
   } else if (VEC_A) {
-    r = mat4x4<f32>(a[o.x], a[o.y], a[o.z], a[o.w]);
+    r = mat4x4<f32>(va(o.x), va(o.y), va(o.z), va(o.w));
   } else {
     var s = 1u;
     if (TRANS_A) { s = p.M; }
@@ -200,9 +211,9 @@ fn loadA(o: vec4<u32>, k: u32) -> mat4x4<f32> {
 fn loadB(o: vec4<u32>, k: u32) -> mat4x4<f32> {
   var r: mat4x4<f32>;
   if (VEC_B && TRANS_B) {
-    r = transpose(mat4x4<f32>(b[o.x], b[o.y], b[o.z], b[o.w]));
+    r = transpose(mat4x4<f32>(vb(o.x), vb(o.y), vb(o.z), vb(o.w)));
   } else if (VEC_B) {
-    r = mat4x4<f32>(b[o.x], b[o.y], b[o.z], b[o.w]);
+    r = mat4x4<f32>(vb(o.x), vb(o.y), vb(o.z), vb(o.w));
   } else {
     var s = p.N;
     if (TRANS_B) { s = 1u; }

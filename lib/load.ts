@@ -6,6 +6,7 @@
  */
 import type { Gpu, Tensor } from "./gpu.ts";
 import { HiraError } from "./errors.ts";
+import type { PeftType } from "./peft.ts";
 import {
   type LlamaConfig,
   modulePath,
@@ -17,29 +18,113 @@ import { expectedTensors, type LayerWeights, LlamaModel, type ModelWeights } fro
 import { readTensorRows, type WeightSet } from "./safetensors.ts";
 import { Rng } from "./rand.ts";
 
+/** Storage of the frozen weight matrices on the GPU. */
+export type WeightDtype = "f32" | "f16";
+
+/** The --weight_dtype flag: a {@linkcode WeightDtype} or "auto". */
+export type WeightDtypeFlag = WeightDtype | "auto";
+
+/**
+ * Whether an adapter type reads an f16 W0 on every path (forward, backward and merge). Where it
+ * does not, the W0 of adapted modules stays f32 under --weight_dtype=f16. HiRA's kernels take
+ * W0 through the `{{WTYPE}}` define (tests/f16_test.ts checks a training step and the merge);
+ * LoRA's forward and backward read W0 through matmul, but its merge copies W0's bytes into an
+ * f32 tensor, so LoRA's W0 stays f32 until that copy widens (lib/ops/embedding.ts toF32).
+ */
+export const ADAPTER_READS_F16_W0: Record<PeftType, boolean> = { HIRA: true, LORA: false };
+
+/**
+ * The dtype of one frozen matrix (a projection, or the embedding/head when `adapted` is false):
+ * f32 for full fine-tuning (its f32 weights are the master copy) and for the W0 of adapters that
+ * cannot read f16 yet, else `weightDtype`. Norms and biases are always f32.
+ */
+export function frozenWeightDtype(
+  weightDtype: WeightDtype,
+  fullFineTuning: boolean,
+  peftType: PeftType | null,
+  adapted: boolean,
+): WeightDtype {
+  if (weightDtype === "f32" || fullFineTuning) return "f32";
+  if (adapted && peftType !== null && !ADAPTER_READS_F16_W0[peftType]) return "f32";
+  return "f16";
+}
+
+/**
+ * Resolves --weight_dtype: "auto" is f16 when the device has shader-f16 and the base weights do
+ * not train, else f32. An explicit f16 that cannot be honoured is a {@linkcode HiraError}.
+ */
+export function resolveWeightDtype(
+  flag: WeightDtypeFlag,
+  hasF16: boolean,
+  fullFineTuning: boolean,
+): WeightDtype {
+  if (flag === "auto") return hasF16 && !fullFineTuning ? "f16" : "f32";
+  if (flag === "f16" && !hasF16) {
+    throw new HiraError(
+      "--weight_dtype",
+      "f16 needs the WebGPU feature shader-f16, which this adapter lacks (use f32 or auto)",
+    );
+  }
+  if (flag === "f16" && fullFineTuning) {
+    throw new HiraError(
+      "--weight_dtype",
+      "full fine-tuning trains the base weights, which stay f32 (use f32 or auto)",
+    );
+  }
+  return flag;
+}
+
+/** Options of {@linkcode loadModel}. */
+export interface LoadOptions {
+  /**
+   * Storage of the frozen matrices (projections, embedding, untied head); default f32. f16 needs
+   * `gpu.hasF16`. Norms and biases stay f32. BF16/F32 checkpoints are rounded to f16 on load.
+   */
+  weightDtype?: WeightDtype;
+  /** Projection module paths ("model.layers.0.self_attn.q_proj") kept f32 regardless. */
+  keepF32?: (modulePath: string) => boolean;
+}
+
 async function uploadRowShards(
   gpu: Gpu,
   ws: WeightSet,
   name: string,
   cfg: LlamaConfig,
+  dtype: WeightDtype,
 ): Promise<Tensor[]> {
   const e = ws.get(name);
   const out: Tensor[] = [];
   let r0 = 0;
-  for (const rows of LlamaModel.shardRows(gpu, cfg)) {
-    const data = await readTensorRows(e.source, e.info, r0, rows, "f32") as Float32Array;
-    out.push(gpu.upload(data, [rows, cfg.hiddenSize]));
+  for (const rows of LlamaModel.shardRows(gpu, cfg, dtype)) {
+    const data = await readTensorRows(e.source, e.info, r0, rows, dtype);
+    out.push(gpu.upload(data, [rows, cfg.hiddenSize], dtype));
     r0 += rows;
   }
   return out;
 }
 
+function checkF16(gpu: Gpu, dtype: WeightDtype): void {
+  if (dtype === "f16" && !gpu.hasF16) {
+    throw new HiraError(
+      "--weight_dtype",
+      "f16 weights need the WebGPU feature shader-f16, which this device lacks",
+    );
+  }
+}
+
 /**
- * Loads every base tensor of `cfg` from `ws` onto the GPU (as f32). Missing or misshapen tensors
- * are a {@linkcode HiraError} naming the tensor and its file. Tensors the model does not use
- * (e.g. rotary caches) are ignored.
+ * Loads every base tensor of `cfg` from `ws` onto the GPU (f32, or f16 matrices with
+ * `opts.weightDtype`). Missing or misshapen tensors are a {@linkcode HiraError} naming the
+ * tensor and its file. Tensors the model does not use (e.g. rotary caches) are ignored.
  */
-export async function loadModel(gpu: Gpu, cfg: LlamaConfig, ws: WeightSet): Promise<LlamaModel> {
+export async function loadModel(
+  gpu: Gpu,
+  cfg: LlamaConfig,
+  ws: WeightSet,
+  opts: LoadOptions = {},
+): Promise<LlamaModel> {
+  const wdt = opts.weightDtype ?? "f32";
+  checkF16(gpu, wdt);
   const expected = expectedTensors(cfg);
   for (const [name, shape] of expected) {
     if (!ws.has(name)) {
@@ -54,13 +139,16 @@ export async function loadModel(gpu: Gpu, cfg: LlamaConfig, ws: WeightSet): Prom
     }
   }
   const read = async (name: string) => gpu.upload(await ws.read(name, "f32"), expected.get(name)!);
+  const readAs = async (name: string, dtype: WeightDtype) =>
+    gpu.upload(await ws.read(name, dtype), expected.get(name)!, dtype);
   const layers: LayerWeights[] = [];
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}.`;
     const proj = {} as Record<Projection, Tensor>;
     const bias: Partial<Record<Projection, Tensor>> = {};
     for (const pr of PROJECTIONS) {
-      proj[pr] = await read(`${modulePath(l, pr)}.weight`);
+      const path = modulePath(l, pr);
+      proj[pr] = await readAs(`${path}.weight`, opts.keepF32?.(path) ? "f32" : wdt);
       const bn = `${modulePath(l, pr)}.bias`;
       if (expected.has(bn)) bias[pr] = await read(bn);
     }
@@ -72,10 +160,12 @@ export async function loadModel(gpu: Gpu, cfg: LlamaConfig, ws: WeightSet): Prom
     });
   }
   const weights: ModelWeights = {
-    embed: await uploadRowShards(gpu, ws, "model.embed_tokens.weight", cfg),
+    embed: await uploadRowShards(gpu, ws, "model.embed_tokens.weight", cfg, wdt),
     layers,
     norm: await read("model.norm.weight"),
-    lmHead: cfg.tieWordEmbeddings ? null : await uploadRowShards(gpu, ws, "lm_head.weight", cfg),
+    lmHead: cfg.tieWordEmbeddings
+      ? null
+      : await uploadRowShards(gpu, ws, "lm_head.weight", cfg, wdt),
   };
   return new LlamaModel(gpu, cfg, weights);
 }
@@ -84,20 +174,29 @@ export async function loadModel(gpu: Gpu, cfg: LlamaConfig, ws: WeightSet): Prom
  * A randomly initialised model as transformers' `_init_weights` does for Llama: linear and
  * embedding weights ~ N(0, initializer_range²) (0.02 by default), norms 1, biases 0.
  */
-export function randomModel(gpu: Gpu, cfg: LlamaConfig, seed: number): LlamaModel {
+export function randomModel(
+  gpu: Gpu,
+  cfg: LlamaConfig,
+  seed: number,
+  opts: LoadOptions = {},
+): LlamaModel {
+  const wdt = opts.weightDtype ?? "f32";
+  checkF16(gpu, wdt);
   const rng = new Rng(seed);
   const std = typeof cfg.raw.initializer_range === "number" ? cfg.raw.initializer_range : 0.02;
   const C = cfg.hiddenSize;
-  const normal = (shape: number[]) =>
-    gpu.upload(rng.normalArray(shape[0] * (shape[1] ?? 1), std), shape);
+  // The same draws whatever the dtype: an f16 model is the f32 one rounded.
+  const normal = (shape: number[], dtype: WeightDtype = "f32") =>
+    gpu.upload(rng.normalArray(shape[0] * (shape[1] ?? 1), std), shape, dtype);
   const ones = (n: number) => gpu.upload(new Float32Array(n).fill(1), [n]);
-  const shards = (): Tensor[] => LlamaModel.shardRows(gpu, cfg).map((rows) => normal([rows, C]));
+  const shards = (): Tensor[] =>
+    LlamaModel.shardRows(gpu, cfg, wdt).map((rows) => normal([rows, C], wdt));
   const layers: LayerWeights[] = [];
   for (let l = 0; l < cfg.numLayers; l++) {
     const proj = {} as Record<Projection, Tensor>;
     const bias: Partial<Record<Projection, Tensor>> = {};
     for (const p of PROJECTIONS) {
-      proj[p] = normal(projectionShape(cfg, p));
+      proj[p] = normal(projectionShape(cfg, p), opts.keepF32?.(modulePath(l, p)) ? "f32" : wdt);
       if (cfg.biasProjections.includes(p)) {
         bias[p] = gpu.zeros([projectionShape(cfg, p)[0]]);
       }

@@ -114,8 +114,25 @@ export class LlamaModel {
   }
 
   /** Row counts of the embedding / head shards for this GPU's binding limit. */
-  static shardRows(gpu: Gpu, cfg: LlamaConfig): number[] {
-    return splitRows(cfg.vocabSize, cfg.hiddenSize, 4, gpu.limits.maxStorageBufferBindingSize);
+  static shardRows(gpu: Gpu, cfg: LlamaConfig, dtype: "f32" | "f16" = "f32"): number[] {
+    return splitRows(
+      cfg.vocabSize,
+      cfg.hiddenSize,
+      dtype === "f16" ? 2 : 4,
+      gpu.limits.maxStorageBufferBindingSize,
+    );
+  }
+
+  /** Bytes of every base weight tensor on the GPU (unpadded; f16 matrices count 2 per value). */
+  get weightBytes(): number {
+    const w = this.weights;
+    let n = w.norm.byteLength;
+    for (const t of [...w.embed, ...(w.lmHead ?? [])]) n += t.byteLength;
+    for (const l of w.layers) {
+      n += l.inputNorm.byteLength + l.postNorm.byteLength;
+      for (const p of PROJECTIONS) n += l.proj[p].byteLength + (l.bias[p]?.byteLength ?? 0);
+    }
+    return n;
   }
 
   /** Output-head shards (the embedding when tied). */
@@ -125,6 +142,12 @@ export class LlamaModel {
 
   /** Makes every base weight trainable: allocates zeroed gradients. */
   enableBaseGrads(): void {
+    if (this.weights.layers.some((l) => PROJECTIONS.some((p) => l.proj[p].dtype !== "f32"))) {
+      throw new Error("full fine-tuning needs f32 base weights (load with weightDtype f32)");
+    }
+    if ([...this.weights.embed, ...(this.weights.lmHead ?? [])].some((t) => t.dtype !== "f32")) {
+      throw new Error("full fine-tuning needs an f32 embedding (load with weightDtype f32)");
+    }
     const g = this.gpu;
     const z = (t: Tensor) => g.zeros(t.shape);
     const w = this.weights;

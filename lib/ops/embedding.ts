@@ -1,7 +1,8 @@
 /**
  * Embedding lookup and its deterministic backward (kernels/embedding.wgsl). Tables above the
  * storage-binding limit are passed as row shards (see `splitRows` in ../gpu.ts): shard i holds
- * the rows that follow those of shards 0..i-1.
+ * the rows that follow those of shards 0..i-1. The forward's table may be f16 (a frozen embedding
+ * stored in half precision); the rows come out f32.
  * @module
  */
 import { cdiv, type Gpu, grid, type Tensor } from "../gpu.ts";
@@ -15,25 +16,33 @@ interface Shard {
   rows: number;
 }
 
-function shardsOf(op: string, table: EmbeddingTable): { shards: Shard[]; c: number } {
+function shardsOf(
+  op: string,
+  table: EmbeddingTable,
+  allowF16 = false,
+): { shards: Shard[]; c: number; dtype: "f32" | "f16" } {
   const list: readonly Tensor[] = Array.isArray(table) ? table : [table as Tensor];
   if (list.length === 0) throw new Error(`${op}: no table shards`);
   const c = list[0].shape[list[0].shape.length - 1];
+  const dtype = list[0].dtype === "f16" && allowF16 ? "f16" : "f32";
   const shards: Shard[] = [];
   let rowStart = 0;
   for (const tensor of list) {
-    if (tensor.shape.length !== 2 || tensor.shape[1] !== c || tensor.dtype !== "f32") {
-      throw new Error(`${op}: shard ${tensor.shape}/${tensor.dtype} is not an f32 [rows, ${c}]`);
+    if (tensor.shape.length !== 2 || tensor.shape[1] !== c || tensor.dtype !== dtype) {
+      throw new Error(
+        `${op}: shard ${tensor.shape}/${tensor.dtype} is not an ${dtype} [rows, ${c}]`,
+      );
     }
     shards.push({ tensor, rowStart, rows: tensor.shape[0] });
     rowStart += tensor.shape[0];
   }
-  return { shards, c };
+  return { shards, c, dtype };
 }
 
 /**
- * out[t, :] = table[ids[t], :] for ids u32 or i32 [N]; returns [N, C]. Ids outside the table
- * (including negative ones) give zero rows. `out` receives the rows if given.
+ * out[t, :] = table[ids[t], :] for ids u32 or i32 [N]; returns f32 [N, C] (an f16 table's rows
+ * are widened). Ids outside the table (including negative ones) give zero rows. `out` receives
+ * the rows if given.
  */
 export async function embedding(
   gpu: Gpu,
@@ -41,14 +50,18 @@ export async function embedding(
   ids: Tensor,
   out?: Tensor,
 ): Promise<Tensor> {
-  const { shards, c } = shardsOf("embedding", table);
+  const { shards, c, dtype } = shardsOf("embedding", table, true);
+  if (dtype === "f16" && !gpu.hasF16) throw new Error("embedding: f16 table without shader-f16");
   const n = ids.size;
   const o = out ?? gpu.empty([n, c]);
-  if (o.size !== n * c) throw new Error(`embedding: out ${o.shape} for [${n}, ${c}]`);
+  if (o.size !== n * c || o.dtype !== "f32") {
+    throw new Error(`embedding: out ${o.shape}/${o.dtype} for f32 [${n}, ${c}]`);
+  }
   const k = await gpu.kernel({
     file: "embedding.wgsl",
     entry: "embedding_forward",
     bindings: ["uniform", "read", "read", "rw"],
+    defines: { WTYPE: dtype },
   });
   shards.forEach((s, i) => {
     gpu.dispatch(
@@ -134,6 +147,7 @@ export async function embeddingBackward(
     file: "embedding.wgsl",
     entry: "embedding_backward",
     bindings: ["uniform", "read", "read", "rw"],
+    defines: { WTYPE: "f32" },
   });
   for (const s of shards) {
     gpu.dispatch(
@@ -144,4 +158,25 @@ export async function embeddingBackward(
   }
   // Safe to recycle now: a later upload into this buffer submits the recorded work first.
   tplan.release();
+}
+
+/**
+ * An f32 copy of a tensor (f16 widened exactly; f32 copied), as a new tensor of the same shape:
+ * for code that needs an f32 view of a frozen f16 weight (e.g. merging an adapter into it).
+ */
+export async function toF32(gpu: Gpu, t: Tensor): Promise<Tensor> {
+  const out = gpu.empty(t.shape);
+  if (t.dtype === "f32") {
+    gpu.copy(t, out);
+    return out;
+  }
+  if (t.dtype !== "f16") throw new Error(`toF32: ${t.dtype} is not a float type`);
+  const k = await gpu.kernel({
+    file: "embedding.wgsl",
+    entry: "to_f32",
+    bindings: ["uniform", "read", "rw"],
+    defines: { WTYPE: "f16" },
+  });
+  gpu.dispatch(k, [[t.size], t, out], grid(cdiv(t.size, 256)));
+  return out;
 }

@@ -4,9 +4,12 @@
  * Two kernel families: "cpu" for CPU rasterizers (llvmpipe/lavapipe), register-blocked straight
  * from storage with vec4 loads and no workgroup memory; "tiled" for real GPUs, with 64×64 tiles
  * staged in workgroup memory. "auto" picks by {@linkcode Gpu.isCpuAdapter}.
+ *
+ * Operands may be f16 (frozen weights stored in half precision when the device has shader-f16):
+ * both families widen every load to f32 and accumulate in f32; the output is always f32.
  * @module
  */
-import { type BufferWindow, cdiv, type Gpu, grid, type Tensor } from "../gpu.ts";
+import { type BufferWindow, cdiv, DTYPE_BYTES, type Gpu, grid, type Tensor } from "../gpu.ts";
 
 /** Kernel family: "cpu" for CPU rasterizers, "tiled" (workgroup memory) for real GPUs. */
 export type MatmulVariant = "auto" | "cpu" | "tiled";
@@ -55,8 +58,13 @@ export async function matmul(
   if (a.shape.length < 2 || a.shape.length > 3 || b.shape.length < 2 || b.shape.length > 3) {
     throw new Error(`matmul: a ${fmt(a.shape)} and b ${fmt(b.shape)} must be rank 2 or 3`);
   }
-  if (a.dtype !== "f32" || b.dtype !== "f32") {
-    throw new Error(`matmul: only f32 is supported (a ${a.dtype}, b ${b.dtype})`);
+  for (const [name, t] of [["a", a], ["b", b]] as const) {
+    if (t.dtype !== "f32" && t.dtype !== "f16") {
+      throw new Error(`matmul: ${name} is ${t.dtype}; operands must be f32 or f16`);
+    }
+    if (t.dtype === "f16" && !gpu.hasF16) {
+      throw new Error(`matmul: ${name} is f16 but the device has no shader-f16`);
+    }
   }
   const ab = a.shape.length === 3 ? a.shape[0] : 1;
   const bb = b.shape.length === 3 ? b.shape[0] : 1;
@@ -137,6 +145,8 @@ export async function matmul(
     ? {
       a: b,
       b: a,
+      aType: b.dtype,
+      bType: a.dtype,
       transA: !transB,
       transB: !transA,
       M: N,
@@ -144,7 +154,7 @@ export async function matmul(
       aBatch: bBatch,
       bBatch: aBatch,
     }
-    : { a, b, transA, transB, M: rowsM, N, aBatch, bBatch };
+    : { a, b, aType: a.dtype, bType: b.dtype, transA, transB, M: rowsM, N, aBatch, bBatch };
   const vecA = (p.transA ? p.M : K) % 4 === 0;
   const vecB = (p.transB ? K : p.N) % 4 === 0;
   const vecC = !swap && N % 4 === 0 && outStride % 4 === 0 && outOffset % 4 === 0;
@@ -173,6 +183,8 @@ export async function matmul(
       CB: shape.cb,
       LX: shape.lx,
       LY: shape.ly,
+      ATYPE: p.aType,
+      BTYPE: p.bType,
     },
   });
   const tilesN = cdiv(p.N, tileN);
@@ -232,7 +244,8 @@ function pickVariant(gpu: Gpu, v: MatmulVariant): "cpu" | "tiled" {
 /** The tensor's binding widened to whole vec4s (the kernels see all operands as vec4 arrays). */
 function vec4Window(t: Tensor): BufferWindow {
   if (t.released) throw new Error(`matmul: input ${fmt(t.shape)} was released`);
-  const size = Math.max(16, Math.ceil(t.byteLength / 16) * 16);
+  const vec = 4 * DTYPE_BYTES[t.dtype];
+  const size = Math.max(vec, Math.ceil(t.byteLength / vec) * vec);
   if (t.byteOffset + size > t.buffer.size) {
     throw new Error(
       `matmul: tensor ${fmt(t.shape)} at byte ${t.byteOffset} cannot be read as vec4s ` +
