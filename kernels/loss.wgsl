@@ -17,7 +17,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const MIN_F32: f32 = -3.40282347e38;
+// The exact bits of -FLT_MAX: Chromium's Tint rejects the decimal -3.40282347e38 (it lies past
+// the largest f32), which naga rounds silently.
+const MIN_F32: f32 = -0x1.fffffep+127f;
 
 var<workgroup> red_m: array<f32, {{WG}}>;
 var<workgroup> red_s: array<f32, {{WG}}>;

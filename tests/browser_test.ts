@@ -1,0 +1,697 @@
+/**
+ * The web page (web/, serve.ts) and its browser-side I/O (lib/browser_io.ts).
+ *
+ * - Under Deno: a model folder read from Blobs loads the same weights as the Deno loader; an
+ *   adapter trained by web/session.ts, encoded as PEFT files and read back from Blobs gives the
+ *   same logits; the server's path mapping refuses everything outside the page, kernels/ and
+ *   data_file/.
+ * - In real headless Chromium (SwiftShader WebGPU): `deno task serve --port=0` is started, the
+ *   page trains HiRA on the embedded tiny model for a few steps (the loss must go down),
+ *   measures held-out accuracy before and after, answers a prompt, and its Download button
+ *   saves the adapter; Deno then loads that adapter with lib/ onto the embedded model and its
+ *   logits for a fixed prompt must equal the browser's (rtol 1e-3). A second launch without
+ *   --enable-unsafe-webgpu must show the "no adapter" message with training disabled.
+ *   Screenshots go to test_output/. Playwright needs `-A` under Deno (it probes /proc/sys), so
+ *   the browser is driven by this same file run as a subprocess (`--drive`), which the test's
+ *   --allow-run permits.
+ *
+ * Without /usr/bin/chromium (or $HIRA_CHROMIUM) the browser test fails with the install hint,
+ * unless HIRA_SKIP_BROWSER=1.
+ * @module
+ */
+import { assert, assertEquals, assertRejects } from "@std/assert";
+import { fromFileUrl, join } from "@std/path";
+import { assertClose, maxAbsDiff, testGpu } from "./_util.ts";
+import {
+  adapterFileBytes,
+  blobSource,
+  entriesOfFileList,
+  fileFolder,
+  type FolderEntry,
+  readAdapterFolder,
+  readModelFolder,
+} from "../lib/browser_io.ts";
+import { EMBEDDED_MODEL_DIR, loadModelDir } from "../lib/model_deno.ts";
+import { loadTokenizer } from "../lib/tokenizer_deno.ts";
+import { openAdapterDir } from "../lib/peft_deno.ts";
+import { loadAdapters } from "../lib/attach.ts";
+import { isHiraError } from "../lib/errors.ts";
+import type { LlamaModel } from "../lib/model.ts";
+import type { Tokenizer } from "../lib/tokenizer.ts";
+import * as S from "../web/session.ts";
+import { resolveRequestPath } from "../serve.ts";
+
+const ROOT = fromFileUrl(new URL("../", import.meta.url));
+/** Debian's chromium; HIRA_CHROMIUM points elsewhere (another distribution's path). */
+const CHROMIUM = Deno.env.get("HIRA_CHROMIUM") || "/usr/bin/chromium";
+const SKIP_BROWSER = Deno.env.get("HIRA_SKIP_BROWSER") === "1";
+/** Settings the browser run uses: a handful of steps on short sequences (SwiftShader is slow). */
+const BROWSER_RUN = { steps: 12, batch: 8, warmup: 2, rank: 8, perSet: 1 };
+
+async function folderEntries(dir: string, prefix = ""): Promise<FolderEntry[]> {
+  const out: FolderEntry[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    if (e.isFile) {
+      out.push({ path: prefix + e.name, file: new Blob([await Deno.readFile(join(dir, e.name))]) });
+    }
+  }
+  return out;
+}
+
+async function nextTokenLogits(
+  model: LlamaModel,
+  tok: Tokenizer,
+  prompt: string,
+): Promise<{ ids: number[]; logits: Float32Array }> {
+  // Written out here (not web/session.ts's promptLogits) so the Deno side is independent.
+  const ids = tok.encode((tok.bosToken ?? "") + prompt);
+  const logits = await model.logits(
+    Int32Array.from(ids),
+    Uint32Array.of(0, ids.length),
+    Int32Array.of(ids.length - 1),
+  );
+  return { ids, logits };
+}
+
+function base64(bytes: Uint8Array): string {
+  let bin = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(bin);
+}
+
+async function firstBoolqInstruction(): Promise<string> {
+  const recs = JSON.parse(
+    await Deno.readTextFile(join(ROOT, "data_file/llm_adapt/boolq/test.json")),
+  ) as { instruction: string }[];
+  return recs[0].instruction;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deno-side tests (no browser)
+
+Deno.test("browser_io: blobSource reads ranges and refuses reads past the end", async () => {
+  const src = blobSource(new Blob([Uint8Array.from([1, 2, 3, 4, 5])]), "x.bin");
+  assertEquals(src.size, 5);
+  assertEquals([...await src.read(1, 3)], [2, 3, 4]);
+  assertEquals([...await src.read(5, 0)], []);
+  await assertRejects(() => src.read(3, 3), Error, "past the end");
+});
+
+Deno.test("browser_io: fileFolder strips the common top folder and names it", async () => {
+  const f = fileFolder([
+    { path: "my-model/config.json", file: new Blob(["{}"]) },
+    { path: "my-model/sub/a.txt", file: new Blob(["a"]) },
+  ]);
+  assertEquals(f.name, "my-model");
+  assert(await f.has("config.json"));
+  assertEquals(await f.text("sub/a.txt"), "a");
+  assertEquals(await f.text("missing.json"), null);
+  assertEquals(await f.bytes("missing.json"), null);
+  const flat = fileFolder([{ path: "config.json", file: new Blob(["{}"]) }], "picked");
+  assertEquals(flat.name, "picked");
+  const files = [new File(["x"], "config.json")];
+  assertEquals(entriesOfFileList(files).map((e) => e.path), ["config.json"]);
+});
+
+Deno.test("browser_io: missing model and adapter files are errors naming the file", async () => {
+  const entries = await folderEntries(EMBEDDED_MODEL_DIR, "tiny/");
+  const without = (name: string) => fileFolder(entries.filter((e) => !e.path.endsWith(name)));
+  for (
+    const [name, msg] of [["config.json", "config.json"], ["tokenizer.json", "tokenizer.json"]]
+  ) {
+    const err = await readModelFolder(without("/" + name)).then(() => null, (e) => e);
+    assert(isHiraError(err), `expected a HiraError without ${name}`);
+    assert(err.message.includes(msg), err.message);
+  }
+  const noWeights = await readModelFolder(without("model.safetensors")).then(() => null, (e) => e);
+  assert(isHiraError(noWeights) && noWeights.message.includes("model.safetensors"));
+  const noAdapter = await readAdapterFolder(fileFolder([])).then(() => null, (e) => e);
+  assert(isHiraError(noAdapter) && noAdapter.message.includes("adapter_config.json"));
+});
+
+Deno.test("serve: request paths map to the page, kernels/ and data_file/ only", () => {
+  assertEquals(resolveRequestPath("/"), "web/index.html");
+  assertEquals(resolveRequestPath("/style.css"), "web/style.css");
+  assertEquals(resolveRequestPath("/kernels/matmul.wgsl"), "kernels/matmul.wgsl");
+  assertEquals(
+    resolveRequestPath("/data_file/tiny/model/config.json"),
+    "data_file/tiny/model/config.json",
+  );
+  for (
+    const bad of [
+      "/lib/gpu.ts",
+      "/deno.json",
+      "/kernels",
+      "/kernels/",
+      "/kernels/%2e%2e/deno.json",
+      "/data_file/..%2fdeno.json",
+      "/data_file/.git/config",
+      "/web/app.ts",
+      "/kernels/%ZZ",
+    ]
+  ) {
+    assertEquals(resolveRequestPath(bad), null, bad);
+  }
+});
+
+Deno.test("web session: Blob-loaded model, trained adapter, PEFT bytes round trip", async () => {
+  const gpu = await testGpu();
+  const entries = await folderEntries(EMBEDDED_MODEL_DIR, "model/");
+  const web = await S.loadModelFolder(gpu, fileFolder(entries), "");
+  const deno = await loadModelDir(gpu, EMBEDDED_MODEL_DIR);
+  const tok = await loadTokenizer(EMBEDDED_MODEL_DIR);
+  const prompt = await firstBoolqInstruction();
+  const a = await S.promptLogits(web.model, web.tok, prompt);
+  const b = await nextTokenLogits(deno, tok, prompt);
+  assertEquals(a.ids, b.ids);
+  assertEquals(maxAbsDiff(a.logits, b.logits), 0, "same weights, same kernels");
+
+  const settings = { ...S.DEFAULT_SETTINGS, steps: 2, batch: 2, warmup: 0 };
+  const ac = S.attachFresh(web.model, settings, "");
+  const text = await Deno.readTextFile(
+    join(ROOT, "data_file/llm_adapt/commonsense_170k/train.json"),
+  );
+  const examples = S.trainingExamples(text, "train.json", web.tok).slice(0, 8);
+  const run = await S.trainAdapters(web.model, examples, settings, {}, examples.slice(0, 2));
+  assertEquals(run.steps, 2);
+  assert(run.losses.every(Number.isFinite) && Number.isFinite(run.validationAfter));
+  const trained = await S.promptLogits(web.model, web.tok, prompt);
+  assert(maxAbsDiff(trained.logits, a.logits) > 1e-4, "training changed the logits");
+
+  const files = await S.adapterFiles(web.model, ac);
+  const again = adapterFileBytes(ac, []);
+  assertEquals(again.configJson, files.configJson);
+  const dir = fileFolder([
+    { path: "ad/adapter_config.json", file: new Blob([files.configJson]) },
+    { path: "ad/adapter_model.safetensors", file: new Blob([files.safetensors]) },
+  ]);
+  await S.attachLoaded(deno, await readAdapterFolder(dir), 0);
+  const loaded = await nextTokenLogits(deno, tok, prompt);
+  assertEquals(maxAbsDiff(loaded.logits, trained.logits), 0, "adapter round trip");
+});
+
+// ---------------------------------------------------------------------------------------------
+// Headless Chromium
+
+/** What the driver subprocess reports (result.json). */
+interface DriveResult {
+  serverChecks: Record<string, number>;
+  state: {
+    phase: string;
+    error: string;
+    isCpuAdapter: boolean | null;
+    step: number;
+    losses: number[];
+    validationBefore: number;
+    validationAfter: number;
+    before: { rows: unknown[]; average: number | null } | null;
+    after: { rows: unknown[]; average: number | null } | null;
+    answer: string;
+    downloads: number;
+    adapterConfig: { peftType: string } | null;
+  };
+  answerText: string;
+  beamAnswerText: string;
+  prompt: string;
+  logits: { ids: number[]; logits: number[] };
+  /** Phase and logits after loading the tiny model (folder input) and the adapter (dropped). */
+  localPhase: string;
+  localLogits: { ids: number[]; logits: number[] };
+  /** The drop zone's message after the adapter's files were dropped on it. */
+  dropStatus: string;
+  /** The Stop button on a long LoRA run. */
+  stopped: {
+    phase: string;
+    step: number;
+    error: string;
+    peftType: string;
+    downloadEnabled: boolean;
+  };
+  downloads: string[];
+  unlabeled: string[];
+  focusOutline: string;
+  narrowOverflow: number;
+  noGpu: { phase: string; message: string; trainDisabled: boolean };
+  console: string[];
+}
+
+function serveCommand(): string[] {
+  const tasks = JSON.parse(Deno.readTextFileSync(join(ROOT, "deno.json"))).tasks;
+  const words = String(tasks.serve).split(/\s+/);
+  assertEquals(words[0], "deno");
+  return words.slice(1);
+}
+
+async function readLineMatching(
+  stream: ReadableStream<Uint8Array>,
+  re: RegExp,
+  timeoutMs: number,
+): Promise<{ match: RegExpExecArray; text: string }> {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  const timer = setTimeout(() => reader.cancel().catch(() => {}), timeoutMs);
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`server exited or timed out before printing its URL:\n${text}`);
+      text += value;
+      const m = re.exec(text);
+      if (m) return { match: m, text };
+    }
+  } finally {
+    clearTimeout(timer);
+    reader.releaseLock();
+  }
+}
+
+Deno.test({
+  name: "browser: the page trains HiRA in headless Chromium and its adapter matches Deno",
+  ignore: SKIP_BROWSER,
+  async fn() {
+    const chromium = await Deno.stat(CHROMIUM).then((s) => s.isFile, () => false);
+    if (!chromium) {
+      throw new Error(
+        `${CHROMIUM} not found: install it with .ci/run's step (apt-get install -y chromium), ` +
+          "or set HIRA_SKIP_BROWSER=1 to skip the browser test",
+      );
+    }
+    const out = await Deno.makeTempDir({ prefix: "hira-browser-" });
+    await Deno.mkdir(join(ROOT, "test_output"), { recursive: true });
+    const server = new Deno.Command(Deno.execPath(), {
+      args: [...serveCommand(), "--port=0"],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const stderr = server.stderr.pipeThrough(new TextDecoderStream());
+    let serverErr = "";
+    const errDone = (async () => {
+      for await (const c of stderr) serverErr += c;
+    })();
+    try {
+      const { match } = await readLineMatching(
+        server.stdout,
+        /serving (http:\/\/127\.0\.0\.1:(\d+)\/)/,
+        60_000,
+      ).catch((e) => {
+        throw new Error(`${e.message}\n${serverErr}`);
+      });
+      const url = match[1];
+      const port = match[2];
+      // A second server on the same port: one clear line, exit status 1.
+      const clash = await new Deno.Command(Deno.execPath(), {
+        args: [...serveCommand(), `--port=${port}`],
+        cwd: ROOT,
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).output();
+      assertEquals(clash.code, 1);
+      const clashMsg = new TextDecoder().decode(clash.stderr).trim();
+      assert(/^error: port \d+ on 127\.0\.0\.1 is already in use/m.test(clashMsg), clashMsg);
+
+      const drive = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", fromFileUrl(import.meta.url), "--drive", url, out],
+        cwd: ROOT,
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1", HIRA_BROWSER_RUN: JSON.stringify(BROWSER_RUN) },
+      }).output();
+      const driveLog = new TextDecoder().decode(drive.stdout) +
+        new TextDecoder().decode(drive.stderr);
+      assertEquals(drive.code, 0, `browser driver failed:\n${driveLog}`);
+      const r: DriveResult = JSON.parse(await Deno.readTextFile(join(out, "result.json")));
+      const ctx = `\nconsole:\n${r.console.join("\n")}`;
+      for (const line of r.console) if (line.startsWith("timing:")) console.log(line);
+
+      assertEquals(r.serverChecks["/"], 200);
+      assertEquals(r.serverChecks["/app.js"], 200);
+      assertEquals(r.serverChecks["/kernels/matmul.wgsl"], 200);
+      assertEquals(r.serverChecks["/data_file/tiny/model/config.json"], 200);
+      assertEquals(r.serverChecks["/lib/gpu.ts"], 404);
+      assertEquals(r.serverChecks["/deno.json"], 404);
+
+      assertEquals(r.state.phase, "done", `page ended in ${r.state.phase}: ${r.state.error}${ctx}`);
+      assertEquals(r.state.isCpuAdapter, true, "SwiftShader should count as a CPU adapter");
+      assertEquals(r.state.step, BROWSER_RUN.steps);
+      const L = r.state.losses;
+      assertEquals(L.length, BROWSER_RUN.steps);
+      assert(L.every(Number.isFinite), `losses ${L}`);
+      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+      assert(
+        mean(L.slice(-3)) < mean(L.slice(0, 3)),
+        `training loss did not go down: ${L.map((x) => x.toFixed(3)).join(" ")}`,
+      );
+      assert(
+        r.state.validationAfter < r.state.validationBefore,
+        `validation loss ${r.state.validationBefore} -> ${r.state.validationAfter}`,
+      );
+      assertEquals(r.state.before?.rows.length, 8);
+      assertEquals(r.state.after?.rows.length, 8);
+      for (const a of [r.answerText, r.beamAnswerText]) {
+        assert(a !== "" && a !== "…", `answer box: '${a}'${ctx}`);
+      }
+
+      // The downloaded PEFT folder loads in Deno with lib/ and reproduces the browser's logits.
+      assertEquals(r.downloads.sort(), ["adapter_config.json", "adapter_model.safetensors"]);
+      const adDir = join(out, "adapter");
+      const cfg = JSON.parse(await Deno.readTextFile(join(adDir, "adapter_config.json")));
+      assertEquals(cfg.peft_type, "HIRA");
+      assertEquals(cfg.r, BROWSER_RUN.rank);
+      assertEquals(cfg.base_model_name_or_path, "");
+      const gpu = await testGpu();
+      const model = await loadModelDir(gpu, EMBEDDED_MODEL_DIR);
+      const tok = await loadTokenizer(EMBEDDED_MODEL_DIR);
+      const base = await nextTokenLogits(model, tok, r.prompt);
+      const ad = await openAdapterDir(adDir);
+      try {
+        await loadAdapters(model, ad.config, ad.weights);
+      } finally {
+        ad.close();
+      }
+      const mine = await nextTokenLogits(model, tok, r.prompt);
+      assertEquals(r.logits.ids, mine.ids, "same tokenization in the browser and in Deno");
+      assertClose(Float32Array.from(r.logits.logits), mine.logits, {
+        rtol: 1e-3,
+        atol: 1e-3,
+        label: "browser vs Deno logits",
+      });
+      assert(maxAbsDiff(base.logits, mine.logits) > 1e-3, "the adapter changes the logits");
+
+      // Loaded back from File objects in the page (folder input, drop): the same logits, bit for
+      // bit.
+      assert(r.dropStatus.startsWith("Adapter"), `drop: ${r.dropStatus}`);
+      assertEquals(r.localPhase, "ready", `local folders: ${r.localPhase}${ctx}`);
+      assertEquals(r.localLogits.ids, r.logits.ids);
+      assertEquals(maxAbsDiff(r.localLogits.logits, r.logits.logits), 0, "local folder reload");
+
+      // Stop ends a run early and keeps its adapter.
+      assertEquals(r.stopped.phase, "stopped", `stop: ${r.stopped.phase} ${r.stopped.error}`);
+      assert(r.stopped.step >= 2 && r.stopped.step < 1000, `stopped at ${r.stopped.step}`);
+      assertEquals(r.stopped.peftType, "LORA");
+      assert(r.stopped.downloadEnabled, "Download is enabled after a stopped run");
+
+      // Accessibility basics and the no-WebGPU message.
+      assertEquals(r.unlabeled, [], "every control has a label");
+      assert(r.focusOutline !== "none" && r.focusOutline !== "", `focus: ${r.focusOutline}`);
+      assert(r.narrowOverflow <= 1, `horizontal overflow at 420 px: ${r.narrowOverflow} px`);
+      assertEquals(r.noGpu.phase, "no-webgpu");
+      assert(r.noGpu.message.includes("requestAdapter() returned null"), r.noGpu.message);
+      assert(r.noGpu.trainDisabled, "Train is disabled without WebGPU");
+      assert((await Deno.stat(join(ROOT, "test_output/browser.png"))).size > 0);
+    } finally {
+      try {
+        server.kill("SIGTERM");
+      } catch { /* already gone */ }
+      await server.status;
+      await server.stdout.cancel().catch(() => {});
+      await errDone.catch(() => {});
+      await Deno.remove(out, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+// ---------------------------------------------------------------------------------------------
+// The driver: `deno run -A tests/browser_test.ts --drive URL OUTDIR`
+
+/** The few DOM members the driver's page callbacks use (tests are checked without lib.dom). */
+interface MiniElement {
+  id: string;
+  outerHTML: string;
+  labels?: { length: number } | null;
+  getAttribute(name: string): string | null;
+}
+interface MiniDocument {
+  body: unknown;
+  activeElement: MiniElement | null;
+  documentElement: { scrollWidth: number; clientWidth: number };
+  querySelectorAll(selector: string): Iterable<MiniElement>;
+}
+
+async function drive(url: string, outDir: string): Promise<void> {
+  const run = JSON.parse(Deno.env.get("HIRA_BROWSER_RUN") ?? JSON.stringify(BROWSER_RUN));
+  const { chromium } = await import("playwright-core");
+  const shots = join(ROOT, "test_output");
+  await Deno.mkdir(shots, { recursive: true });
+  const consoleLines: string[] = [];
+  const t0 = performance.now();
+  const mark = (what: string) =>
+    consoleLines.push(`timing: ${what} at ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  const serverChecks: Record<string, number> = {};
+  for (
+    const p of [
+      "/",
+      "/app.js",
+      "/kernels/matmul.wgsl",
+      "/data_file/tiny/model/config.json",
+      "/lib/gpu.ts",
+      "/deno.json",
+    ]
+  ) {
+    const res = await fetch(new URL(p, url));
+    await res.body?.cancel();
+    serverChecks[p] = res.status;
+  }
+  const prompt = await firstBoolqInstruction();
+  type Hira = {
+    hiraTest: {
+      state(): DriveResult["state"] & { busy: boolean };
+      logits(p: string): Promise<{ ids: number[]; logits: number[] }>;
+    };
+  };
+  const launch = (webgpu: boolean) =>
+    chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ["--headless=new", "--no-sandbox", ...(webgpu ? ["--enable-unsafe-webgpu"] : [])],
+    });
+
+  const browser = await launch(true);
+  let result: Omit<DriveResult, "noGpu">;
+  try {
+    const ctx = await browser.newContext({
+      acceptDownloads: true,
+      viewport: { width: 1280, height: 800 },
+    });
+    const page = await ctx.newPage();
+    page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+    page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
+    await page.goto(url);
+    await page.waitForFunction(
+      () => {
+        const t = (globalThis as unknown as Partial<Hira>).hiraTest;
+        return t !== undefined && t.state().phase !== "checking-gpu";
+      },
+      null,
+      { timeout: 60_000 },
+    );
+    mark("page ready");
+    await page.selectOption("#peft-type", "hira");
+    await page.fill("#rank", String(run.rank));
+    await page.fill("#steps", String(run.steps));
+    await page.fill("#batch", String(run.batch));
+    await page.fill("#warmup", String(run.warmup));
+    await page.fill("#eval-per-set", String(run.perSet));
+    await page.click("#train-button");
+    await page.waitForFunction(
+      () =>
+        ["done", "error", "stopped", "no-webgpu"].includes(
+          (globalThis as unknown as Hira).hiraTest.state().phase,
+        ),
+      null,
+      { timeout: 240_000, polling: 250 },
+    );
+    let state = await page.evaluate(() => (globalThis as unknown as Hira).hiraTest.state());
+    mark(`train + accuracy (${state.phase})`);
+    let answerText = "";
+    let beamAnswerText = "";
+    let logits = { ids: [] as number[], logits: [] as number[] };
+    let localLogits = { ids: [] as number[], logits: [] as number[] };
+    let localPhase = "";
+    let dropStatus = "";
+    let stopped: DriveResult["stopped"] = {
+      phase: "",
+      step: 0,
+      error: "",
+      peftType: "",
+      downloadEnabled: false,
+    };
+    const downloads: string[] = [];
+    if (state.phase === "done") {
+      await page.click("#ask-button");
+      await page.waitForFunction(
+        () => !(globalThis as unknown as Hira).hiraTest.state().busy,
+        null,
+        { timeout: 60_000, polling: 100 },
+      );
+      answerText = (await page.textContent("#answer")) ?? "";
+      // Beam search (4 beams) through the same box.
+      await page.selectOption("#decoding", "4");
+      await page.click("#ask-button");
+      await page.waitForFunction(
+        () => !(globalThis as unknown as Hira).hiraTest.state().busy,
+        null,
+        { timeout: 60_000, polling: 100 },
+      );
+      beamAnswerText = (await page.textContent("#answer")) ?? "";
+      logits = await page.evaluate(
+        (p) => (globalThis as unknown as Hira).hiraTest.logits(p),
+        prompt,
+      );
+      await Deno.mkdir(join(outDir, "adapter"), { recursive: true });
+      const saved: Promise<void>[] = [];
+      page.on("download", (d) => {
+        downloads.push(d.suggestedFilename());
+        saved.push(d.saveAs(join(outDir, "adapter", d.suggestedFilename())));
+      });
+      await page.click("#download-button");
+      const t0 = Date.now();
+      while (downloads.length < 2 && Date.now() - t0 < 30_000) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await Promise.all(saved);
+      state = await page.evaluate(() => (globalThis as unknown as Hira).hiraTest.state());
+      mark("answer, logits, download");
+      await page.screenshot({ path: join(shots, "browser.png"), fullPage: true });
+      // The same model and adapter picked as local folders (File objects, lib/browser_io.ts).
+      await page.check("#model-local");
+      await page.setInputFiles("#model-folder", join(ROOT, "data_file/tiny/model"));
+      // The adapter arrives by drag and drop (a script-made DataTransfer of its two files).
+      const dropped = [];
+      for (const name of ["adapter_config.json", "adapter_model.safetensors"]) {
+        dropped.push({ name, b64: base64(await Deno.readFile(join(outDir, "adapter", name))) });
+      }
+      const transfer = await page.evaluateHandle((files) => {
+        const g = globalThis as unknown as {
+          DataTransfer: new () => { items: { add(f: File): void } };
+        };
+        const dt = new g.DataTransfer();
+        for (const f of files) {
+          dt.items.add(new File([Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0))], f.name));
+        }
+        return dt;
+      }, dropped);
+      await page.dispatchEvent("#drop-zone", "drop", { dataTransfer: transfer });
+      dropStatus = (await page.textContent("#drop-status")) ?? "";
+      await page.click("#load-button");
+      await page.waitForFunction(
+        () => !(globalThis as unknown as Hira).hiraTest.state().busy,
+        null,
+        { timeout: 60_000, polling: 100 },
+      );
+      localPhase = await page.evaluate(() =>
+        (globalThis as unknown as Hira).hiraTest.state().phase
+      );
+      localLogits = await page.evaluate(
+        (p) => (globalThis as unknown as Hira).hiraTest.logits(p),
+        prompt,
+      );
+      mark("local folders");
+      // Stop: a long LoRA run (its kernels under Chromium too) stopped after two steps keeps
+      // its adapter for download.
+      await page.click("#adapter-clear");
+      await page.check("#model-embedded");
+      await page.selectOption("#peft-type", "lora");
+      await page.fill("#steps", "1000");
+      await page.fill("#batch", "2");
+      await page.fill("#eval-per-set", "0");
+      await page.click("#train-button");
+      await page.waitForFunction(
+        () => (globalThis as unknown as Hira).hiraTest.state().step >= 2,
+        null,
+        { timeout: 120_000, polling: 100 },
+      );
+      await page.click("#stop-button");
+      await page.waitForFunction(
+        () => !(globalThis as unknown as Hira).hiraTest.state().busy,
+        null,
+        { timeout: 60_000, polling: 100 },
+      );
+      const st = await page.evaluate(() => (globalThis as unknown as Hira).hiraTest.state());
+      mark("stop");
+      stopped = {
+        phase: st.phase,
+        step: st.step,
+        error: st.error,
+        peftType: st.adapterConfig?.peftType ?? "",
+        downloadEnabled: await page.isEnabled("#download-button"),
+      };
+    } else {
+      await page.screenshot({ path: join(shots, "browser.png"), fullPage: true });
+    }
+    const unlabeled = await page.evaluate(() => {
+      const doc = (globalThis as unknown as { document: MiniDocument }).document;
+      return [...doc.querySelectorAll("input, select, textarea")]
+        .filter((e) => e.labels?.length === 0 && !e.getAttribute("aria-label"))
+        .map((e) => e.id || e.outerHTML.slice(0, 60));
+    });
+    // Keyboard focus moving from one control to the next must be visible.
+    await page.focus("#rank");
+    await page.keyboard.press("Tab");
+    const focusOutline = await page.evaluate(() => {
+      const g = globalThis as unknown as {
+        document: MiniDocument;
+        getComputedStyle(e: unknown): { outlineStyle: string };
+      };
+      const a = g.document.activeElement;
+      return a && a !== g.document.body ? g.getComputedStyle(a).outlineStyle : "";
+    });
+    await page.setViewportSize({ width: 420, height: 800 });
+    const narrowOverflow = await page.evaluate(() => {
+      const d = (globalThis as unknown as { document: MiniDocument }).document.documentElement;
+      return d.scrollWidth - d.clientWidth;
+    });
+    await page.screenshot({ path: join(shots, "browser-narrow.png"), fullPage: true });
+    result = {
+      serverChecks,
+      state,
+      answerText,
+      beamAnswerText,
+      prompt,
+      logits,
+      localPhase,
+      localLogits,
+      dropStatus,
+      stopped,
+      downloads,
+      unlabeled,
+      focusOutline,
+      narrowOverflow,
+      console: consoleLines,
+    };
+  } finally {
+    await browser.close();
+  }
+
+  const plain = await launch(false);
+  let noGpu: DriveResult["noGpu"];
+  try {
+    const page = await plain.newPage();
+    await page.goto(url);
+    await page.waitForFunction(
+      () => {
+        const t = (globalThis as unknown as Partial<Hira>).hiraTest;
+        return t !== undefined && t.state().phase !== "checking-gpu";
+      },
+      null,
+      { timeout: 60_000 },
+    );
+    noGpu = {
+      phase: await page.evaluate(() => (globalThis as unknown as Hira).hiraTest.state().phase),
+      message: (await page.textContent("#gpu-status")) ?? "",
+      trainDisabled: await page.isDisabled("#train-button"),
+    };
+  } finally {
+    await plain.close();
+  }
+  await Deno.writeTextFile(join(outDir, "result.json"), JSON.stringify({ ...result, noGpu }));
+}
+
+if (import.meta.main && Deno.args[0] === "--drive") {
+  await drive(Deno.args[1], Deno.args[2]);
+  // playwright-core keeps handles open; the result is written, so end here.
+  Deno.exit(0);
+}
