@@ -51,3 +51,6 @@ export * from "./lib/decode.ts";
 export * from "./lib/ops/kvcache.ts";
 export * from "./lib/evaluate.ts";
 export * from "./lib/merge.ts";
+export * from "./lib/memory.ts";
+export * from "./lib/report.ts";
+export * from "./lib/permissions.ts";

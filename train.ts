@@ -8,7 +8,7 @@
  */
 import { parseTrainArgs, trainHelp } from "./lib/args.ts";
 import { isHiraError } from "./lib/errors.ts";
-import { runTraining } from "./lib/train_deno.ts";
+import { effectiveTrainArgs, runTraining } from "./lib/train_deno.ts";
 import { accuracyHooks } from "./lib/evaluate_deno.ts";
 
 if (import.meta.main) {
@@ -19,9 +19,14 @@ if (import.meta.main) {
     }
     const args = parseTrainArgs(Deno.args);
     const stopArg = Deno.env.get("HIRA_STOP_AFTER");
+    // Tests only: a pause halfway through each checkpoint write, to kill the process there.
+    const pauseArg = Deno.env.get("HIRA_CHECKPOINT_PAUSE_MS");
+    // A resumed run's hooks follow its saved flags (--no-eval_accuracy, --eval_limit, ...).
+    const runArgs = await effectiveTrainArgs(args);
     const result = await runTraining(args, {
       stopAfter: stopArg ? Number(stopArg) : undefined,
-      ...(args.eval_accuracy ? accuracyHooks(args) : {}),
+      checkpointPauseMs: pauseArg ? Number(pauseArg) : undefined,
+      ...(runArgs.eval_accuracy ? accuracyHooks(runArgs) : {}),
     });
     if (result.interrupted) Deno.exit(130);
   } catch (e) {
@@ -29,7 +34,8 @@ if (import.meta.main) {
       console.error(`error: ${e.message}`);
       Deno.exit(2);
     }
-    if (e instanceof Error && e.name === "NonFiniteError") {
+    // The run stopped at a step (NaN/Inf, or the GPU was lost); its last checkpoint is kept.
+    if (e instanceof Error && (e.name === "NonFiniteError" || e.name === "DeviceLostError")) {
       console.error(`error: ${e.message}`);
       Deno.exit(3);
     }

@@ -5,6 +5,8 @@
  *
  *   deno task bench [--only=matmul[,...]] [--json] [--sizes=512,1024,2048]
  *                   [--peers=jax-js webgpu,tfjs wasm] [--variants=auto,tiled] [--per-submit=4]
+ *                   [--train-configs=tiny,llama-4x512] [--train-methods=hira,lora,...]
+ *                   [--train-reps=3] [--train-rank=32]
  *
  * Other processes on the machine change every number here (a CPU rasterizer uses every core):
  * run with -A to have each timing record the CPU share others took meanwhile.
@@ -14,6 +16,8 @@ import { parseArgs } from "@std/cli/parse-args";
 import { createGpu, type Gpu } from "../lib/gpu.ts";
 import type { MatmulVariant } from "../lib/ops/matmul.ts";
 import { benchMatmul, formatMatmul, type PeerName, PEERS } from "./matmul.ts";
+import { benchDecode, formatDecode } from "./decode.ts";
+import { benchTrainStep, formatTrainStep, TRAIN_METHODS, type TrainMethod } from "./train_step.ts";
 
 /** One benchmark section: runs, then formats its own result. */
 interface Section {
@@ -28,7 +32,19 @@ type Args = ReturnType<typeof parse>;
 function parse(argv: string[]) {
   return parseArgs(argv, {
     boolean: ["json", "help"],
-    string: ["only", "sizes", "peers", "variants", "per-submit"],
+    string: [
+      "only",
+      "sizes",
+      "peers",
+      "variants",
+      "per-submit",
+      "decode-tokens",
+      "weight-dtype",
+      "train-configs",
+      "train-methods",
+      "train-reps",
+      "train-rank",
+    ],
   });
 }
 
@@ -56,6 +72,39 @@ const SECTIONS: Section[] = [
     },
     format: (r) => formatMatmul(r as Awaited<ReturnType<typeof benchMatmul>>),
   },
+  {
+    name: "decode",
+    run(gpu, args, log) {
+      const wdt = args["weight-dtype"] ?? "f32";
+      if (wdt !== "f32" && wdt !== "f16") throw new Error(`--weight-dtype=${wdt}: f32 or f16`);
+      return benchDecode(gpu, {
+        newTokens: args["decode-tokens"] === undefined ? undefined : Number(args["decode-tokens"]),
+        weightDtype: wdt,
+        log,
+      });
+    },
+    format: (r) => formatDecode(r as Awaited<ReturnType<typeof benchDecode>>),
+  },
+  {
+    name: "train_step",
+    run(_gpu, args, log) {
+      const methods = list(args["train-methods"]);
+      for (const m of methods ?? []) {
+        if (!(TRAIN_METHODS as readonly string[]).includes(m)) {
+          throw new Error(`unknown train method "${m}"; known: ${TRAIN_METHODS.join(", ")}`);
+        }
+      }
+      const num = (s: string | undefined) => s === undefined ? undefined : Number(s);
+      return benchTrainStep({
+        configs: list(args["train-configs"]),
+        methods: methods as TrainMethod[] | undefined,
+        reps: num(args["train-reps"]),
+        rank: num(args["train-rank"]),
+        log,
+      });
+    },
+    format: (r) => formatTrainStep(r as Awaited<ReturnType<typeof benchTrainStep>>),
+  },
 ];
 
 async function main(argv: string[]): Promise<void> {
@@ -64,7 +113,9 @@ async function main(argv: string[]): Promise<void> {
     console.log(
       "deno task bench [--only=" + SECTIONS.map((s) => s.name).join(",") +
         "] [--json] [--sizes=512,1024,2048] [--peers=...] [--variants=auto,cpu,tiled]" +
-        " [--per-submit=4]",
+        " [--per-submit=4] [--decode-tokens=24] [--weight-dtype=f32|f16]" +
+        " [--train-configs=tiny,llama-4x512] [--train-methods=" + TRAIN_METHODS.join(",") +
+        "] [--train-reps=3] [--train-rank=32]",
     );
     return;
   }

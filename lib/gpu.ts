@@ -198,6 +198,24 @@ export const NO_ADAPTER_HELP =
   "(or DENO_WEBGPU_BACKEND=gl for llvmpipe); the value must be exactly 'vulkan' or 'gl'.";
 
 /**
+ * The GPU device was lost (driver reset or crash, GPU out of memory, device destroyed). Nothing
+ * on the device survives; a training run reports the step and stops with its last checkpoint.
+ */
+export class DeviceLostError extends Error {
+  /** Why, as WebGPU reports it ("destroyed" or "unknown"). */
+  readonly reason: string;
+  /** Makes the error from the device's lost info. */
+  constructor(info: { reason: string; message: string }, options?: ErrorOptions) {
+    super(
+      `the GPU device was lost (${info.reason}${info.message ? `: ${info.message}` : ""})`,
+      options,
+    );
+    this.name = "DeviceLostError";
+    this.reason = info.reason;
+  }
+}
+
+/**
  * Acquires an adapter and a device with the adapter's real limits (large buffers) and its
  * optional features (shader-f16, subgroups, timestamp-query).
  */
@@ -291,15 +309,28 @@ export class Gpu {
       "unknown adapter";
   }
 
-  /** Throws if the device was lost (driver reset, out of memory). */
+  /** Throws a {@linkcode DeviceLostError} if the device was lost (driver reset, out of memory). */
   checkLost(): void {
-    if (this.#lost) {
-      throw new Error(`GPU device lost: ${this.#lost.message || this.#lost.reason}`);
-    }
+    if (this.#lost) throw new DeviceLostError(this.#lost);
     if (this.#errors.length) {
       const errs = this.#errors.splice(0);
       throw new Error(`WebGPU validation error: ${errs.join("; ")}`);
     }
+  }
+
+  /**
+   * Whether the device is lost, waiting up to `waitMs` for `device.lost` to settle: after a
+   * failed GPU call the loss may be reported a moment later than the failure.
+   */
+  async lostInfo(waitMs = 0): Promise<GPUDeviceLostInfo | null> {
+    if (this.#lost || waitMs <= 0) return this.#lost;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const info = await Promise.race([
+      this.device.lost,
+      new Promise<null>((r) => (timer = setTimeout(() => r(null), waitMs))),
+    ]);
+    clearTimeout(timer);
+    return info;
   }
 
   async #source(file: string): Promise<string> {
@@ -347,7 +378,8 @@ export class Gpu {
     for (const [k, v] of Object.entries(spec.defines ?? {})) {
       code = code.replaceAll(`{{${k}}}`, String(v));
     }
-    if (this.hasF16 && /\bf16\b/.test(code) && !/enable f16;/.test(code)) {
+    // A directive, not a mention in a comment, decides whether the source already enables f16.
+    if (this.hasF16 && /\bf16\b/.test(code) && !/^\s*enable f16;/m.test(code)) {
       code = "enable f16;\n" + code;
     }
     const module = this.device.createShaderModule({ code, label: key });

@@ -5,14 +5,23 @@
  * resume, a progress line, and Ctrl-C saving a checkpoint before exiting.
  * @module
  */
-import { basename, join } from "@std/path";
+import { basename, dirname, join } from "@std/path";
 import type { Gpu } from "./gpu.ts";
 import { createDenoGpu } from "./gpu_deno.ts";
 import type { TrainArgs } from "./args.ts";
 import { HiraError } from "./errors.ts";
 import { baseParameterCount, type LlamaConfig } from "./config.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "./model_deno.ts";
-import { randomModel, readBaseWeights } from "./load.ts";
+import { frozenWeightDtype, randomModel, readBaseWeights, resolveWeightDtype } from "./load.ts";
+import {
+  checkMemory,
+  dataShape,
+  dryRunReport,
+  estimateMemory,
+  formatBytes,
+  memoryOptionsOf,
+  refusal,
+} from "./memory.ts";
 import type { LlamaModel } from "./model.ts";
 import { loadTokenizer } from "./tokenizer_deno.ts";
 import type { Tokenizer } from "./tokenizer.ts";
@@ -31,13 +40,21 @@ import {
   trainExamples,
 } from "./data.ts";
 import { adapterParameterCount, adapterTensors, attachAdapters } from "./attach.ts";
-import { type AdapterConfig, parseTargetList, trainableShare } from "./peft.ts";
+import {
+  type AdapterConfig,
+  checkRank,
+  matchTargets,
+  parseTargetList,
+  trainableShare,
+} from "./peft.ts";
 import { openAdapterDir, writeAdapterDir } from "./peft_deno.ts";
 import { loadAdapters } from "./attach.ts";
-import { NonFiniteError, type StepReport, Trainer } from "./trainer.ts";
+import { DeviceLostAtStepError, NonFiniteError, type StepReport, Trainer } from "./trainer.ts";
 import { totalSteps } from "./schedule.ts";
 import { openSafetensors, writeFileAtomic, writeSafetensorsFile } from "./safetensors_deno.ts";
 import type { TensorToWrite } from "./safetensors.ts";
+import { writeRunReport } from "./report_deno.ts";
+import { bestCheckpointName } from "./permissions.ts";
 
 /** What a run folder's trainer_state.json holds. */
 export interface TrainerStateFile {
@@ -89,6 +106,35 @@ async function readText(file: string, what: string): Promise<string> {
       throw new HiraError(file, `missing: ${what}`);
     }
     throw new HiraError(file, `cannot be read (${(e as Error).message})`);
+  }
+}
+
+async function readJson(file: string, what: string): Promise<unknown> {
+  const text = await readText(file, what);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new HiraError(file, `not valid JSON (${(e as Error).message})`);
+  }
+}
+
+/**
+ * Refuses an --output_folder that is a file or lies under one, before anything slow runs, so
+ * the mistake costs no model load and leaves nothing behind.
+ */
+async function checkOutputFolder(path: string): Promise<void> {
+  for (let p = path;; p = dirname(p)) {
+    const st = await Deno.stat(p).catch(() => null);
+    if (st) {
+      if (st.isDirectory) return;
+      throw new HiraError(
+        path,
+        p === path
+          ? "--output_folder is a file, not a folder"
+          : `--output_folder cannot be created: ${p} is a file`,
+      );
+    }
+    if (dirname(p) === p) return;
   }
 }
 
@@ -215,6 +261,59 @@ class JsonlLog {
   async write(rec: Record<string, unknown>): Promise<void> {
     await Deno.writeTextFile(this.file, JSON.stringify(rec) + "\n", { append: true });
   }
+
+  /** Ends a line a kill cut short, so the next record starts on its own line. */
+  async endPartialLine(): Promise<void> {
+    let f: Deno.FsFile;
+    try {
+      f = await Deno.open(this.file, { read: true });
+    } catch {
+      return;
+    }
+    try {
+      const size = (await f.stat()).size;
+      if (size === 0) return;
+      await f.seek(size - 1, Deno.SeekMode.Start);
+      const last = new Uint8Array(1);
+      await f.read(last);
+      if (last[0] !== 0x0a) await Deno.writeTextFile(this.file, "\n", { append: true });
+    } finally {
+      f.close();
+    }
+  }
+}
+
+/** Makes a rename in `dir` durable where the OS lets a folder be synced (not Windows). */
+async function syncDir(dir: string): Promise<void> {
+  let d: Deno.FsFile | undefined;
+  try {
+    d = await Deno.open(dir, { read: true });
+    await d.sync();
+  } catch {
+    // Best effort, as in writeFileAtomic.
+  } finally {
+    d?.close();
+  }
+}
+
+/**
+ * Removes what a killed run leaves behind: half-written checkpoint folders
+ * (`.checkpoint-N.tmp-*`), half-deleted ones (`.checkpoint-N.del-*`) and half-copied final
+ * folders (`adapter.tmp-*`, `model.tmp-*`) and files (`report.md.tmp-<hex>`). None of them is
+ * ever read.
+ */
+async function removeLeftovers(runDir: string): Promise<void> {
+  for await (const e of Deno.readDir(runDir)) {
+    if (/^(\.checkpoint-\d+\.(tmp|del)-|(adapter|model)\.tmp-)|\.tmp-[0-9a-f]{16}$/.test(e.name)) {
+      await Deno.remove(join(runDir, e.name), { recursive: true }).catch(() => {});
+    }
+  }
+}
+
+/** The best checkpoint a saved trainer state names, as a folder of `runDir` (never elsewhere). */
+export function bestCheckpointIn(runDir: string, saved: unknown, file: string): string | null {
+  const name = bestCheckpointName(saved, file);
+  return name === null ? null : join(runDir, name);
 }
 
 function adapterConfigOf(args: TrainArgs, modelDir: string): AdapterConfig {
@@ -256,7 +355,11 @@ export async function writeModelDir(
   }
 }
 
-/** Saves a checkpoint folder atomically (temporary name, then rename). */
+/**
+ * Saves a checkpoint folder atomically: every file is written (and fsynced) under a temporary
+ * folder name, which is renamed to `checkpoint-N` at the end, so a kill at any moment leaves
+ * either no `checkpoint-N` or a complete one. `pauseMs` waits halfway (tests kill there).
+ */
 async function saveCheckpoint(
   runDir: string,
   model: LlamaModel,
@@ -264,6 +367,7 @@ async function saveCheckpoint(
   args: TrainArgs,
   modelDir: string,
   state: TrainerStateFile,
+  pauseMs = 0,
 ): Promise<string> {
   const name = `checkpoint-${state.global_step}`;
   const final = join(runDir, name);
@@ -278,6 +382,7 @@ async function saveCheckpoint(
       await adapterTensors(model, adapterConfigOf(args, modelDir).peftType),
     );
   }
+  if (pauseMs > 0) await new Promise((r) => setTimeout(r, pauseMs));
   const opt = await trainer.opt.readState();
   const moments: TensorToWrite[] = opt.moments.flatMap((m) => [
     { name: `${m.name}.exp_avg`, dtype: "F32" as const, shape: [m.expAvg.length], data: m.expAvg },
@@ -292,8 +397,10 @@ async function saveCheckpoint(
     step: String(opt.step),
   });
   await writeFileAtomic(join(tmp, "trainer_state.json"), JSON.stringify(state, null, 2) + "\n");
+  // Only a re-save of the same step finds the folder there (rename cannot replace a folder).
   await Deno.remove(final, { recursive: true }).catch(() => {});
   await Deno.rename(tmp, final);
+  await syncDir(runDir);
   return final;
 }
 
@@ -313,7 +420,10 @@ async function rotate(runDir: string, limit: number, best: string | null): Promi
   const removable = cks.filter((c) => c.dir !== best);
   const keep = Math.max(1, limit);
   for (const c of removable.slice(0, Math.max(0, removable.length - keep))) {
-    await Deno.remove(c.dir, { recursive: true });
+    // Renamed first, so a kill mid-delete leaves no half-deleted checkpoint-N behind.
+    const doomed = join(runDir, `.${basename(c.dir)}.del-${crypto.randomUUID().slice(0, 8)}`);
+    await Deno.rename(c.dir, doomed);
+    await Deno.remove(doomed, { recursive: true });
   }
 }
 
@@ -344,6 +454,23 @@ async function resolveResume(path: string): Promise<{ runDir: string; ckpt: stri
   return { runDir: path, ckpt: cks[cks.length - 1].dir };
 }
 
+/** A resumed run continues with the flags it started with (its args.json), --resume kept. */
+async function savedArgs(runDir: string, resumeFlag: string): Promise<TrainArgs> {
+  const saved = await readJson(join(runDir, "args.json"), "the run's saved flags") as
+    & TrainArgs
+    & { given?: string[] };
+  return { ...saved, resume: resumeFlag, given: new Set(saved.given ?? []) };
+}
+
+/**
+ * The flags a run goes by: the command line's, or for `--resume` the run's saved ones (so
+ * callers building hooks from flags, like the accuracy report, see what the run will use).
+ */
+export async function effectiveTrainArgs(args: TrainArgs): Promise<TrainArgs> {
+  if (!args.resume) return args;
+  return await savedArgs((await resolveResume(args.resume)).runDir, args.resume);
+}
+
 /** Options for {@linkcode runTraining} beyond the flags (tests and the CLI). */
 export interface RunOptions {
   gpu?: Gpu;
@@ -355,6 +482,12 @@ export interface RunOptions {
   afterTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
   /** Called before training with the model (e.g. accuracy before). */
   beforeTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
+  /** Wait this long halfway through each checkpoint write (crash tests kill there). */
+  checkpointPauseMs?: number;
+  /** Skip report.md and the charts (default: written when the run ends or stops). */
+  noReport?: boolean;
+  /** Called after each optimizer step and its checkpoint, if any (tests inject faults here). */
+  afterStep?: (report: StepReport, model: LlamaModel) => void | Promise<void>;
 }
 
 /** Runs (or resumes) training as the flags say. */
@@ -364,16 +497,20 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   let resume: { runDir: string; ckpt: string } | null = null;
   if (args.resume) {
     resume = await resolveResume(args.resume);
-    // A resumed run continues with the flags it started with.
-    const saved = JSON.parse(
-      await readText(join(resume.runDir, "args.json"), "the run's saved flags"),
-    );
-    args = { ...saved, resume: args.resume, given: new Set(saved.given ?? []) };
+    args = await savedArgs(resume.runDir, args.resume);
   }
   const modelDir = args.model || EMBEDDED_MODEL_DIR;
   const fromScratch = args.dataset === "pretrain" && args.peft_type === "full" && !resume &&
     !(await Deno.stat(join(modelDir, "model.safetensors")).then(() => true, () => false));
   const cfg: LlamaConfig = await readConfig(modelDir);
+  if (args.dry_run) {
+    // Reads config.json only; a GPU, when there is one, only lends its limits.
+    const dev = opts.gpu ?? await createDenoGpu().catch(() => null);
+    const r = dryRunReport(args, cfg, modelDir, dev);
+    log(r.text);
+    if (dev && !opts.gpu) dev.destroy();
+    return { runDir: "", steps: 0, finalLoss: NaN, bestCheckpoint: null, interrupted: false };
+  }
   const tok = await loadTokenizer(modelDir);
   if (tok.vocabSize > cfg.vocabSize) {
     throw new HiraError(
@@ -382,6 +519,10 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     );
   }
   const data = await loadDatasets(args, tok);
+  if (args.peft_type !== "full" && !resume) {
+    checkRank(cfg, matchTargets(cfg, parseTargetList(args.target_modules)), args.r_ab);
+  }
+  if (!resume && !args.dataset_analysis) await checkOutputFolder(args.output_folder);
   if (args.dataset_analysis) {
     log(datasetAnalysis(data.train, "train"));
     if (data.validation.length) log(datasetAnalysis(data.validation, "validation"));
@@ -391,10 +532,32 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     ? args.max_steps
     : totalSteps(data.train.length, args.batch, args.grad_acc, args.epoch);
   const gpu = opts.gpu ?? await createDenoGpu();
+  // A run saved before --weight_dtype existed ran on f32 weights; a resume keeps that.
+  const full = args.peft_type === "full";
+  const weightDtype = resolveWeightDtype(args.weight_dtype ?? "f32", gpu.hasF16, full);
+  args = { ...args, weight_dtype: weightDtype };
+  // Refuse before allocating anything: the estimate and check --dry_run prints.
+  const est = estimateMemory(cfg, {
+    ...memoryOptionsOf(args, weightDtype, gpu.limits, dataShape(data.train, args.batch)),
+    hiraKernel: gpu.isCpuAdapter ? "materialized" : "fused",
+  });
+  const tooBig = refusal(
+    checkMemory(est, gpu.limits, args.memory_limit > 0 ? args.memory_limit * 2 ** 30 : undefined),
+  );
+  if (tooBig) throw new HiraError("memory", tooBig);
+  const peftType = args.peft_type === "hira" ? "HIRA" : args.peft_type === "lora" ? "LORA" : null;
+  const adapted = new Set(
+    peftType ? matchTargets(cfg, parseTargetList(args.target_modules)).map((m) => m.path) : [],
+  );
+  const loadOpts = {
+    weightDtype,
+    keepF32: (path: string) =>
+      frozenWeightDtype(weightDtype, full, peftType, adapted.has(path)) === "f32",
+  };
   let model: LlamaModel;
   if (resume && args.peft_type === "full") model = await loadModelDir(gpu, resume.ckpt);
   else if (fromScratch) model = randomModel(gpu, cfg, args.seed);
-  else model = await loadModelDir(gpu, modelDir);
+  else model = await loadModelDir(gpu, modelDir, loadOpts);
   model.gradCheckpointing = args.enable_grad_ckpt;
   const base = baseParameterCount(cfg);
   if (args.peft_type === "full") model.enableBaseGrads();
@@ -437,7 +600,10 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   let state: TrainerStateFile;
   let loader: BatchLoader;
   if (resume) {
-    state = JSON.parse(await readText(join(resume.ckpt, "trainer_state.json"), "trainer state"));
+    const stateFile = join(resume.ckpt, "trainer_state.json");
+    state = await readJson(stateFile, "trainer state") as TrainerStateFile;
+    state.best_model_checkpoint = bestCheckpointIn(runDir, state.best_model_checkpoint, stateFile);
+    await removeLeftovers(runDir);
     await loadOptimizerState(trainer, join(resume.ckpt, "optimizer.safetensors"));
     trainer.step = state.global_step;
     loader = new BatchLoader(data.train, args.batch, state.loader);
@@ -449,10 +615,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     }
     log(`resuming ${runDir} at step ${state.global_step}/${steps}`);
   } else {
-    const exists = await Deno.stat(args.output_folder).then((s) => s, () => null);
-    if (exists && !exists.isDirectory) {
-      throw new HiraError(args.output_folder, "--output_folder is a file, not a folder");
-    }
+    await checkOutputFolder(args.output_folder);
     await Deno.mkdir(runDir, { recursive: true });
     await writeFileAtomic(
       join(runDir, "args.json"),
@@ -472,12 +635,26 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     };
   }
   const jlog = new JsonlLog(join(runDir, "log.jsonl"));
+  if (resume) {
+    await jlog.endPartialLine();
+    await jlog.write({
+      type: "resume",
+      step: state.global_step,
+      checkpoint: basename(resume.ckpt),
+      time: Date.now(),
+    });
+  }
   log(
     `model: ${modelDir}${
       fromScratch ? " (random init from config.json)" : ""
     } on ${gpu.description}`,
   );
   log(`${trainableShare(trainable, args.peft_type === "full" ? 0 : base)}`);
+  log(
+    `weights: ${weightDtype} matrices, ${formatBytes(model.weightBytes)}; memory estimate ${
+      formatBytes(est.total)
+    } (--dry_run itemises it)`,
+  );
   log(
     `data: ${data.train.length} training examples, ${data.validation.length} validation; ${steps} steps of ${args.batch}×${args.grad_acc}`,
   );
@@ -512,11 +689,32 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   const onSigint = () => {
     interrupted = true;
   };
-  try {
-    Deno.addSignalListener("SIGINT", onSigint);
-  } catch { /* not supported on this platform */ }
+  // SIGTERM (kill, docker stop, systemd) stops the same way as Ctrl-C.
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  for (const sig of signals) {
+    try {
+      Deno.addSignalListener(sig, onSigint);
+    } catch { /* not supported on this platform */ }
+  }
   const progress = new Progress(steps, trainer.step);
   let lastLoss = NaN;
+  let lastSaved = resume ? state.global_step : -1;
+  // A NaN/Inf or a lost GPU stops the run: the error names the step, the checkpoint left behind
+  // and what to try, and goes to the log and report too. Other errors pass through unchanged.
+  const halt = async (e: unknown): Promise<unknown> => {
+    if (!(e instanceof NonFiniteError) && !(e instanceof DeviceLostAtStepError)) return e;
+    const ctx = {
+      lastCheckpoint: lastSaved >= 0 ? join(runDir, `checkpoint-${lastSaved}`) : null,
+      lr: args.lr,
+    };
+    const err = e instanceof NonFiniteError
+      ? new NonFiniteError(e.step, e.what, ctx)
+      : new DeviceLostAtStepError(e.step, e.reason, ctx, { cause: e.cause });
+    progress.break();
+    await jlog.write({ type: "error", step: err.step, message: err.message }).catch(() => {});
+    if (!opts.noReport) await writeRunReport(runDir).catch(() => {});
+    return err;
+  };
   const checkpoint = async (metric: number | null) => {
     state.global_step = trainer.step;
     state.loader = loader.state;
@@ -526,17 +724,26 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
         state.dropout_counters[path] = (ad as { dropoutCounter: number }).dropoutCounter;
       }
     }
-    let improved = false;
     if (metric !== null) {
-      improved = state.best_metric === null || metric < state.best_metric;
+      const improved = state.best_metric === null || metric < state.best_metric;
       state.evals_without_improvement = improved ? 0 : state.evals_without_improvement + 1;
+      // Recorded before the save, so the checkpoint's own state already names it the best:
+      // a kill right after the rename must not resume with a stale best.
+      if (improved) {
+        state.best_metric = metric;
+        state.best_model_checkpoint = join(runDir, `checkpoint-${trainer.step}`);
+      }
     }
-    const dir = await saveCheckpoint(runDir, model, trainer, args, modelDir, state);
-    if (improved) {
-      state.best_metric = metric;
-      state.best_model_checkpoint = dir;
-      await writeFileAtomic(join(dir, "trainer_state.json"), JSON.stringify(state, null, 2) + "\n");
-    }
+    const dir = await saveCheckpoint(
+      runDir,
+      model,
+      trainer,
+      args,
+      modelDir,
+      state,
+      opts.checkpointPauseMs,
+    );
+    lastSaved = trainer.step;
     await rotate(runDir, args.save_total_limit, state.best_model_checkpoint);
     return dir;
   };
@@ -548,11 +755,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
       try {
         r = await trainer.trainStep(micro);
       } catch (e) {
-        if (e instanceof NonFiniteError) {
-          progress.break();
-          await jlog.write({ type: "error", step: e.step, message: e.message });
-        }
-        throw e;
+        throw await halt(e);
       }
       lastLoss = r.loss;
       if (r.step === trainer.opts.totalSteps || r.step === 1 || !Number.isFinite(lastLoss)) {
@@ -589,7 +792,13 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
       if (evalNow) {
         let metric: number | null = null;
         if (valBatches.length) {
-          metric = await trainer.evalLoss(valBatches);
+          metric = await trainer.evalLoss(valBatches).catch(async (e) => {
+            throw await halt(e);
+          });
+          // Checked before the checkpoint, so a NaN model is never saved.
+          if (!Number.isFinite(metric)) {
+            throw await halt(new NonFiniteError(r.step, "the validation loss"));
+          }
           progress.break();
           log(`step ${r.step}: eval_loss ${metric.toFixed(4)}`);
           const erec = { type: "eval", step: r.step, eval_loss: metric, time: Date.now() };
@@ -605,6 +814,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
           break;
         }
       }
+      if (opts.afterStep) await opts.afterStep(r, model);
       if (interrupted || (opts.stopAfter !== undefined && r.step >= opts.stopAfter)) {
         if (!evalNow) await checkpoint(null);
         progress.break();
@@ -613,11 +823,13 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
         break;
       }
     }
-    if (!interrupted && evalEvery === 0) await checkpoint(null);
+    if (!interrupted && evalEvery === 0 && lastSaved !== trainer.step) await checkpoint(null);
   } finally {
-    try {
-      Deno.removeSignalListener("SIGINT", onSigint);
-    } catch { /* ignore */ }
+    for (const sig of signals) {
+      try {
+        Deno.removeSignalListener(sig, onSigint);
+      } catch { /* ignore */ }
+    }
   }
   progress.break();
   // The final product: the best checkpoint (or the last) as a plain folder beside the checkpoints.
@@ -634,6 +846,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     }
     await Deno.remove(outDir, { recursive: true }).catch(() => {});
     await Deno.rename(tmp, outDir);
+    await syncDir(runDir);
     log(`saved ${outDir} (from ${basename(chosen)})`);
     if (opts.afterTraining) {
       if (args.peft_type !== "full" && chosen !== cks.at(-1)?.dir) {
@@ -657,5 +870,14 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     best: chosen,
     time: Date.now(),
   });
+  if (!opts.noReport) {
+    try {
+      const files = await writeRunReport(runDir);
+      log(`report: ${files.at(-1)}`);
+    } catch (e) {
+      // A report is a convenience: never fail (or lose) a finished run over it.
+      log(`warning: report not written (${(e as Error).message})`);
+    }
+  }
   return { runDir, steps: trainer.step, finalLoss: lastLoss, bestCheckpoint: chosen, interrupted };
 }
