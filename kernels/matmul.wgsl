@@ -24,6 +24,10 @@
 //                     workgroup is LX (along N) × LY (along M) invocations.
 //   ATYPE, BTYPE      element type of a / b: "f32" or "f16" (then lib/gpu.ts prepends the f16
 //                     enable directive). Every load goes through va/vb/ea/eb (widened to f32).
+//   SG_OPEN, SG_CLOSE "" for the subgroup entry point; a block comment's opener and closer for
+//                     every other one, so the subgroup section (at the end) is a comment there
+//                     and the file also compiles on devices without the subgroups feature
+//                     (lib/gpu.ts adds the subgroups enable directive where the device has it).
 
 struct Params {
   M: u32,
@@ -455,3 +459,128 @@ fn tiled(
     store4(cBase, o.row + lid.y * 4u + i, o.col + lid.x * 4u, acc[i]);
   }
 }
+
+{{SG_OPEN}}
+// ---------------------------------------------------------------------------------------------
+// Subgroup kernel (real GPUs with the subgroups feature): the tiled kernel's 64×64 output tile
+// without workgroup-memory tiles or barriers in the k loop. Four consecutive lanes of a subgroup (a quad) own the
+// same 8 rows and 16 adjacent columns, 8×4 outputs per lane. Per step of 4 ks each lane loads a
+// quarter of the quad's op(A) block and takes the other three quarters from its neighbours with
+// subgroupShuffle; it loads its own op(B) columns, which neighbouring lanes read side by side.
+//
+// Correct for every subgroup size WebGPU allows (powers of two from 4 to 128, each dividing the
+// 128 invocations of a workgroup). Nothing assumes how invocations are grouped into subgroups:
+// which quad of the tile a lane's quad computes comes from a per-workgroup atomic counter that
+// numbers the subgroups, not from local_invocation_index. It does assume full subgroups, which
+// drivers give a workgroup whose size is a multiple of the subgroup size. The text of this
+// section must not contain a block comment opener or closer (it is wrapped in one elsewhere).
+// ---------------------------------------------------------------------------------------------
+
+// Subgroups seen so far in this workgroup, counted in lanes (zeroed at workgroup start).
+var<workgroup> sgLanesTaken: atomic<u32>;
+
+// What lane t of a quad loads of op(A)[m0..m0+3, k..k+3]: without TRANS_A row m0+t at the four
+// ks, with TRANS_A (contiguous along m) the four rows at k+t. Zero outside M×K.
+fn sgPieceA(base: u32, m0: u32, k: u32, t: u32) -> vec4<f32> {
+  if (TRANS_A) {
+    let kt = k + t;
+    if (VEC_A) {
+      if (kt < p.K && m0 < p.M) { return va((base + kt * p.M + m0) >> 2u); }
+      return vec4(0.0);
+    }
+    return vec4(fetchA(base, m0, kt), fetchA(base, m0 + 1u, kt), fetchA(base, m0 + 2u, kt),
+      fetchA(base, m0 + 3u, kt));
+  }
+  let m = m0 + t;
+  if (VEC_A) {
+    if (m < p.M && k < p.K) { return va((base + m * p.K + k) >> 2u); }
+    return vec4(0.0);
+  }
+  return vec4(fetchA(base, m, k), fetchA(base, m, k + 1u), fetchA(base, m, k + 2u),
+    fetchA(base, m, k + 3u));
+}
+
+// The quad's op(A)[m0..m0+3, k..k+3] from the four lanes' pieces, as loadA returns it (column q
+// is row m0+q at the four ks). Every lane of the subgroup must call it (uniform control flow).
+fn sgQuadA(piece: vec4<f32>, quad0: u32) -> mat4x4<f32> {
+  let r = mat4x4<f32>(
+    subgroupShuffle(piece, quad0),
+    subgroupShuffle(piece, quad0 + 1u),
+    subgroupShuffle(piece, quad0 + 2u),
+    subgroupShuffle(piece, quad0 + 3u),
+  );
+  if (TRANS_A) { return transpose(r); }
+  return r;
+}
+
+// op(B)[k..k+3, n0..n0+3] as loadB returns it (column kk is op(B)[k+kk, n0..n0+3]); zero outside
+// K×N.
+fn sgLoadB(base: u32, k: u32, n0: u32) -> mat4x4<f32> {
+  if (VEC_B && TRANS_B) {
+    // Column j of rows is column n0+j of op(B) at the four ks.
+    var rows: mat4x4<f32>;
+    for (var j = 0u; j < 4u; j++) {
+      if (n0 + j < p.N && k < p.K) { rows[j] = vb((base + (n0 + j) * p.K + k) >> 2u); }
+    }
+    return transpose(rows);
+  }
+  var r: mat4x4<f32>;
+  for (var kk = 0u; kk < 4u; kk++) {
+    if (VEC_B) {
+      if (k + kk < p.K && n0 < p.N) { r[kk] = vb((base + (k + kk) * p.N + n0) >> 2u); }
+    } else {
+      r[kk] = vec4(fetchB(base, k + kk, n0), fetchB(base, k + kk, n0 + 1u),
+        fetchB(base, k + kk, n0 + 2u), fetchB(base, k + kk, n0 + 3u));
+    }
+  }
+  return r;
+}
+
+// acc + am·bm for a 4×4 block (columns of acc and am are output rows).
+fn sgMac(acc: mat4x4<f32>, am: mat4x4<f32>, bm: mat4x4<f32>) -> mat4x4<f32> {
+  return mat4x4<f32>(macRow(acc[0], am[0], bm), macRow(acc[1], am[1], bm),
+    macRow(acc[2], am[2], bm), macRow(acc[3], am[3], bm));
+}
+
+@compute @workgroup_size(128)
+fn subgroup(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(subgroup_invocation_id) lane: u32,
+  @builtin(subgroup_size) sgSize: u32,
+) {
+  let tile = wg.x + wg.y * nwg.x;
+  if (tile >= p.totalTiles) { return; }
+  // Number this workgroup's lanes subgroup by subgroup: v = first lane of the subgroup + lane.
+  var taken = 0u;
+  if (lane == 0u) { taken = atomicAdd(&sgLanesTaken, sgSize); }
+  // Not needed by the numbering, but without any barrier SwiftShader gave every subgroup of a
+  // workgroup its own zeroed counter (all numbered themselves 0). Once per workgroup: cheap.
+  workgroupBarrier();
+  let v = subgroupBroadcast(taken, 0u) + lane;
+  // The subgroup's first lane number is a multiple of its size, so v's quad is 4 lanes of it.
+  let quad = v / 4u;
+  let t = lane % 4u;
+  let quad0 = lane - t;
+  let o = tileOrigin(tile, TILE, TILE);
+  // 32 quads: 8 along M (8 rows each) by 4 along N (16 columns each).
+  let m0 = o.row + (quad / 4u) * 8u;
+  let n0 = o.col + (quad % 4u) * 16u + t * 4u;
+  let aBase = o.batch * p.aBatch;
+  let bBase = o.batch * p.bBatch;
+  var acc0: mat4x4<f32>;
+  var acc1: mat4x4<f32>;
+  // Lanes whose rows or columns fall outside the output still load (zeros) and shuffle: every
+  // lane's piece is some other lane's operand.
+  for (var k = 0u; k < p.K; k += 4u) {
+    let bm = sgLoadB(bBase, k, n0);
+    let a0 = sgPieceA(aBase, m0, k, t);
+    let a1 = sgPieceA(aBase, m0 + 4u, k, t);
+    acc0 = sgMac(acc0, sgQuadA(a0, quad0), bm);
+    acc1 = sgMac(acc1, sgQuadA(a1, quad0), bm);
+  }
+  let cBase = p.outOffset + o.batch * p.outBatch;
+  storeBlock(cBase, m0, n0, acc0);
+  storeBlock(cBase, m0 + 4u, n0, acc1);
+}
+{{SG_CLOSE}}

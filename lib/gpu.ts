@@ -278,6 +278,7 @@ export class Gpu {
   #staging: GPUBuffer[] = [];
   #lost: GPUDeviceLostInfo | null = null;
   #errors: string[] = [];
+  #subgroupsDirective: Promise<boolean> | null = null;
 
   constructor(
     readonly adapter: GPUAdapter,
@@ -373,6 +374,25 @@ export class Gpu {
     return this.#kernels.get(key);
   }
 
+  /**
+   * Whether WGSL here takes `enable subgroups;`: Dawn (browsers) requires it for subgroup
+   * builtins, while Naga (Deno) rejects it as not yet implemented and gates the builtins on the
+   * device feature alone. Probed once, inside an error scope so that a rejection is not reported
+   * as a validation error of the next flush.
+   */
+  #acceptsSubgroupsDirective(): Promise<boolean> {
+    this.#subgroupsDirective ??= (async () => {
+      this.device.pushErrorScope("validation");
+      const module = this.device.createShaderModule({
+        code: "enable subgroups;\n@compute @workgroup_size(1) fn main() {}",
+      });
+      const info = await module.getCompilationInfo();
+      const scoped = await this.device.popErrorScope();
+      return !scoped && !info.messages.some((m) => m.type === "error");
+    })();
+    return this.#subgroupsDirective;
+  }
+
   async #compile(key: string, spec: KernelSpec): Promise<Kernel> {
     let code = await this.#source(spec.file);
     for (const [k, v] of Object.entries(spec.defines ?? {})) {
@@ -381,6 +401,13 @@ export class Gpu {
     // A directive, not a mention in a comment, decides whether the source already enables f16.
     if (this.hasF16 && /\bf16\b/.test(code) && !/^\s*enable f16;/m.test(code)) {
       code = "enable f16;\n" + code;
+    }
+    // Subgroup builtins (here a mention in a comment counts too, which is harmless).
+    if (
+      this.hasSubgroups && /\bsubgroup[A-Z_]/.test(code) && !/^\s*enable subgroups;/m.test(code) &&
+      await this.#acceptsSubgroupsDirective()
+    ) {
+      code = "enable subgroups;\n" + code;
     }
     const module = this.device.createShaderModule({ code, label: key });
     const info = await module.getCompilationInfo();

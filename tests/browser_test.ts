@@ -5,10 +5,11 @@
  *   adapter trained by web/session.ts, encoded as PEFT files and read back from Blobs gives the
  *   same logits; the server's path mapping refuses everything outside the page, kernels/ and
  *   data_file/.
- * - In real headless Chromium (SwiftShader WebGPU): `deno task serve --port=0` is started, the
- *   page trains HiRA on the embedded tiny model for a few steps (the loss must go down),
- *   measures held-out accuracy before and after, answers a prompt, and its Download button
- *   saves the adapter; Deno then loads that adapter with lib/ onto the embedded model and its
+ * - In real headless Chromium (SwiftShader WebGPU): `deno task serve --port=0` is started; the
+ *   page runs matmul's subgroup kernel (SwiftShader's device has subgroups, of size 4; Deno's
+ *   adapter here has none) on every layout against the f64 reference, then trains HiRA on the
+ *   embedded tiny model for a few steps (the loss must go down), measures held-out accuracy
+ *   before and after, answers a prompt, and its Download button saves the adapter; Deno then loads that adapter with lib/ onto the embedded model and its
  *   logits for a fixed prompt must equal the browser's (rtol 1e-3). A second launch without
  *   --enable-unsafe-webgpu must show the "no adapter" message with training disabled.
  *   Screenshots go to test_output/. Playwright needs `-A` under Deno (it probes /proc/sys), so
@@ -234,6 +235,8 @@ interface DriveResult {
   focusOutline: string;
   narrowOverflow: number;
   noGpu: { phase: string; message: string; trainDisabled: boolean };
+  /** window.hiraTest.matmulCheck() (the subgroup matmul kernel), or why it failed. */
+  matmulCheck: S.MatmulCheckReport | { error: string };
   console: string[];
 }
 
@@ -333,6 +336,23 @@ Deno.test({
       assertEquals(r.serverChecks["/data_file/tiny/model/config.json"], 200);
       assertEquals(r.serverChecks["/lib/gpu.ts"], 404);
       assertEquals(r.serverChecks["/deno.json"], 404);
+
+      // The subgroup matmul kernel ran with subgroups (SwiftShader: size 4) and matches the f64
+      // reference on every layout and shape; "auto" still picks the CPU kernel there.
+      const mc = r.matmulCheck;
+      if ("error" in mc) throw new Error(`matmulCheck failed in the page: ${mc.error}${ctx}`);
+      assertEquals(mc.hasSubgroups, true, "SwiftShader's device should have the subgroups feature");
+      assertEquals(mc.variant, "subgroup");
+      assertEquals(mc.autoVariant, "cpu");
+      assertEquals(mc.cases.length, 36);
+      const worst = mc.cases.reduce((w, c) => (c.worstRatio > w.worstRatio ? c : w));
+      console.log(
+        `subgroup matmul in Chromium (subgroup sizes ${mc.subgroupSizes?.join("..") ?? "?"}): ` +
+          `${mc.cases.length} products, largest error ${
+            Math.max(...mc.cases.map((c) => c.maxError)).toExponential(2)
+          }, worst error/tolerance ${worst.worstRatio.toFixed(3)} (${worst.label})`,
+      );
+      assert(mc.worstRatio <= 1, `subgroup matmul out of tolerance: ${JSON.stringify(mc.cases)}`);
 
       assertEquals(r.state.phase, "done", `page ended in ${r.state.phase}: ${r.state.error}${ctx}`);
       assertEquals(r.state.isCpuAdapter, true, "SwiftShader should count as a CPU adapter");
@@ -460,6 +480,7 @@ async function drive(url: string, outDir: string): Promise<void> {
     hiraTest: {
       state(): DriveResult["state"] & { busy: boolean };
       logits(p: string): Promise<{ ids: number[]; logits: number[] }>;
+      matmulCheck(): Promise<S.MatmulCheckReport>;
     };
   };
   const launch = (webgpu: boolean) =>
@@ -489,6 +510,11 @@ async function drive(url: string, outDir: string): Promise<void> {
       { timeout: 60_000 },
     );
     mark("page ready");
+    // The subgroup matmul kernel, which Deno's adapter here cannot run (no subgroups feature).
+    const matmulCheck = await page.evaluate(() =>
+      (globalThis as unknown as Hira).hiraTest.matmulCheck()
+    ).catch((e: Error) => ({ error: e.message }));
+    mark("subgroup matmul check");
     await page.selectOption("#peft-type", "hira");
     await page.fill("#rank", String(run.rank));
     await page.fill("#steps", String(run.steps));
@@ -660,6 +686,7 @@ async function drive(url: string, outDir: string): Promise<void> {
       unlabeled,
       focusOutline,
       narrowOverflow,
+      matmulCheck,
       console: consoleLines,
     };
   } finally {

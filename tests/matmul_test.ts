@@ -1,10 +1,17 @@
-import { assertRejects } from "@std/assert";
+import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import { type Gpu, Tensor } from "../lib/gpu.ts";
-import { matmul, type MatmulVariant } from "../lib/ops/matmul.ts";
+import { matmul, type MatmulVariant, resolveMatmulVariant } from "../lib/ops/matmul.ts";
 import { matmulBackwardRef, matmulRef } from "../lib/ref/matmul.ts";
 import { assertClose, randn, testGpu } from "./_util.ts";
 
-const VARIANTS: MatmulVariant[] = ["cpu", "tiled"];
+/**
+ * The "subgroup" kernel needs the device's subgroups feature. Deno's lavapipe adapter has none,
+ * so its tests are registered but ignored here; tests/browser_test.ts runs it in headless
+ * Chromium, whose SwiftShader device has subgroups (window.hiraTest.matmulCheck).
+ */
+const HAS_SUBGROUPS = (await testGpu()).hasSubgroups;
+const VARIANTS: MatmulVariant[] = HAS_SUBGROUPS ? ["cpu", "tiled", "subgroup"] : ["cpu", "tiled"];
+const SUBGROUP_IGNORED = " [needs the subgroups feature: ignored on this adapter]";
 const LAYOUTS = [
   { transA: false, transB: false },
   { transA: false, transB: true },
@@ -69,12 +76,22 @@ async function checkPlain(gpu: Gpu, variant: MatmulVariant): Promise<void> {
   }
 }
 
-for (const variant of VARIANTS) {
-  Deno.test(`matmul ${variant}: all layouts on ragged, thin and aligned shapes`, async () => {
+/** Registers a test of one variant, ignored where the device cannot run it. */
+function variantTest(variant: MatmulVariant, what: string, fn: () => Promise<void>): void {
+  const unavailable = variant === "subgroup" && !HAS_SUBGROUPS;
+  Deno.test({
+    name: `matmul ${variant}: ${what}${unavailable ? SUBGROUP_IGNORED : ""}`,
+    ignore: unavailable,
+    fn,
+  });
+}
+
+for (const variant of ["cpu", "tiled", "subgroup"] as const) {
+  variantTest(variant, "all layouts on ragged, thin and aligned shapes", async () => {
     await checkPlain(await testGpu(), variant);
   });
 
-  Deno.test(`matmul ${variant}: batched, broadcast a or b, alpha and accumulate`, async () => {
+  variantTest(variant, "batched, broadcast a or b, alpha and accumulate", async () => {
     const gpu = await testGpu();
     const B = 3;
     for (const layout of LAYOUTS) {
@@ -118,7 +135,7 @@ for (const variant of VARIANTS) {
     }
   });
 
-  Deno.test(`matmul ${variant}: outStride/outOffset write a column block`, async () => {
+  variantTest(variant, "outStride/outOffset write a column block", async () => {
     const gpu = await testGpu();
     for (const layout of LAYOUTS) {
       // Ragged (element stores), vec4-aligned (whole-vec4 stores) and narrow (the CPU kernel
@@ -277,4 +294,116 @@ Deno.test("matmul: shape errors are clear", async () => {
   const huge = gpu.empty([rows, 64]), w = gpu.empty([8, 64]);
   await assertRejects(() => matmul(gpu, huge, w, { transB: true }), Error, "split it");
   releaseAll([a, b, b3, a3, small, b57, huge, w]);
+});
+
+Deno.test("matmul: variant choice by adapter; a forced subgroup kernel needs the feature", async () => {
+  const dev = (isCpuAdapter: boolean, hasSubgroups: boolean) => ({ isCpuAdapter, hasSubgroups });
+  // "auto": CPU rasterizers keep the register-blocked kernel even with subgroups (SwiftShader).
+  assertEquals(resolveMatmulVariant(dev(true, false), "auto"), "cpu");
+  assertEquals(resolveMatmulVariant(dev(true, true), "auto"), "cpu");
+  assertEquals(resolveMatmulVariant(dev(false, false), "auto"), "tiled");
+  assertEquals(resolveMatmulVariant(dev(false, true), "auto"), "subgroup");
+  for (const v of ["cpu", "tiled"] as const) {
+    assertEquals(resolveMatmulVariant(dev(false, true), v), v);
+    assertEquals(resolveMatmulVariant(dev(true, false), v), v);
+  }
+  assertEquals(resolveMatmulVariant(dev(true, true), "subgroup"), "subgroup");
+  for (const d of [dev(true, false), dev(false, false)]) {
+    assertThrows(() => resolveMatmulVariant(d, "subgroup"), Error, "subgroups feature");
+  }
+  assertThrows(
+    () => resolveMatmulVariant(dev(false, false), "fast" as MatmulVariant),
+    Error,
+    "fast",
+  );
+  const gpu = await testGpu();
+  if (!gpu.hasSubgroups) {
+    const a = gpu.empty([2, 3]), b = gpu.empty([3, 4]);
+    await assertRejects(
+      () => matmul(gpu, a, b, { variant: "subgroup" }),
+      Error,
+      "subgroups feature",
+    );
+    releaseAll([a, b]);
+  }
+});
+
+Deno.test("matmul: the subgroup section of the kernel file can be commented out whole", async () => {
+  // Without the subgroup variant, SG_OPEN/SG_CLOSE wrap the section in one block comment: a block
+  // comment opener or closer inside it would end that comment early or unbalance it.
+  const src = await Deno.readTextFile(new URL("../kernels/matmul.wgsl", import.meta.url));
+  const open = src.indexOf("{{SG_OPEN}}"), close = src.indexOf("{{SG_CLOSE}}");
+  assert(open > 0 && close > open, "matmul.wgsl has {{SG_OPEN}} ... {{SG_CLOSE}}");
+  const section = src.slice(open + "{{SG_OPEN}}".length, close);
+  assert(!/\/\*|\*\//.test(section), "no /* or */ between {{SG_OPEN}} and {{SG_CLOSE}}");
+  assert(/subgroupShuffle/.test(section) && !/subgroup[A-Z_]/.test(src.slice(0, open)));
+  assertEquals(src.slice(close + "{{SG_CLOSE}}".length).trim(), "");
+});
+
+Deno.test({
+  name: "matmul subgroup: the kernel parses here; only the missing subgroups feature stops it",
+  ignore: HAS_SUBGROUPS,
+  async fn() {
+    // Deno's WGSL compiler (Naga) checks the capability after parsing and type checking, so on
+    // an adapter without subgroups this still catches syntax and type errors in the section.
+    const gpu = await testGpu();
+    let code = await Deno.readTextFile(new URL("../kernels/matmul.wgsl", import.meta.url));
+    const defines: Record<string, string> = {
+      TRANS_A: "true",
+      TRANS_B: "false",
+      TRANS_C: "false",
+      VEC_A: "true",
+      VEC_B: "false",
+      VEC_C: "true",
+      KTAIL: "false",
+      ACC: "true",
+      RB: "1",
+      CB: "1",
+      LX: "1",
+      LY: "1",
+      ATYPE: "f32",
+      BTYPE: "f32",
+      SG_OPEN: "",
+      SG_CLOSE: "",
+    };
+    for (const [k, v] of Object.entries(defines)) code = code.replaceAll(`{{${k}}}`, v);
+    assert(!code.includes("{{"), "every define is substituted");
+    gpu.device.pushErrorScope("validation");
+    const info = await gpu.device.createShaderModule({ code }).getCompilationInfo();
+    await gpu.device.popErrorScope();
+    const errors = info.messages.filter((m) => m.type === "error").map((m) => m.message);
+    assert(errors.length > 0, "Naga compiled subgroup builtins without the feature?");
+    for (const e of errors) assert(/Capabilities\(SUBGROUP\)/.test(e) && !/parsing/.test(e), e);
+  },
+});
+
+Deno.test({
+  name: "matmul subgroup: f16 operands" +
+    (HAS_SUBGROUPS && (await testGpu()).hasF16
+      ? ""
+      : " [needs the subgroups and shader-f16 features: ignored on this adapter]"),
+  ignore: !(HAS_SUBGROUPS && (await testGpu()).hasF16),
+  async fn() {
+    const gpu = await testGpu();
+    for (
+      const [M, N, K, transA, transB] of [[37, 29, 13, false, true], [
+        21,
+        12,
+        36,
+        true,
+        false,
+      ]] as const
+    ) {
+      const av = randn(M * K, 71), bv = randn(K * N, 72);
+      const a = gpu.upload(av, transA ? [K, M] : [M, K], "f16");
+      const b = gpu.upload(bv, transB ? [N, K] : [K, N], "f16");
+      const c = await matmul(gpu, a, b, { transA, transB, variant: "subgroup" });
+      const [ar, br] = await gpu.readMany([a, b]);
+      assertClose(await gpu.read(c), matmulRef(ar, br, M, N, K, { transA, transB }), {
+        ...tol(K),
+        label: `subgroup f16 ${M}x${N}x${K}`,
+      });
+      releaseAll([a, b, c]);
+    }
+  },
 });

@@ -6,10 +6,12 @@
  * model a question and download the adapter as a PEFT folder's two files.
  *
  * All engine work goes through ./session.ts (lib/ underneath); this file is DOM only.
- * `window.hiraTest` exposes the state and a logits probe for tests/browser_test.ts.
+ * `window.hiraTest` exposes the state, a logits probe and a matmul kernel check for
+ * tests/browser_test.ts.
  * @module
  */
 import { createGpu, type Gpu } from "../lib/gpu.ts";
+import type { MatmulVariant } from "../lib/ops/matmul.ts";
 import { lineChart } from "../lib/svg.ts";
 import type { AccuracySummary } from "../lib/evaluate.ts";
 import { baseParameterCount } from "../lib/config.ts";
@@ -707,6 +709,14 @@ const hiraTest = {
     const lm = await ensureModel();
     const r = await S.promptLogits(lm.model, lm.tok, prompt);
     return { ids: r.ids, logits: Array.from(r.logits) };
+  },
+  /**
+   * Runs a matmul kernel family (default the subgroup one, which "auto" never picks on a CPU
+   * adapter) on the page's GPU against the CPU reference: see S.matmulCheck.
+   */
+  matmulCheck: (variant: MatmulVariant = "subgroup"): Promise<S.MatmulCheckReport> => {
+    if (!state.gpu) throw new Error(`no GPU: ${state.gpuMessage}`);
+    return S.matmulCheck(state.gpu, variant);
   },
 };
 (globalThis as unknown as { hiraTest: typeof hiraTest }).hiraTest = hiraTest;

@@ -7,7 +7,10 @@
  * does for the CLI, minus the run folder. It runs under Deno too (the browser test uses that).
  * @module
  */
-import type { Gpu } from "../lib/gpu.ts";
+import type { Gpu, Tensor } from "../lib/gpu.ts";
+import { matmul, type MatmulVariant, resolveMatmulVariant } from "../lib/ops/matmul.ts";
+import { matmulRef } from "../lib/ref/matmul.ts";
+import { Rng } from "../lib/rand.ts";
 import { loadModel } from "../lib/load.ts";
 import type { LlamaModel } from "../lib/model.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
@@ -371,4 +374,144 @@ export async function adapterFiles(
   config: AdapterConfig,
 ): Promise<AdapterFileBytes> {
   return adapterFileBytes(config, await adapterTensors(model, config.peftType));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel check (tests/browser_test.ts): the matmul kernels on the page's own GPU
+
+/** One product of {@linkcode matmulCheck}: its largest error and the tolerance it was held to. */
+export interface MatmulCheckCase {
+  /** Layout and shape, e.g. "NT 37x29x13" or "accumulate TN 3x40x8x12". */
+  label: string;
+  /** max |GPU - f64 reference| over the output. */
+  maxError: number;
+  /** max over the output of |GPU - reference| / (atol + rtol·|reference|); ≤ 1 passes. */
+  worstRatio: number;
+}
+
+/** What {@linkcode matmulCheck} found. */
+export interface MatmulCheckReport {
+  /** The kernel family that ran (a forced "subgroup" throws rather than fall back). */
+  variant: "cpu" | "tiled" | "subgroup";
+  /** What matmul's "auto" picks on this device. */
+  autoVariant: "cpu" | "tiled" | "subgroup";
+  hasSubgroups: boolean;
+  isCpuAdapter: boolean;
+  /** The adapter's [subgroupMinSize, subgroupMaxSize] where the browser reports them. */
+  subgroupSizes: [number, number] | null;
+  cases: MatmulCheckCase[];
+  /** Largest worstRatio over the cases. */
+  worstRatio: number;
+}
+
+/**
+ * Runs one matmul kernel family on `gpu` for every layout on ragged, thin and aligned f32 shapes,
+ * batched (broadcast b, alpha) and accumulating into a column block, and compares each product
+ * with the f64 CPU reference (tolerance rtol 1e-5, atol 2e-6·√K, as tests/matmul_test.ts). The
+ * browser test runs it with "subgroup" on SwiftShader, whose device has the subgroups feature,
+ * because Deno's adapter here has none.
+ */
+export async function matmulCheck(
+  gpu: Gpu,
+  variant: MatmulVariant = "subgroup",
+): Promise<MatmulCheckReport> {
+  const ran = resolveMatmulVariant(gpu, variant);
+  const rng = new Rng(7);
+  const rand = (n: number) => rng.uniformArray(n, -1, 1);
+  const pending: { label: string; K: number; out: Tensor; want: ArrayLike<number> }[] = [];
+  const inputs: Tensor[] = [];
+  const up = (data: Float32Array, shape: number[]) => {
+    const t = gpu.upload(data, shape);
+    inputs.push(t);
+    return t;
+  };
+  for (const transA of [false, true]) {
+    for (const transB of [false, true]) {
+      const layout = { transA, transB };
+      const tag = `${transA ? "T" : "N"}${transB ? "T" : "N"}`;
+      const shapes: [number, number, number][] = [
+        [1, 1, 1],
+        [1, 37, 13],
+        [29, 1, 13],
+        [37, 29, 13],
+        [65, 67, 71],
+        [70, 36, 8],
+        [40, 136, 40],
+      ];
+      for (const [M, N, K] of shapes) {
+        const av = rand(M * K), bv = rand(K * N);
+        const a = up(av, transA ? [K, M] : [M, K]);
+        const b = up(bv, transB ? [N, K] : [K, N]);
+        const out = await matmul(gpu, a, b, { ...layout, variant });
+        pending.push({
+          label: `${tag} ${M}x${N}x${K}`,
+          K,
+          out,
+          want: matmulRef(av, bv, M, N, K, layout),
+        });
+      }
+      // A batch of 3 against a shared b, scaled by alpha.
+      {
+        const B = 3, M = 21, N = 19, K = 10;
+        const av = rand(B * M * K), bv = rand(K * N);
+        const a = up(av, transA ? [B, K, M] : [B, M, K]);
+        const b = up(bv, transB ? [N, K] : [K, N]);
+        const out = await matmul(gpu, a, b, { ...layout, variant, alpha: -0.5 });
+        const want = new Float64Array(B * M * N);
+        for (let i = 0; i < B; i++) {
+          const r = matmulRef(av.subarray(i * M * K, (i + 1) * M * K), bv, M, N, K, layout);
+          for (let j = 0; j < M * N; j++) want[i * M * N + j] = -0.5 * r[j];
+        }
+        pending.push({ label: `batched ${tag} ${B}x${M}x${N}x${K}`, K, out, want });
+      }
+      // Accumulate into rows [2, 2+M), columns [3, 3+N) of a wider output.
+      {
+        const M = 40, N = 8, K = 12, W = N + 5, rows = M + 3;
+        const av = rand(M * K), bv = rand(K * N), cv = rand(rows * W);
+        const a = up(av, transA ? [K, M] : [M, K]);
+        const b = up(bv, transB ? [N, K] : [K, N]);
+        const out = gpu.upload(cv, [rows, W]);
+        await matmul(gpu, a, b, {
+          ...layout,
+          variant,
+          out,
+          accumulate: true,
+          outStride: W,
+          outOffset: 2 * W + 3,
+        });
+        const r = matmulRef(av, bv, M, N, K, layout);
+        const want = Float64Array.from(cv);
+        for (let m = 0; m < M; m++) {
+          for (let n = 0; n < N; n++) want[(2 + m) * W + 3 + n] += r[m * N + n];
+        }
+        pending.push({ label: `accumulate ${tag} ${M}x${N}x${K}`, K, out, want });
+      }
+    }
+  }
+  const got = await gpu.readMany(pending.map((p) => p.out));
+  for (const t of [...inputs, ...pending.map((p) => p.out)]) t.release();
+  const cases = pending.map((p, i) => {
+    const atol = 2e-6 * Math.sqrt(p.K), rtol = 1e-5;
+    let maxError = 0, worstRatio = 0;
+    for (let j = 0; j < p.want.length; j++) {
+      const d = Math.abs(got[i][j] - p.want[j]);
+      // NaN compares false: count it as a failure.
+      const ratio = d / (atol + rtol * Math.abs(p.want[j]));
+      maxError = Number.isNaN(d) ? Infinity : Math.max(maxError, d);
+      worstRatio = Number.isNaN(ratio) ? Infinity : Math.max(worstRatio, ratio);
+    }
+    return { label: p.label, maxError, worstRatio };
+  });
+  const info = gpu.adapter.info as { subgroupMinSize?: number; subgroupMaxSize?: number };
+  return {
+    variant: ran,
+    autoVariant: resolveMatmulVariant(gpu, "auto"),
+    hasSubgroups: gpu.hasSubgroups,
+    isCpuAdapter: gpu.isCpuAdapter,
+    subgroupSizes: info?.subgroupMinSize && info.subgroupMaxSize
+      ? [info.subgroupMinSize, info.subgroupMaxSize]
+      : null,
+    cases,
+    worstRatio: Math.max(...cases.map((c) => c.worstRatio)),
+  };
 }

@@ -1,18 +1,24 @@
 /**
  * Matrix multiplication on GPU tensors (kernels/matmul.wgsl).
  *
- * Two kernel families: "cpu" for CPU rasterizers (llvmpipe/lavapipe), register-blocked straight
+ * Three kernel families: "cpu" for CPU rasterizers (llvmpipe/lavapipe), register-blocked straight
  * from storage with vec4 loads and no workgroup memory; "tiled" for real GPUs, with 64×64 tiles
- * staged in workgroup memory. "auto" picks by {@linkcode Gpu.isCpuAdapter}.
+ * staged in workgroup memory; "subgroup" for real GPUs with the subgroups feature, the same tiles
+ * with operands shared between lanes by subgroupShuffle instead of workgroup-memory tiles.
+ * "auto" picks by {@linkcode Gpu.isCpuAdapter} and {@linkcode Gpu.hasSubgroups}
+ * (see {@linkcode resolveMatmulVariant}).
  *
  * Operands may be f16 (frozen weights stored in half precision when the device has shader-f16):
- * both families widen every load to f32 and accumulate in f32; the output is always f32.
+ * every family widens every load to f32 and accumulates in f32; the output is always f32.
  * @module
  */
 import { type BufferWindow, cdiv, DTYPE_BYTES, type Gpu, grid, type Tensor } from "../gpu.ts";
 
-/** Kernel family: "cpu" for CPU rasterizers, "tiled" (workgroup memory) for real GPUs. */
-export type MatmulVariant = "auto" | "cpu" | "tiled";
+/**
+ * Kernel family: "cpu" for CPU rasterizers, "tiled" (workgroup memory) for real GPUs, "subgroup"
+ * (subgroup shuffles; needs the device's subgroups feature) for real GPUs that have subgroups.
+ */
+export type MatmulVariant = "auto" | "cpu" | "tiled" | "subgroup";
 
 /** Options for {@linkcode matmul}. */
 export interface MatmulOptions {
@@ -30,13 +36,13 @@ export interface MatmulOptions {
   outStride?: number;
   /** Element offset of out[0,0] inside out's binding (default 0). */
   outOffset?: number;
-  /** "auto": chosen from gpu.isCpuAdapter and the shapes. */
+  /** "auto": chosen from gpu.isCpuAdapter and gpu.hasSubgroups ({@linkcode resolveMatmulVariant}). */
   variant?: MatmulVariant;
 }
 
 const BINDINGS: readonly ("uniform" | "read" | "rw")[] = ["uniform", "read", "read", "rw"];
 
-/** Output tile edge of the "tiled" kernel. */
+/** Output tile edge of the "tiled" and "subgroup" kernels. */
 const TILE = 64;
 
 /**
@@ -137,7 +143,7 @@ export async function matmul(
     nBatch = 1;
     aBatch = 0;
   }
-  const variant = pickVariant(gpu, opts.variant ?? "auto");
+  const variant = resolveMatmulVariant(gpu, opts.variant ?? "auto");
   // The CPU kernel runs 8 invocations along N; a narrow output (HiRA's rank r) would leave most
   // of them idle, so it computes Cᵀ = op(B)ᵀ·op(A)ᵀ instead and stores it transposed.
   const swap = variant === "cpu" && N <= 24 && N < rowsM;
@@ -158,6 +164,9 @@ export async function matmul(
   const vecA = (p.transA ? p.M : K) % 4 === 0;
   const vecB = (p.transB ? K : p.N) % 4 === 0;
   const vecC = !swap && N % 4 === 0 && outStride % 4 === 0 && outOffset % 4 === 0;
+  // The tiled kernel stages single elements; the others load whole vec4s where aligned.
+  const vecLoads = variant !== "tiled";
+  const subgroup = variant === "subgroup";
   // Ragged layouts load element by element; a smaller register block keeps their compile time
   // (about a second on llvmpipe for a 16×16 block) in check.
   const shape = variant === "cpu"
@@ -169,13 +178,14 @@ export async function matmul(
     file: "matmul.wgsl",
     entry: variant,
     bindings: BINDINGS,
-    // The tiled kernel ignores the CPU kernel's defines: fixed values share one pipeline.
+    // The GPU kernels ignore RB/CB/LX/LY/KTAIL (tiled also VEC_A/VEC_B): fixed values share one
+    // pipeline.
     defines: {
       TRANS_A: String(p.transA),
       TRANS_B: String(p.transB),
       TRANS_C: String(swap),
-      VEC_A: String(variant === "cpu" && vecA),
-      VEC_B: String(variant === "cpu" && vecB),
+      VEC_A: String(vecLoads && vecA),
+      VEC_B: String(vecLoads && vecB),
       VEC_C: String(vecC),
       KTAIL: String(variant === "cpu" && K % 4 !== 0),
       ACC: String(opts.accumulate ?? false),
@@ -185,6 +195,9 @@ export async function matmul(
       LY: shape.ly,
       ATYPE: p.aType,
       BTYPE: p.bType,
+      // The subgroup section only compiles with the subgroups feature: a comment elsewhere.
+      SG_OPEN: subgroup ? "" : "/*",
+      SG_CLOSE: subgroup ? "" : "*/",
     },
   });
   const tilesN = cdiv(p.N, tileN);
@@ -235,10 +248,26 @@ export function cpuShape(M: number, N: number, maxBlock = 4): CpuKernelShape {
   return { rb: block(M), cb: block(N), lx: 8, ly: 1 };
 }
 
-function pickVariant(gpu: Gpu, v: MatmulVariant): "cpu" | "tiled" {
-  if (v === "cpu" || v === "tiled") return v;
+/**
+ * The kernel family {@linkcode matmul} runs for a requested variant on a device. "auto": "cpu" on
+ * CPU rasterizers, even those with subgroups (SwiftShader: the register-blocked kernel is the one
+ * made for them), "subgroup" on other adapters with the subgroups feature, else "tiled". A forced
+ * "subgroup" without the feature is an error.
+ */
+export function resolveMatmulVariant(
+  gpu: Pick<Gpu, "isCpuAdapter" | "hasSubgroups">,
+  v: MatmulVariant,
+): "cpu" | "tiled" | "subgroup" {
+  if (v === "subgroup" && !gpu.hasSubgroups) {
+    throw new Error(
+      'matmul: variant "subgroup" needs the device\'s subgroups feature, which this adapter ' +
+        'does not offer; use "auto", "tiled" or "cpu"',
+    );
+  }
+  if (v === "cpu" || v === "tiled" || v === "subgroup") return v;
   if (v !== "auto") throw new Error(`matmul: unknown variant ${v}`);
-  return gpu.isCpuAdapter ? "cpu" : "tiled";
+  if (gpu.isCpuAdapter) return "cpu";
+  return gpu.hasSubgroups ? "subgroup" : "tiled";
 }
 
 /** The tensor's binding widened to whole vec4s (the kernels see all operands as vec4 arrays). */
