@@ -309,7 +309,7 @@ async function writeChunksAtomic(path: string, chunks: Iterable<Uint8Array>): Pr
 }
 
 /** Makes the rename durable where the OS lets a directory be opened and synced (not Windows). */
-async function syncDir(dir: string): Promise<void> {
+export async function syncDir(dir: string): Promise<void> {
   let d: Deno.FsFile | undefined;
   try {
     d = await Deno.open(dir, { read: true });

@@ -51,7 +51,12 @@ import { openAdapterDir, writeAdapterDir } from "./peft_deno.ts";
 import { loadAdapters } from "./attach.ts";
 import { DeviceLostAtStepError, NonFiniteError, type StepReport, Trainer } from "./trainer.ts";
 import { totalSteps } from "./schedule.ts";
-import { openSafetensors, writeFileAtomic, writeSafetensorsFile } from "./safetensors_deno.ts";
+import {
+  openSafetensors,
+  syncDir,
+  writeFileAtomic,
+  writeSafetensorsFile,
+} from "./safetensors_deno.ts";
 import type { TensorToWrite } from "./safetensors.ts";
 import { writeRunReport } from "./report_deno.ts";
 import { bestCheckpointName } from "./permissions.ts";
@@ -283,19 +288,6 @@ class JsonlLog {
   }
 }
 
-/** Makes a rename in `dir` durable where the OS lets a folder be synced (not Windows). */
-async function syncDir(dir: string): Promise<void> {
-  let d: Deno.FsFile | undefined;
-  try {
-    d = await Deno.open(dir, { read: true });
-    await d.sync();
-  } catch {
-    // Best effort, as in writeFileAtomic.
-  } finally {
-    d?.close();
-  }
-}
-
 /**
  * Removes what a killed run leaves behind: half-written checkpoint folders
  * (`.checkpoint-N.tmp-*`), half-deleted ones (`.checkpoint-N.del-*`) and half-copied final
@@ -328,14 +320,26 @@ function adapterConfigOf(args: TrainArgs, modelDir: string): AdapterConfig {
   };
 }
 
-/** Writes a complete Hugging Face model folder (full fine-tuning output). */
+/** Throws NonFiniteError naming `name` when `data` holds a NaN or an infinity. */
+function refuseNonFinite(name: string, data: ArrayLike<number>, step: number): void {
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i])) throw new NonFiniteError(step, `the saved tensor ${name}`);
+  }
+}
+
+/**
+ * Writes a complete Hugging Face model folder (full fine-tuning output); with `step`, weights
+ * that are not finite are refused (NonFiniteError) before anything is written.
+ */
 export async function writeModelDir(
   model: LlamaModel,
   dir: string,
   tokenizerDir: string | null,
+  step?: number,
 ): Promise<void> {
-  await Deno.mkdir(dir, { recursive: true });
   const w = await readBaseWeights(model);
+  if (step !== undefined) { for (const [name, t] of w) refuseNonFinite(name, t.data, step); }
+  await Deno.mkdir(dir, { recursive: true });
   const tensors: TensorToWrite[] = [...w].map(([name, t]) => ({
     name,
     dtype: "F32",
@@ -372,18 +376,24 @@ async function saveCheckpoint(
   const name = `checkpoint-${state.global_step}`;
   const final = join(runDir, name);
   const tmp = join(runDir, `.${name}.tmp-${crypto.randomUUID().slice(0, 8)}`);
+  // An update can overflow the weights while the step's loss and gradient were still finite
+  // (a huge --lr): such a checkpoint is refused, so the last good one stays the newest.
+  const adapter = args.peft_type === "full"
+    ? null
+    : await adapterTensors(model, adapterConfigOf(args, modelDir).peftType);
+  const opt = await trainer.opt.readState();
+  for (const t of adapter ?? []) refuseNonFinite(t.name, t.data, state.global_step);
+  for (const m of opt.moments) {
+    refuseNonFinite(`${m.name} (optimizer state)`, m.expAvg, state.global_step);
+    refuseNonFinite(`${m.name} (optimizer state)`, m.expAvgSq, state.global_step);
+  }
   await Deno.mkdir(tmp, { recursive: true });
-  if (args.peft_type === "full") {
-    await writeModelDir(model, tmp, modelDir);
+  if (adapter === null) {
+    await writeModelDir(model, tmp, modelDir, state.global_step);
   } else {
-    await writeAdapterDir(
-      tmp,
-      adapterConfigOf(args, modelDir),
-      await adapterTensors(model, adapterConfigOf(args, modelDir).peftType),
-    );
+    await writeAdapterDir(tmp, adapterConfigOf(args, modelDir), adapter);
   }
   if (pauseMs > 0) await new Promise((r) => setTimeout(r, pauseMs));
-  const opt = await trainer.opt.readState();
   const moments: TensorToWrite[] = opt.moments.flatMap((m) => [
     { name: `${m.name}.exp_avg`, dtype: "F32" as const, shape: [m.expAvg.length], data: m.expAvg },
     {
@@ -527,6 +537,16 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     log(datasetAnalysis(data.train, "train"));
     if (data.validation.length) log(datasetAnalysis(data.validation, "validation"));
     return { runDir: "", steps: 0, finalLoss: NaN, bestCheckpoint: null, interrupted: false };
+  }
+  const batchesPerEpoch = Math.ceil(data.train.length / args.batch);
+  if (args.grad_acc > batchesPerEpoch) {
+    // Each optimizer step would cycle through the data more than once (and a huge value would
+    // never finish a step).
+    throw new HiraError(
+      "--grad_acc",
+      `${args.grad_acc} is more than the ${batchesPerEpoch} batches of one epoch ` +
+        `(${data.train.length} examples / --batch=${args.batch})`,
+    );
   }
   const steps = args.max_steps > 0
     ? args.max_steps
@@ -742,7 +762,9 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
       modelDir,
       state,
       opts.checkpointPauseMs,
-    );
+    ).catch(async (e) => {
+      throw await halt(e);
+    });
     lastSaved = trainer.step;
     await rotate(runDir, args.save_total_limit, state.best_model_checkpoint);
     return dir;

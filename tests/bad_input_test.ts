@@ -661,6 +661,12 @@ const CASES: Case[] = [
     message: /^--batch: must be a positive integer, got 0$/,
   },
   {
+    name: "--grad_acc beyond one epoch's batches",
+    run: train("--grad_acc=1000000000"),
+    message:
+      /^--grad_acc: 1000000000 is more than the \d+ batches of one epoch \(\d+ examples \/ --batch=\d+\)$/,
+  },
+  {
     name: "--epoch=0",
     run: { lib: () => parseTrainArgs(["--model=m", "--epoch=0"]) },
     message: /^--epoch: must be > 0, got 0$/,

@@ -156,6 +156,41 @@ Deno.test("guard: a NaN injected into an adapter after step 2 stops the run at s
   }
 });
 
+Deno.test("guard: weights that overflow after a finite step are never saved as a checkpoint", async () => {
+  const gpu = await testGpu();
+  const f = await makeFixture("hira-guard-");
+  try {
+    const args = parseTrainArgs(trainFlags(f, ["--max_steps=4", "--eval_strategy=no"]));
+    const e = await assertRejects(
+      () =>
+        runTraining(args, {
+          gpu,
+          quiet: true,
+          noReport: true,
+          stopAfter: 1,
+          // Step 1's loss and gradient were finite; its update is made to overflow here.
+          afterStep: (r, model) => {
+            if (r.step !== 1) return;
+            const ad = model.adapters.values().next().value!;
+            const b = ad.params().find((p) => p.suffix === "hira_B")!.param;
+            gpu.write(b, new Float32Array(b.size).fill(Infinity));
+          },
+        }),
+      NonFiniteError,
+    );
+    assertEquals(e.step, 1);
+    assertMatch(
+      e.message,
+      /^the saved tensor \S+hira_B is not finite at step 1; .*no checkpoint had been saved yet/,
+    );
+    const names = await entries(await runDirOf(f));
+    assert(!names.some((n) => n.startsWith("checkpoint-")), `a checkpoint was written: ${names}`);
+    assert(!names.some((n) => n.includes(".tmp-")), `temporary files left: ${names}`);
+  } finally {
+    await Deno.remove(f.root, { recursive: true });
+  }
+});
+
 Deno.test("guard: a GPU device lost after step 1 is reported at step 2 with the checkpoint kept", async () => {
   // A device of its own: this test destroys it.
   const gpu = await createDenoGpu();
