@@ -137,7 +137,7 @@ function configs(): Record<string, () => Promise<BenchConfig>> {
           vocab_size: 4096,
           tie_word_embeddings: false,
         }),
-        seqs: Array(4).fill(64),
+        seqs: Array(16).fill(64),
       }),
   };
 }
