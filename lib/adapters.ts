@@ -17,6 +17,7 @@
 import type { PeftType } from "./peft.ts";
 import { addBias } from "./ops/linear.ts";
 import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "./gpu.ts";
+import { toF32 } from "./ops/embedding.ts";
 import { matmul } from "./ops/matmul.ts";
 import {
   hiraDeltaWeight,
@@ -491,8 +492,8 @@ export class LoraAdapter extends AdapterBase implements LinearAdapter {
   /** W0 + s·B·A as a new tensor. */
   async merged(w0: Tensor): Promise<Tensor> {
     checkShape("LoRA merged w0", w0, [this.outFeatures, this.inFeatures]);
-    const w = this.gpu.empty(w0.shape);
-    this.gpu.copy(w0, w);
+    // A frozen f16 weight is widened first: the merged weight is f32 like every trained one.
+    const w = await toF32(this.gpu, w0);
     await matmul(this.gpu, this.b, this.a, { out: w, accumulate: true, alpha: this.scale });
     return w;
   }

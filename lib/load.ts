@@ -27,11 +27,11 @@ export type WeightDtypeFlag = WeightDtype | "auto";
 /**
  * Whether an adapter type reads an f16 W0 on every path (forward, backward and merge). Where it
  * does not, the W0 of adapted modules stays f32 under --weight_dtype=f16. HiRA's kernels take
- * W0 through the `{{WTYPE}}` define (tests/f16_test.ts checks a training step and the merge);
- * LoRA's forward and backward read W0 through matmul, but its merge copies W0's bytes into an
- * f32 tensor, so LoRA's W0 stays f32 until that copy widens (lib/ops/embedding.ts toF32).
+ * W0 through the `{{WTYPE}}` define; LoRA's forward and backward read W0 through matmul (either
+ * operand may be f16) and its merge widens W0 first (lib/ops/embedding.ts toF32).
+ * tests/f16_test.ts checks a training step and the merge of both.
  */
-export const ADAPTER_READS_F16_W0: Record<PeftType, boolean> = { HIRA: true, LORA: false };
+export const ADAPTER_READS_F16_W0: Record<PeftType, boolean> = { HIRA: true, LORA: true };
 
 /**
  * The dtype of one frozen matrix (a projection, or the embedding/head when `adapted` is false):

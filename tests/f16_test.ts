@@ -190,7 +190,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "a training step with f16 frozen weights matches the f32 one (LoRA, HiRA), and HiRA merges",
+  name: "a training step with f16 frozen weights matches the f32 one (LoRA, HiRA), and both merge",
   ignore,
   async fn(t) {
     const tk = JSON.parse(await Deno.readTextFile(FIX + "tokens.json"));
@@ -210,8 +210,9 @@ Deno.test({
       const named = m.trainable();
       const vals = await gpu.readMany([loss, ...named.map((p) => p.grad)]);
       let mergeDiff = 0;
-      if (peftType === "HIRA") {
-        // Merging an f16 W0 gives the f32 W0 ⊙ (1 + B·A) the unmerged path computes.
+      {
+        // Merging into an f16 W0 gives the f32 weight (W0 ⊙ (1 + B·A), W0 + s·B·A) that the
+        // unmerged path computes.
         const before = await m.logits(batch.tokens, batch.cuSeqlens);
         const h = await mergeAdaptersInPlace(m);
         const after = await m.logits(batch.tokens, batch.cuSeqlens);
