@@ -377,8 +377,8 @@ export function formatMemory(
   if (opts.title) lines.push(opts.title);
   lines.push(
     `parameters: ${est.baseParams.toLocaleString("en-US")} base (${
-      (est.baseParams / 1e9).toFixed(2)
-    }e9), ${
+      est.baseParams.toExponential(2).replace("e+", "e")
+    }), ${
       est.trainableParams.toLocaleString("en-US")
     } trainable; ${est.tokens} tokens per micro-batch`,
   );

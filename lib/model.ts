@@ -169,6 +169,34 @@ export class LlamaModel {
     };
   }
 
+  /**
+   * Returns every buffer the model holds (weights, biases, norms, adapters, base gradients) to
+   * the pool; the model is unusable afterwards. For a long-lived page that switches models.
+   */
+  release(): void {
+    const all = (w: {
+      embed: Tensor[];
+      norm: Tensor;
+      lmHead: Tensor[] | null;
+      layers: LayerWeights[];
+    }) => [
+      ...w.embed,
+      ...(w.lmHead ?? []),
+      w.norm,
+      ...w.layers.flatMap((l) => [
+        l.inputNorm,
+        l.postNorm,
+        ...Object.values(l.proj),
+        ...Object.values(l.bias),
+      ]),
+    ];
+    const tensors = [...all(this.weights), ...(this.baseGrads ? all(this.baseGrads) : [])];
+    for (const t of tensors) if (t && !t.released) t.release();
+    for (const a of this.adapters.values()) a.release();
+    this.adapters.clear();
+    this.baseGrads = null;
+  }
+
   #track(t: Tensor): Tensor {
     this.#liveActBytes += t.byteLength;
     this.peakActivationBytes = Math.max(this.peakActivationBytes, this.#liveActBytes);

@@ -16,7 +16,6 @@ import type { LoadOptions } from "../lib/load.ts";
 import { openSafetensors } from "../lib/safetensors_deno.ts";
 import { openAdapterDir } from "../lib/peft_deno.ts";
 import { attachAdapters, loadAdapters } from "../lib/attach.ts";
-import type { LlamaModel } from "../lib/model.ts";
 import { mergeAdaptersInPlace } from "../lib/merge.ts";
 import { assertClose, maxAbsDiff, randn, testGpu } from "./_util.ts";
 import { packBatch } from "./_fixtures.ts";
@@ -118,17 +117,6 @@ async function withAdapter(g: Gpu, dir: string, opts: LoadOptions, adapter?: str
   return model;
 }
 
-function release(model: LlamaModel): void {
-  const w = model.weights;
-  for (const t of [...w.embed, ...(w.lmHead ?? []), w.norm]) t.release();
-  for (const l of w.layers) {
-    for (const t of [l.inputNorm, l.postNorm, ...Object.values(l.proj), ...Object.values(l.bias)]) {
-      t?.release();
-    }
-  }
-  for (const a of model.adapters.values()) a.release();
-}
-
 /** max |a - b| / max |b|: the error relative to the logits' scale. */
 function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;
@@ -182,8 +170,8 @@ Deno.test({
             off += s.length;
           });
         }
-        release(m32);
-        release(m16);
+        m32.release();
+        m16.release();
       });
     }
   },
@@ -220,7 +208,7 @@ Deno.test({
         mergeDiff = maxAbsDiff(before, after);
       }
       const dt = m.weights.layers[0].proj.q_proj.dtype;
-      release(m);
+      m.release();
       return { dt, loss: vals[0][0] / batch.numCounted, grads: vals.slice(1), mergeDiff };
     };
     for (const peftType of ["LORA", "HIRA"] as const) {

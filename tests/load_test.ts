@@ -8,6 +8,8 @@ import { parseConfig } from "../lib/config.ts";
 import { HiraError } from "../lib/errors.ts";
 import { loadModelDir } from "../lib/model_deno.ts";
 import { LlamaModel } from "../lib/model.ts";
+import { randomModel } from "../lib/load.ts";
+import { attachAdapters } from "../lib/attach.ts";
 import { openModelWeights, writeSafetensorsFile } from "../lib/safetensors_deno.ts";
 import { assertClose, testGpu } from "./_util.ts";
 import { packBatch } from "./_fixtures.ts";
@@ -178,4 +180,43 @@ Deno.test("embedding and head split into row shards give the same logits and gra
     assertClose(x, one.other[i], { rtol: 1e-4, atol: 1e-6, label: `grad ${i}` })
   );
   assertEquals(LlamaModel.shardRows(gpu, (await loadModelDir(gpu, FIX + "model")).config), [256]);
+});
+
+Deno.test("LlamaModel.release returns every weight, adapter and base gradient to the pool", async () => {
+  const gpu = await testGpu();
+  const cfg = parseConfig({
+    architectures: ["Qwen2ForCausalLM"],
+    hidden_size: 32,
+    intermediate_size: 48,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    vocab_size: 50,
+    tie_word_embeddings: false,
+  });
+  const model = randomModel(gpu, cfg, 1);
+  attachAdapters(model, {
+    peftType: "HIRA",
+    r: 2,
+    targetModules: ["q_proj", "down_proj"],
+    loraAlpha: 4,
+    loraDropout: 0,
+    baseModel: "",
+    keyStyle: "peft",
+  }, { seed: 1 });
+  model.enableBaseGrads();
+  const w = model.weights;
+  const held = [
+    ...w.embed,
+    ...(w.lmHead ?? []),
+    w.norm,
+    ...w.layers.flatMap((l) => [...Object.values(l.proj), ...Object.values(l.bias)]),
+    ...model.trainable().map((p) => p.grad),
+  ];
+  assertEquals(held.length, 1 + 1 + 1 + 2 * (7 + 3) + model.trainable().length);
+  assertEquals(held.some((t) => t!.released), false);
+  model.release();
+  assertEquals(held.filter((t) => !t!.released).length, 0);
+  assertEquals(model.adapters.size, 0);
+  assertEquals(model.baseGrads, null);
 });

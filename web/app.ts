@@ -226,7 +226,8 @@ async function ensureModel(): Promise<S.LoadedModel> {
   }
   setPhase("loading", `Loading ${folder.name}…`);
   const t0 = performance.now();
-  if (state.loaded) S.detachAdapters(state.loaded.model);
+  // The old model's buffers go back to the pool before the new one loads.
+  if (state.loaded) state.loaded.model.release();
   state.loaded = null;
   state.adapterConfig = null;
   const lm = await S.loadModelFolder(state.gpu, folder, baseModel);
