@@ -223,7 +223,8 @@ export async function openModelWeights(dir: PathLike): Promise<ModelWeights> {
     const entries = new Map(
       [...f.header.tensors].map(([n, info]) => [n, { source: f.source, info }]),
     );
-    return new ModelWeights(d, new WeightSet(single, entries, f.header.metadata), [f.source]);
+    // Named after the file, so that "missing tensor" errors point at it.
+    return new ModelWeights(single, new WeightSet(single, entries, f.header.metadata), [f.source]);
   }
 
   const indexPath = join(d, "model.safetensors.index.json");
@@ -258,7 +259,7 @@ export async function openModelWeights(dir: PathLike): Promise<ModelWeights> {
     },
     () => sources.forEach((s) => s.close()),
   );
-  return new ModelWeights(d, new WeightSet(d, set.entries, set.metadata), sources);
+  return new ModelWeights(indexPath, new WeightSet(indexPath, set.entries, set.metadata), sources);
 }
 
 function randomHex(bytes: number): string {

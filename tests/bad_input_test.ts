@@ -259,7 +259,7 @@ const CASES: Case[] = [
     },
     run: train(),
     message:
-      /model: missing tensor model\.layers\.0\.self_attn\.k_proj\.weight \(config\.json expects shape \[8,16\]\)$/,
+      /model\/model\.safetensors: missing tensor model\.layers\.0\.self_attn\.k_proj\.weight \(config\.json expects shape \[8,16\]\)$/,
   },
   {
     name: "a tensor shaped unlike the config",
