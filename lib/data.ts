@@ -16,6 +16,7 @@ import {
 } from "./prompt.ts";
 import { Rng } from "./rand.ts";
 import type { Tokenizer } from "./tokenizer.ts";
+import type { Batch } from "./model.ts";
 
 /** Dataset names the project knows (the reference's `--dataset` choices that we support). */
 export type DatasetName =
@@ -297,16 +298,12 @@ export const IGNORE_INDEX = -100;
  * A packed batch: several sequences concatenated without padding.
  * `targets[t] = tokens[t+1]` when t+1 is in the same sequence and is a counted target, else -100.
  */
-export interface PackedBatch {
-  /** All tokens, [N]. */
-  tokens: Int32Array;
-  /** Next-token targets or -100, [N]. */
-  targets: Int32Array;
-  /** Sequence boundaries, prefix sums of the lengths, [B+1]. */
-  cuSeqlens: Uint32Array;
-  /** Number of targets that are not -100 (the loss is their sum divided by this). */
-  numCounted: number;
-}
+/**
+ * A packed batch as lib/model.ts trains on it (tokens, targets with -100 for positions left
+ * out of the loss, sequence boundaries, counted targets): the model's `Batch` under the name
+ * the data side uses.
+ */
+export type PackedBatch = Batch;
 
 /** Packs examples (in the given order) into one batch. */
 export function packBatch(examples: readonly TrainExample[]): PackedBatch {
