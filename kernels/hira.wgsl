@@ -11,12 +11,15 @@
 //   grad_* compute G = dYᵀ·X tile by tile, M = W0 ⊙ G in registers, and write per-tile partial
 //   sums of dB = M·Aᵀ and dA = Bᵀ·M; reduce_grads adds the partials into the gradients. The
 //   out × in matrices G and M are never written.
-//   "cpu" entries suit CPU rasterizers (no workgroup memory in the hot loop, vec4 loads,
-//   register blocks); "tiled" entries stage tiles in workgroup memory for real GPUs.
+//   "cpu" entries suit CPU rasterizers (register blocks, vec4 loads, addresses stepped by
+//   constants, as kernels/matmul.wgsl's cpu entry; workgroup memory only where sharing pays for
+//   its barriers: on llvmpipe a kernel with a barrier runs its invocations as coroutines, which
+//   costs ~1 µs per invocation group and barrier); "tiled" entries stage tiles in workgroup
+//   memory for real GPUs.
 //
 // Every entry of this file is compiled with the defines WTYPE (f32 or the half type), DX, ACC,
-// RANK, RB, CB, NB (= RB·CB), BL (= RANK·CB), JC (= min(RANK, 32)), VEC_K, VEC_IN, VEC_R, VEC_N;
-// entries ignore the ones they do not use (the host passes fixed values for them).
+// RANK, RB, CB, LY, NB (= RB·CB), BL (= RANK·CB), VEC_K, VEC_IN, VEC_R, VEC_N; entries ignore
+// the ones they do not use (the host passes fixed values for them).
 
 fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
   return gid.x + gid.y * nwg.x * 256u;
@@ -315,12 +318,13 @@ fn mm_store_block(m: u32, n: u32, v: mat4x4<f32>) {
   mm_store4(m + 3u, n, v[3]);
 }
 
-// CPU-adapter fused product. A workgroup is 8 invocations along N (one SIMD row on llvmpipe);
-// each owns (4·RB) rows × (4·CB) columns of the output in registers (explicit variables, as in
-// kernels/matmul.wgsl: arrays indexed in loops end up in memory on llvmpipe). Per step of 4 k it
-// loads its W0 columns, forms their factor 1 + B·A from rank values preloaded once (B rows in the
-// forward, A columns in dX) and one vec4 of the other rank factor per rank, then runs the
-// (4·RB)×(4·CB)×4 product. The factor costs RANK/(4·RB) of the product's FMAs, no extra writes.
+// CPU-adapter fused product for a few rows (decoding, short prompts; mm_cpu_stacked below for
+// more). A workgroup is 8 invocations along N; each owns (4·RB) rows × (4·CB) columns of the
+// output in registers (explicit variables, as in kernels/matmul.wgsl: arrays indexed in loops end
+// up in memory on llvmpipe). Per step of 4 k it loads its W0 columns, forms their factor
+// 1 + B·A from rank values preloaded once (B rows in the forward, A columns in dX) and one vec4
+// of the other rank factor per rank, then runs the (4·RB)×(4·CB)×4 product. The factor costs
+// RANK/(4·RB) of the product's FMAs, no extra writes and no barrier.
 @compute @workgroup_size(8)
 fn mm_cpu(
   @builtin(workgroup_id) wg: vec3<u32>,
@@ -393,6 +397,220 @@ fn mm_cpu(
     if (RB > 2u) { mm_block_row(&c20, &c21, &c22, &c23, m0 + 8u, k, w0, w1, w2, w3); }
     if (RB > 3u) { mm_block_row(&c30, &c31, &c32, &c33, m0 + 12u, k, w0, w1, w2, w3); }
   }
+  mm_store_block(m0, n0, c00);
+  if (CB > 1u) { mm_store_block(m0, n0 + 4u, c01); }
+  if (CB > 2u) { mm_store_block(m0, n0 + 8u, c02); }
+  if (CB > 3u) { mm_store_block(m0, n0 + 12u, c03); }
+  if (RB > 1u) {
+    mm_store_block(m0 + 4u, n0, c10);
+    if (CB > 1u) { mm_store_block(m0 + 4u, n0 + 4u, c11); }
+    if (CB > 2u) { mm_store_block(m0 + 4u, n0 + 8u, c12); }
+    if (CB > 3u) { mm_store_block(m0 + 4u, n0 + 12u, c13); }
+  }
+  if (RB > 2u) {
+    mm_store_block(m0 + 8u, n0, c20);
+    if (CB > 1u) { mm_store_block(m0 + 8u, n0 + 4u, c21); }
+    if (CB > 2u) { mm_store_block(m0 + 8u, n0 + 8u, c22); }
+    if (CB > 3u) { mm_store_block(m0 + 8u, n0 + 12u, c23); }
+  }
+  if (RB > 3u) {
+    mm_store_block(m0 + 12u, n0, c30);
+    if (CB > 1u) { mm_store_block(m0 + 12u, n0 + 4u, c31); }
+    if (CB > 2u) { mm_store_block(m0 + 12u, n0 + 8u, c32); }
+    if (CB > 3u) { mm_store_block(m0 + 12u, n0 + 12u, c33); }
+  }
+}
+
+// CPU-adapter fused product for many rows. A workgroup is 8 invocations along N (one SIMD row) ×
+// LY (up to 32) along M; each owns (4·RB) rows × (4·CB) columns of the output in registers
+// (explicit variables). K is walked in chunks of KC: per chunk the workgroup first forms the
+// W_eff tile of its 32·CB columns × KC k (16×4 strips spread over the invocations, the rank sum
+// as 4×4 matrix products) into workgroup memory, then every invocation runs the register-blocked
+// product of kernels/matmul.wgsl's cpu entry on that tile (activation addresses stepped by a
+// constant, output rows across the column blocks). The factor is formed once per 4·RB·LY rows
+// (r/(4·RB·LY) of the product's FMAs: 1/16 at r = 32 and 512 rows) instead of once per
+// invocation. What remains is the two barriers per chunk: without them this loop runs at the
+// matmul kernel's speed, with them ~1.5× slower on lavapipe (coroutine switches), which is why
+// materialising W_eff stays faster there for long batches.
+const LX: u32 = 8u;
+const LY: u32 = {{LY}}u;
+// Vec4s per k of the W_eff tile, and ks per chunk: the tile fills the 16 KiB of workgroup memory.
+const TW: u32 = LX * CB;
+const KC: u32 = 1024u / TW;
+// w_tile[kk·TW + c] = op(W_eff)[k0 + kk, col0 + 4c..+3].
+var<workgroup> w_tile: array<vec4<f32>, 1024>;
+
+// Zeroes the columns of a W_eff block at k..k+3 that lie past K.
+fn mm_live_k(w: mat4x4<f32>, k: u32) -> mat4x4<f32> {
+  let live = vec4<u32>(k, k + 1u, k + 2u, k + 3u) < vec4(mp.K);
+  return mat4x4<f32>(select(vec4(0.0), w[0], live.x), select(vec4(0.0), w[1], live.y),
+    select(vec4(0.0), w[2], live.z), select(vec4(0.0), w[3], live.w));
+}
+
+// A[j..j+3, i..i+3] as a matrix whose column jj is A[j + jj, i..i+3] (rank rows past r clamped:
+// B reads 0 there).
+fn mm_a_block(j: u32, i: u32) -> mat4x4<f32> {
+  let last = mp.rank - 1u;
+  return mat4x4<f32>(mm_a4(j, i), mm_a4(min(j + 1u, last), i), mm_a4(min(j + 2u, last), i),
+    mm_a4(min(j + 3u, last), i));
+}
+
+// The rank-sum part of the factor for one 4(k)×4(n) block, 4 ranks from j: column kk holds
+// Σ_jj B·A at op(W)[k + kk, n..n+3]. `fixed` is the operand fixed along k (forward:
+// transpose(B[n..n+3, j..j+3]); dX: A[j..j+3, n..n+3]), loaded once per strip.
+fn mm_rank4(fixed: mat4x4<f32>, k: u32, j: u32) -> mat4x4<f32> {
+  if (DX) {
+    // column kk: Σ_jj A[j + jj, n..n+3]·B[k + kk, j + jj]
+    return fixed * mat4x4<f32>(mm_b4(k, j), mm_b4(k + 1u, j), mm_b4(k + 2u, j),
+      mm_b4(k + 3u, j));
+  }
+  // column kk: Σ_jj B[n..n+3, j + jj]·A[j + jj, k + kk]
+  return fixed * transpose(mm_a_block(j, k));
+}
+
+// Forms op(W_eff)[k..k+15, n..n+3] = W0 ⊙ (1 + B·A) (zero for k past K) and stores it at
+// w_tile[(kt + kk)·TW + c] for kk < 16. One 16×4 strip per work item: the operand fixed along k
+// is loaded once per 4 ranks for four 4×4 blocks (20 vec4 loads per 256 FMAs).
+fn mm_form_strip(k: u32, n: u32, kt: u32, c: u32) {
+  let ones = mat4x4<f32>(vec4(1.0), vec4(1.0), vec4(1.0), vec4(1.0));
+  var f0 = ones;
+  var f1 = ones;
+  var f2 = ones;
+  var f3 = ones;
+  for (var j = 0u; j < mp.rank; j += 4u) {
+    var fixed: mat4x4<f32>;
+    if (DX) {
+      fixed = mm_a_block(j, n);
+    } else {
+      fixed = transpose(mat4x4<f32>(mm_b4(n, j), mm_b4(n + 1u, j), mm_b4(n + 2u, j),
+        mm_b4(n + 3u, j)));
+    }
+    f0 += mm_rank4(fixed, k, j);
+    f1 += mm_rank4(fixed, k + 4u, j);
+    f2 += mm_rank4(fixed, k + 8u, j);
+    f3 += mm_rank4(fixed, k + 12u, j);
+  }
+  mm_put_block(kt, c, mm_live_k(hadamard(mm_w0tile(k, n), f0), k));
+  mm_put_block(kt + 4u, c, mm_live_k(hadamard(mm_w0tile(k + 4u, n), f1), k + 4u));
+  mm_put_block(kt + 8u, c, mm_live_k(hadamard(mm_w0tile(k + 8u, n), f2), k + 8u));
+  mm_put_block(kt + 12u, c, mm_live_k(hadamard(mm_w0tile(k + 12u, n), f3), k + 12u));
+}
+
+fn mm_put_block(kk: u32, c: u32, w: mat4x4<f32>) {
+  let i = kk * TW + c;
+  w_tile[i] = w[0];
+  w_tile[i + TW] = w[1];
+  w_tile[i + 2u * TW] = w[2];
+  w_tile[i + 3u * TW] = w[3];
+}
+
+// op(W_eff)[k..k+3, column vec4 c of the tile] from workgroup memory.
+fn mm_tile_block(kk: u32, c: u32) -> mat4x4<f32> {
+  let i = kk * TW + c;
+  return mat4x4<f32>(w_tile[i], w_tile[i + TW], w_tile[i + 2u * TW], w_tile[i + 3u * TW]);
+}
+
+// With VEC_K: the vec4 indices of act rows m..m+3 at k = 0 (rows past M clamped); they advance
+// by 1 per 4 k, so the product loop does no index math (as kernels/matmul.wgsl's cpu entry).
+fn mm_act_offsets(m: u32) -> vec4<u32> {
+  let last = mp.M - 1u;
+  return min(vec4<u32>(m, m + 1u, m + 2u, m + 3u), vec4(last)) * (mp.K >> 2u);
+}
+
+// act[m..m+3, k..k+3] (column q is row m+q), through the offsets `o` with VEC_K.
+fn mm_act_at(o: vec4<u32>, m: u32, k: u32) -> mat4x4<f32> {
+  if (VEC_K) { return mat4x4<f32>(m_act[o.x], m_act[o.y], m_act[o.z], m_act[o.w]); }
+  return mm_act_block(m, k);
+}
+
+// Adds am·[w0 w1 w2 w3] to one block row, output row by output row across the blocks (as
+// kernels/matmul.wgsl's macBlockRow, which measured faster than block by block).
+fn mm_rows(
+  c0: ptr<function, mat4x4<f32>>,
+  c1: ptr<function, mat4x4<f32>>,
+  c2: ptr<function, mat4x4<f32>>,
+  c3: ptr<function, mat4x4<f32>>,
+  am: mat4x4<f32>,
+  w0: mat4x4<f32>,
+  w1: mat4x4<f32>,
+  w2: mat4x4<f32>,
+  w3: mat4x4<f32>,
+) {
+  mm_row(c0, c1, c2, c3, 0u, am[0], w0, w1, w2, w3);
+  mm_row(c0, c1, c2, c3, 1u, am[1], w0, w1, w2, w3);
+  mm_row(c0, c1, c2, c3, 2u, am[2], w0, w1, w2, w3);
+  mm_row(c0, c1, c2, c3, 3u, am[3], w0, w1, w2, w3);
+}
+
+fn mm_row(
+  c0: ptr<function, mat4x4<f32>>,
+  c1: ptr<function, mat4x4<f32>>,
+  c2: ptr<function, mat4x4<f32>>,
+  c3: ptr<function, mat4x4<f32>>,
+  q: u32,
+  x: vec4<f32>,
+  w0: mat4x4<f32>,
+  w1: mat4x4<f32>,
+  w2: mat4x4<f32>,
+  w3: mat4x4<f32>,
+) {
+  (*c0)[q] = mac_row((*c0)[q], x, w0);
+  if (CB > 1u) { (*c1)[q] = mac_row((*c1)[q], x, w1); }
+  if (CB > 2u) { (*c2)[q] = mac_row((*c2)[q], x, w2); }
+  if (CB > 3u) { (*c3)[q] = mac_row((*c3)[q], x, w3); }
+}
+
+@compute @workgroup_size(LX, LY)
+fn mm_cpu_stacked(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+) {
+  // Surplus workgroups of the folded grid redo the last tile and store nothing: returning early
+  // would leave every load below under a lane mask, which costs on llvmpipe.
+  let flat_tile = wg.x + wg.y * nwg.x;
+  let tile = min(flat_tile, mp.totalTiles - 1u);
+  let row0 = (tile / mp.tilesN) * 4u * RB * LY;
+  let col0 = (tile % mp.tilesN) * 4u * TW;
+  let m0 = row0 + lid.y * 4u * RB;
+  let cv0 = lid.x * CB;
+  let n0 = col0 + 4u * cv0;
+  var c00: mat4x4<f32>; var c01: mat4x4<f32>; var c02: mat4x4<f32>; var c03: mat4x4<f32>;
+  var c10: mat4x4<f32>; var c11: mat4x4<f32>; var c12: mat4x4<f32>; var c13: mat4x4<f32>;
+  var c20: mat4x4<f32>; var c21: mat4x4<f32>; var c22: mat4x4<f32>; var c23: mat4x4<f32>;
+  var c30: mat4x4<f32>; var c31: mat4x4<f32>; var c32: mat4x4<f32>; var c33: mat4x4<f32>;
+  let subs = (KC / 16u) * TW;
+  var ao0 = mm_act_offsets(m0);
+  var ao1 = mm_act_offsets(m0 + 4u);
+  var ao2 = mm_act_offsets(m0 + 8u);
+  var ao3 = mm_act_offsets(m0 + 12u);
+  for (var k0 = 0u; k0 < mp.K; k0 += KC) {
+    for (var s = li; s < subs; s += LX * LY) {
+      let kb = s / TW;
+      let cb = s % TW;
+      mm_form_strip(k0 + 16u * kb, col0 + 4u * cb, 16u * kb, cb);
+    }
+    workgroupBarrier();
+    let kn = min(KC, mp.K - k0);
+    for (var kk = 0u; kk < kn; kk += 4u) {
+      let w0 = mm_tile_block(kk, cv0);
+      var w1: mat4x4<f32>;
+      var w2: mat4x4<f32>;
+      var w3: mat4x4<f32>;
+      if (CB > 1u) { w1 = mm_tile_block(kk, cv0 + 1u); }
+      if (CB > 2u) { w2 = mm_tile_block(kk, cv0 + 2u); }
+      if (CB > 3u) { w3 = mm_tile_block(kk, cv0 + 3u); }
+      let k = k0 + kk;
+      mm_rows(&c00, &c01, &c02, &c03, mm_act_at(ao0, m0, k), w0, w1, w2, w3);
+      if (RB > 1u) { mm_rows(&c10, &c11, &c12, &c13, mm_act_at(ao1, m0 + 4u, k), w0, w1, w2, w3); }
+      if (RB > 2u) { mm_rows(&c20, &c21, &c22, &c23, mm_act_at(ao2, m0 + 8u, k), w0, w1, w2, w3); }
+      if (RB > 3u) { mm_rows(&c30, &c31, &c32, &c33, mm_act_at(ao3, m0 + 12u, k), w0, w1, w2, w3); }
+      ao0 += 1u; ao1 += 1u; ao2 += 1u; ao3 += 1u;
+    }
+    workgroupBarrier();
+  }
+  if (flat_tile >= mp.totalTiles) { return; }
   mm_store_block(m0, n0, c00);
   if (CB > 1u) { mm_store_block(m0, n0 + 4u, c01); }
   if (CB > 2u) { mm_store_block(m0, n0 + 8u, c02); }
@@ -614,6 +832,31 @@ fn g_x_block(t: u32, i: u32) -> mat4x4<f32> {
     live.w * g_x4(t + 3u, i));
 }
 
+// With VEC_K (out % 4 == 0): vec4 indices of dY[0..3, o..o+3] (columns past out clamped: M is
+// zero there); they advance by out per 4 tokens.
+fn g_dy_offsets(o: u32) -> vec4<u32> {
+  let o4 = gp.out_f >> 2u;
+  return min(o, gp.out_f - 4u) / 4u + vec4<u32>(0u, o4, 2u * o4, 3u * o4);
+}
+
+// With VEC_IN: vec4 indices of X[0..3, i..i+3] (columns clamped), advancing by in per 4 tokens.
+fn g_x_offsets(i: u32) -> vec4<u32> {
+  let i4 = gp.in_f >> 2u;
+  return min(i, gp.in_f - 4u) / 4u + vec4<u32>(0u, i4, 2u * i4, 3u * i4);
+}
+
+// g_dy_block(t, o) for whole 4-token steps, through the offsets `d` with VEC_K.
+fn g_dy_at(d: vec4<u32>, t: u32, o: u32) -> mat4x4<f32> {
+  if (VEC_K) { return transpose(mat4x4<f32>(g_dy[d.x], g_dy[d.y], g_dy[d.z], g_dy[d.w])); }
+  return g_dy_block(t, o);
+}
+
+// g_x_block(t, i) for whole 4-token steps, through the offsets `x` with VEC_IN.
+fn g_x_at(x: vec4<u32>, t: u32, i: u32) -> mat4x4<f32> {
+  if (VEC_IN) { return mat4x4<f32>(g_x[x.x], g_x[x.y], g_x[x.z], g_x[x.w]); }
+  return g_x_block(t, i);
+}
+
 fn g_block_row(
   c0: ptr<function, mat4x4<f32>>,
   c1: ptr<function, mat4x4<f32>>,
@@ -631,16 +874,53 @@ fn g_block_row(
   if (CB > 3u) { mac_block(c3, am, b3); }
 }
 
-// dB partials of the 8 invocations, summed across them: [lane][row 0..15][rank chunk].
-const JC: u32 = {{JC}}u;
-var<workgroup> g_red: array<f32, 128 * JC>;
+// G block scaled by W0[o..o+3, i..i+3] (column q is row o + q).
+fn g_scale(g: mat4x4<f32>, o: u32, i: u32) -> mat4x4<f32> {
+  return mat4x4<f32>(g[0] * g_w04(o, i), g[1] * g_w04(o + 1u, i), g[2] * g_w04(o + 2u, i),
+    g[3] * g_w04(o + 3u, i));
+}
+
+// transpose(B[o..o+3, j..j+3]): column jj holds B[o..o+3, j + jj] (rows past out read as row
+// out − 1, whose M is zero; ranks past r as 0).
+fn g_b_block(o: u32, j: u32) -> mat4x4<f32> {
+  return transpose(mat4x4<f32>(g_b4(o, j), g_b4(o + 1u, j), g_b4(o + 2u, j), g_b4(o + 3u, j)));
+}
+
+// Σ over the invocation's columns of M[o..o+3, i]·A[j, i] for one 4-row block.
+fn g_db_rows(
+  m0: mat4x4<f32>,
+  m1: mat4x4<f32>,
+  m2: mat4x4<f32>,
+  m3: mat4x4<f32>,
+  a0: vec4<f32>,
+  a1: vec4<f32>,
+  a2: vec4<f32>,
+  a3: vec4<f32>,
+) -> vec4<f32> {
+  var v = transpose(m0) * a0;
+  if (CB > 1u) { v += transpose(m1) * a1; }
+  if (CB > 2u) { v += transpose(m2) * a2; }
+  if (CB > 3u) { v += transpose(m3) * a3; }
+  return v;
+}
+
+// d_bp[part + o + q, j] = v[q] for the rows inside out.
+fn g_store_db(part: u32, o: u32, j: u32, v: vec4<f32>) {
+  for (var q = 0u; q < 4u; q++) {
+    if (o + q < gp.out_f) { g_bp[(part + o + q) * gp.rank + j] = v[q]; }
+  }
+}
+
 
 // CPU-adapter gradients. A workgroup is 8 invocations along `in`, each owning 4·CB columns, and
 // walks the 16-row blocks of its `out` segment: per block it accumulates G (16 × 4·CB) over all
-// tokens in registers (explicit variables, vec4 loads, no workgroup memory), scales by W0, adds
-// Bᵀ·M into its dA partial (written once at the end) and M·Aᵀ over its columns into a dB partial
-// that the 8 invocations sum through workgroup memory (two barriers per block and 32 ranks). The
-// per-block work loops over the runtime rank: unrolling it made compiles take seconds.
+// tokens in registers (explicit variables, vec4 loads through constant-stepped addresses, no
+// workgroup memory), scales by W0, adds Bᵀ·M into its dA partial (4 ranks at a time as 4×4
+// matrix products; written once at the end) and writes M·Aᵀ over its own columns as its own dB
+// partial: no barrier anywhere (summing the 8 invocations' dB parts through workgroup memory
+// made the whole kernel ~1.6× slower on llvmpipe), for a dB partial buffer of in/(4·CB) × out × r
+// (r/16 of W0's size). The per-block work loops over the runtime rank: unrolling it made compiles
+// take seconds.
 @compute @workgroup_size(8)
 fn grad_cpu(
   @builtin(workgroup_id) wg: vec3<u32>,
@@ -666,7 +946,34 @@ fn grad_cpu(
     var g10: mat4x4<f32>; var g11: mat4x4<f32>; var g12: mat4x4<f32>; var g13: mat4x4<f32>;
     var g20: mat4x4<f32>; var g21: mat4x4<f32>; var g22: mat4x4<f32>; var g23: mat4x4<f32>;
     var g30: mat4x4<f32>; var g31: mat4x4<f32>; var g32: mat4x4<f32>; var g33: mat4x4<f32>;
-    for (var t = 0u; t < gp.N; t += 4u) {
+    // Whole 4-token steps through addresses that advance by a constant (no masks), then the
+    // ragged last step through the masked loads.
+    var d0 = g_dy_offsets(o0);
+    var d1 = g_dy_offsets(o0 + 4u);
+    var d2 = g_dy_offsets(o0 + 8u);
+    var d3 = g_dy_offsets(o0 + 12u);
+    var x0 = g_x_offsets(i0);
+    var x1 = g_x_offsets(i0 + 4u);
+    var x2 = g_x_offsets(i0 + 8u);
+    var x3 = g_x_offsets(i0 + 12u);
+    let full = gp.N & ~3u;
+    for (var t = 0u; t < full; t += 4u) {
+      let b0 = g_x_at(x0, t, i0);
+      var b1: mat4x4<f32>;
+      var b2: mat4x4<f32>;
+      var b3: mat4x4<f32>;
+      if (CB > 1u) { b1 = g_x_at(x1, t, i0 + 4u); }
+      if (CB > 2u) { b2 = g_x_at(x2, t, i0 + 8u); }
+      if (CB > 3u) { b3 = g_x_at(x3, t, i0 + 12u); }
+      mm_rows(&g00, &g01, &g02, &g03, g_dy_at(d0, t, o0), b0, b1, b2, b3);
+      mm_rows(&g10, &g11, &g12, &g13, g_dy_at(d1, t, o0 + 4u), b0, b1, b2, b3);
+      mm_rows(&g20, &g21, &g22, &g23, g_dy_at(d2, t, o0 + 8u), b0, b1, b2, b3);
+      mm_rows(&g30, &g31, &g32, &g33, g_dy_at(d3, t, o0 + 12u), b0, b1, b2, b3);
+      d0 += gp.out_f; d1 += gp.out_f; d2 += gp.out_f; d3 += gp.out_f;
+      x0 += gp.in_f; x1 += gp.in_f; x2 += gp.in_f; x3 += gp.in_f;
+    }
+    if (full < gp.N) {
+      let t = full;
       let b0 = g_x_block(t, i0);
       var b1: mat4x4<f32>;
       var b2: mat4x4<f32>;
@@ -679,56 +986,55 @@ fn grad_cpu(
       g_block_row(&g20, &g21, &g22, &g23, g_dy_block(t, o0 + 8u), b0, b1, b2, b3);
       g_block_row(&g30, &g31, &g32, &g33, g_dy_block(t, o0 + 12u), b0, b1, b2, b3);
     }
-    // g[rb·4 + c][q] = M[o0 + 4rb + q, i0 + 4c..+3] after scaling by W0 (zero outside out × in).
-    var g = array<mat4x4<f32>, 16>(g00, g01, g02, g03, g10, g11, g12, g13, g20, g21, g22, g23,
-      g30, g31, g32, g33);
-    for (var rb = 0u; rb < 4u; rb++) {
-      for (var q = 0u; q < 4u; q++) {
-        for (var c = 0u; c < CB; c++) {
-          g[rb * 4u + c][q] *= g_w04(o0 + 4u * rb + q, i0 + 4u * c);
-        }
+    // M = W0 ⊙ G (zero outside out × in): g{rb}{c} column q = M[o0 + 4rb + q, i0 + 4c..+3].
+    g00 = g_scale(g00, o0, i0); g01 = g_scale(g01, o0, i0 + 4u);
+    g02 = g_scale(g02, o0, i0 + 8u); g03 = g_scale(g03, o0, i0 + 12u);
+    g10 = g_scale(g10, o0 + 4u, i0); g11 = g_scale(g11, o0 + 4u, i0 + 4u);
+    g12 = g_scale(g12, o0 + 4u, i0 + 8u); g13 = g_scale(g13, o0 + 4u, i0 + 12u);
+    g20 = g_scale(g20, o0 + 8u, i0); g21 = g_scale(g21, o0 + 8u, i0 + 4u);
+    g22 = g_scale(g22, o0 + 8u, i0 + 8u); g23 = g_scale(g23, o0 + 8u, i0 + 12u);
+    g30 = g_scale(g30, o0 + 12u, i0); g31 = g_scale(g31, o0 + 12u, i0 + 4u);
+    g32 = g_scale(g32, o0 + 12u, i0 + 8u); g33 = g_scale(g33, o0 + 12u, i0 + 12u);
+    // dA partial += Bᵀ·M over this block's rows, 4 ranks at a time: column jj of
+    // Σ_rb g{rb}{c}·transpose(B[o0 + 4rb..+3, j..j+3]) is Σ_o B[o, j + jj]·M[o, cols of c].
+    for (var j = 0u; j < rank; j += 4u) {
+      let bt0 = g_b_block(o0, j);
+      let bt1 = g_b_block(o0 + 4u, j);
+      let bt2 = g_b_block(o0 + 8u, j);
+      let bt3 = g_b_block(o0 + 12u, j);
+      let jn = min(4u, rank - j);
+      let s0 = g00 * bt0 + g10 * bt1 + g20 * bt2 + g30 * bt3;
+      for (var jj = 0u; jj < jn; jj++) { da[(j + jj) * CB] += s0[jj]; }
+      if (CB > 1u) {
+        let s1 = g01 * bt0 + g11 * bt1 + g21 * bt2 + g31 * bt3;
+        for (var jj = 0u; jj < jn; jj++) { da[(j + jj) * CB + 1u] += s1[jj]; }
+      }
+      if (CB > 2u) {
+        let s2 = g02 * bt0 + g12 * bt1 + g22 * bt2 + g32 * bt3;
+        for (var jj = 0u; jj < jn; jj++) { da[(j + jj) * CB + 2u] += s2[jj]; }
+      }
+      if (CB > 3u) {
+        let s3 = g03 * bt0 + g13 * bt1 + g23 * bt2 + g33 * bt3;
+        for (var jj = 0u; jj < jn; jj++) { da[(j + jj) * CB + 3u] += s3[jj]; }
       }
     }
-    // dA partial += Bᵀ·M over this block's rows.
-    for (var r16 = 0u; r16 < 16u; r16++) {
-      let o = o0 + r16;
-      for (var j = 0u; j < rank; j += 4u) {
-        let bv = g_b4(o, j);
-        for (var jj = 0u; jj < min(4u, rank - j); jj++) {
-          for (var c = 0u; c < CB; c++) {
-            da[(j + jj) * CB + c] = fma(vec4(bv[jj]), g[(r16 / 4u) * 4u + c][r16 % 4u],
-              da[(j + jj) * CB + c]);
-          }
-        }
-      }
-    }
-    // dB partial: each invocation's M·Aᵀ over its columns, summed across the 8 invocations.
-    for (var jc = 0u; jc < rank; jc += JC) {
-      let jn = min(JC, rank - jc);
-      for (var r16 = 0u; r16 < 16u; r16++) {
-        for (var jj = 0u; jj < jn; jj++) {
-          var s = 0.0;
-          for (var c = 0u; c < CB; c++) {
-            s += dot(g[(r16 / 4u) * 4u + c][r16 % 4u], al[(jc + jj) * CB + c]);
-          }
-          g_red[(lid.x * 16u + r16) * JC + jj] = s;
-        }
-      }
-      workgroupBarrier();
-      for (var rr = 0u; rr < 2u; rr++) {
-        let row = 2u * lid.x + rr;
-        let o = o0 + row;
-        for (var jj = 0u; jj < jn; jj++) {
-          var s = 0.0;
-          for (var l = 0u; l < 8u; l++) {
-            s += g_red[(l * 16u + row) * JC + jj];
-          }
-          if (o < gp.out_f) {
-            g_bp[(col_tile * gp.out_f + o) * rank + jc + jj] = s;
-          }
-        }
-      }
-      workgroupBarrier();
+    // dB partial of this invocation's columns: (transpose(g{rb}{c})·A[j, cols of c])[q] is
+    // Σ_i M[o0 + 4rb + q, i]·A[j, i]. Each invocation writes its own partial (no barrier: a
+    // workgroup barrier makes llvmpipe run the whole kernel as coroutines, which cost more than
+    // the larger partial buffer).
+    let part = (col_tile * 8u + lid.x) * gp.out_f;
+    for (var j = 0u; j < rank; j++) {
+      let a0 = al[j * CB];
+      var a1: vec4<f32>;
+      var a2: vec4<f32>;
+      var a3: vec4<f32>;
+      if (CB > 1u) { a1 = al[j * CB + 1u]; }
+      if (CB > 2u) { a2 = al[j * CB + 2u]; }
+      if (CB > 3u) { a3 = al[j * CB + 3u]; }
+      g_store_db(part, o0, j, g_db_rows(g00, g01, g02, g03, a0, a1, a2, a3));
+      g_store_db(part, o0 + 4u, j, g_db_rows(g10, g11, g12, g13, a0, a1, a2, a3));
+      g_store_db(part, o0 + 8u, j, g_db_rows(g20, g21, g22, g23, a0, a1, a2, a3));
+      g_store_db(part, o0 + 12u, j, g_db_rows(g30, g31, g32, g33, a0, a1, a2, a3));
     }
   }
   for (var j = 0u; j < rank; j++) {

@@ -128,6 +128,39 @@ Deno.test("fused forward, dX and dA/dB match the f64 reference (both variants)",
   }
 });
 
+Deno.test("CPU fused product: unstacked and token-stacked kernels match the reference", async () => {
+  const gpu = await testGpu();
+  // Ragged (scalar loads, K not a whole chunk) and vec4 shapes (K = 136: a 32-k chunk tail of 8),
+  // rows not a multiple of the workgroup's; cpuStack 0 is the kernel without workgroup memory.
+  const cases: [AdapterDims, number[]][] = [
+    [SHAPES[3], [0, 2, 4]],
+    [{ n: 50, inFeatures: 136, outFeatures: 72, r: 8 }, [1, 4]],
+  ];
+  for (const [ci, [d, stacks]] of cases.entries()) {
+    const c = makeCase(gpu, d, 500 + ci);
+    const yRef = hiraForwardRef(c.x, c.w0, c.a, c.b, d);
+    const dxRef = hiraBackwardRef(c.x, c.w0, c.a, c.b, c.dy, d).dX;
+    const dx0 = randn(d.n * d.inFeatures, 11);
+    for (const cpuStack of stacks) {
+      const label = `cpuStack ${cpuStack} ${JSON.stringify(d)}`;
+      const opts = { variant: "cpu" as const, cpuStack };
+      const y = await hiraForwardFused(gpu, c.t.x, c.t.w0, c.t.a, c.t.b, opts);
+      const dx = gpu.upload(dx0, [d.n, d.inFeatures]);
+      await hiraInputGradFused(gpu, c.t.dy, c.t.w0, c.t.a, c.t.b, {
+        ...opts,
+        out: dx,
+        accumulate: true,
+      });
+      const [ry, rdx] = await gpu.readMany([y, dx]);
+      assertClose(ry, yRef, { ...TOL, label: `${label} y` });
+      assertClose(rdx, dxRef.map((v, i) => v + dx0[i]), { ...TOL, label: `${label} dX acc` });
+      y.release();
+      dx.release();
+    }
+    freeCase(c);
+  }
+});
+
 Deno.test("W_eff and PEFT delta weight (matmul and per-element) match the reference", async () => {
   const gpu = await testGpu();
   for (const d of [SHAPES[1], SHAPES[3]]) {

@@ -8,12 +8,14 @@
  * - {@linkcode hiraForwardFused}: y = x·(W0 ⊙ (1 + B·A))ᵀ, forming the effective weight by tiles;
  * - {@linkcode hiraInputGradFused}: dX = dY·(W0 ⊙ (1 + B·A)), the same in the other orientation;
  * - {@linkcode hiraWeightGradsFused}: dA += Bᵀ·M and dB += M·Aᵀ with M = W0 ⊙ (dYᵀ·X) formed tile
- *   by tile, reduced through partial sums per block of columns / rows (r/16 to r/256 of W0's
- *   size each) and one reduction dispatch.
+ *   by tile, reduced through partial sums per block of columns / rows (r/64 to r/256 of W0's
+ *   size each on the tiled kernels; on the CPU kernels up to r/16 for dB, one part per
+ *   invocation's 16 columns, so that they need no barrier) and one reduction dispatch.
  *
- * Each fused op has a "cpu" variant (CPU rasterizers: register blocks, vec4 loads, no workgroup
- * memory in the hot loop) and a "tiled" variant (real GPUs: 64×64 tiles in workgroup memory);
- * "auto" picks by {@linkcode Gpu.isCpuAdapter}. W0 may be an f16 tensor (read as f32).
+ * Each fused op has a "cpu" variant (CPU rasterizers: register blocks, vec4 loads, barriers only
+ * where they pay: the product for more than 32 rows shares each W_eff tile through workgroup
+ * memory) and a "tiled" variant (real GPUs: 64×64 tiles in workgroup memory); "auto" picks by
+ * {@linkcode Gpu.isCpuAdapter}. W0 may be an f16 tensor (read as f32).
  * @module
  */
 import { type BufferWindow, cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
@@ -30,6 +32,13 @@ export interface HiraProductOptions {
   accumulate?: boolean;
   /** Kernel family; "auto" by default. */
   variant?: HiraVariant;
+  /**
+   * "cpu" only: invocations a workgroup stacks along the tokens (1, 2, 4, …, 32; each owns up to
+   * 16 rows), which share one W_eff tile per k-chunk in workgroup memory; 0 picks the kernel
+   * without workgroup memory, where each invocation forms the factor for its own columns.
+   * Default: 0 up to 32 rows (decoding, short prompts), else from the batch size.
+   */
+  cpuStack?: number;
 }
 
 /** Options of {@linkcode hiraWeightGradsFused}. */
@@ -47,6 +56,14 @@ const FILE = "hira.wgsl";
 const TILE = 64;
 /** Workgroups the CPU gradient kernel aims for (llvmpipe runs one workgroup per thread). */
 const CPU_GRAD_WORKGROUPS = 16;
+/**
+ * Rows up to which the CPU fused product uses mm_cpu (no workgroup memory: a barrier makes
+ * llvmpipe run the invocations as coroutines, which costs more than forming the factor per
+ * invocation while there are few rows; measured on lavapipe at r = 32).
+ */
+const CPU_UNSTACKED_MAX_ROWS = 32;
+/** Workgroups the CPU fused product keeps at least when it stacks invocations along tokens. */
+const CPU_MIN_WORKGROUPS = 4;
 /** Workgroups the tiled gradient kernel keeps at least when it grows its tile blocks. */
 const TILED_GRAD_WORKGROUPS = 512;
 
@@ -60,7 +77,9 @@ function gradLayout(variant: "cpu" | "tiled", outF: number, inF: number, tileBlo
       blocks,
       Math.min(blocks, Math.max(1, cdiv(CPU_GRAD_WORKGROUPS, colTiles))),
     );
-    return { cb, cols: colTiles, rows: cdiv(blocks, blocksPerSeg), blocksPerSeg, tc: 1, tr: 1 };
+    // Each of a workgroup's 8 invocations writes its own dB partial (see grad_cpu).
+    const rows = cdiv(blocks, blocksPerSeg);
+    return { cb, cols: colTiles, bParts: 8 * colTiles, rows, blocksPerSeg, tc: 1, tr: 1 };
   }
   const ct = cdiv(inF, TILE), rt = cdiv(outF, TILE);
   let tc = tileBlock ?? 1, tr = tileBlock ?? 1;
@@ -68,7 +87,8 @@ function gradLayout(variant: "cpu" | "tiled", outF: number, inF: number, tileBlo
     while (tc < 4 && cdiv(ct, 2 * tc) * cdiv(rt, tr) >= TILED_GRAD_WORKGROUPS) tc *= 2;
     while (tr < 4 && cdiv(ct, tc) * cdiv(rt, 2 * tr) >= TILED_GRAD_WORKGROUPS) tr *= 2;
   }
-  return { cb: 1, cols: cdiv(ct, tc), rows: cdiv(rt, tr), blocksPerSeg: 1, tc, tr };
+  const cols = cdiv(ct, tc);
+  return { cb: 1, cols, bParts: cols, rows: cdiv(rt, tr), blocksPerSeg: 1, tc, tr };
 }
 
 /** The variant `v` resolves to on this GPU. */
@@ -86,6 +106,7 @@ interface Defines {
   RANK: number;
   RB: number;
   CB: number;
+  LY: number;
   VEC_K: boolean;
   VEC_IN: boolean;
   VEC_R: boolean;
@@ -100,6 +121,7 @@ function spec(entry: string, bindings: KernelSpec["bindings"], d: Partial<Define
     RANK: 1,
     RB: 1,
     CB: 1,
+    LY: 1,
     VEC_K: false,
     VEC_IN: false,
     VEC_R: false,
@@ -117,9 +139,9 @@ function spec(entry: string, bindings: KernelSpec["bindings"], d: Partial<Define
       RANK: full.RANK,
       RB: full.RB,
       CB: full.CB,
+      LY: full.LY,
       NB: full.RB * full.CB,
       BL: full.RANK * full.CB,
-      JC: Math.min(full.RANK, 32),
       VEC_K: String(full.VEC_K),
       VEC_IN: String(full.VEC_IN),
       VEC_R: String(full.VEC_R),
@@ -267,6 +289,19 @@ function block(n: number): number {
   return n <= 4 ? 1 : n <= 8 ? 2 : 4;
 }
 
+/**
+ * Invocations along M per workgroup of the CPU fused product: the factor tile is formed once per
+ * workgroup, so as many rows as the batch fills (up to 16 × 16), while leaving at least
+ * CPU_MIN_WORKGROUPS workgroups to spread over the threads.
+ */
+function cpuRowsLy(M: number, N: number, rb: number, cb: number): number {
+  let ly = 1;
+  while (ly < 32 && 4 * rb * ly < M) ly *= 2;
+  const tilesN = cdiv(N, 32 * cb);
+  while (ly > 1 && tilesN * cdiv(M, 4 * rb * ly) < CPU_MIN_WORKGROUPS) ly /= 2;
+  return ly;
+}
+
 async function fusedProduct(
   gpu: Gpu,
   dx: boolean,
@@ -301,8 +336,16 @@ async function fusedProduct(
   const rb = variant === "cpu" ? block(M) : 1;
   // Columns per workgroup are 8 invocations × 4·CB: keep that within N's next multiple of 32.
   const cb = variant === "cpu" ? (N > 64 ? 4 : N > 32 ? 2 : 1) : 1;
+  const stack = opts.cpuStack;
+  if (stack !== undefined && !([0, 1, 2, 4, 8, 16, 32].includes(stack))) {
+    throw new Error(`${what}: cpuStack must be 0 or a power of two up to 32, got ${stack}`);
+  }
+  const ly = variant === "cpu"
+    ? stack ?? (M <= CPU_UNSTACKED_MAX_ROWS ? 0 : cpuRowsLy(M, N, rb, cb))
+    : 1;
+  const entry = variant === "tiled" ? "mm_tiled" : ly === 0 ? "mm_cpu" : "mm_cpu_stacked";
   const kernel = await gpu.kernel(
-    spec(variant === "cpu" ? "mm_cpu" : "mm_tiled", [
+    spec(entry, [
       "uniform",
       "read",
       "read",
@@ -313,16 +356,18 @@ async function fusedProduct(
       WTYPE: wtype(w0),
       DX: dx,
       ACC: opts.accumulate ?? false,
-      RANK: variant === "cpu" ? r : 1,
+      // Only mm_cpu preloads per-rank values into an array sized by the rank.
+      RANK: entry === "mm_cpu" ? r : 1,
       RB: rb,
       CB: cb,
+      LY: Math.max(ly, 1),
       VEC_K: K % 4 === 0,
       VEC_IN: inF % 4 === 0,
       VEC_R: r % 4 === 0,
       VEC_N: N % 4 === 0,
     }),
   );
-  const tileM = variant === "cpu" ? 4 * rb : TILE;
+  const tileM = variant === "cpu" ? 4 * rb * Math.max(ly, 1) : TILE;
   const tileN = variant === "cpu" ? 32 * cb : TILE;
   const tilesN = cdiv(N, tileN);
   const totalTiles = tilesN * cdiv(M, tileM);
@@ -423,7 +468,7 @@ export async function hiraWeightGradsFused(
     }),
   );
   const partA = gpu.empty([segs, r, inF]);
-  const partB = gpu.empty([colTiles, outF, r]);
+  const partB = gpu.empty([lay.bParts, outF, r]);
   gpu.dispatch(kernel, [
     [n, outF, inF, r, lay.blocksPerSeg, lay.tc, lay.tr],
     vec4Window(dy),
@@ -438,7 +483,7 @@ export async function hiraWeightGradsFused(
     spec("reduce_grads", ["uniform", "read", "read", "rw", "rw"], {}),
   );
   const lenA = r * inF, lenB = outF * r;
-  gpu.dispatch(reduce, [[lenA, segs, lenB, colTiles], partA, partB, gradA, gradB], [
+  gpu.dispatch(reduce, [[lenA, segs, lenB, lay.bParts], partA, partB, gradA, gradB], [
     ...grid(cdiv(lenA + lenB, 256)),
   ]);
   partA.release();
@@ -456,5 +501,5 @@ export function hiraGradScratchBytes(
   r: number,
 ): number {
   const lay = gradLayout(variant, outF, inF);
-  return 4 * r * (lay.rows * inF + lay.cols * outF);
+  return 4 * r * (lay.rows * inF + lay.bParts * outF);
 }
