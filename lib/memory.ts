@@ -12,6 +12,7 @@
  * that is what the GPU really holds; `poolRounding: false` gives raw tensor bytes.
  * @module
  */
+import { hiraGradScratchBytes } from "./ops/hira.ts";
 import { BufferPool, DTYPE_BYTES, splitRows } from "./gpu.ts";
 import {
   baseParameterCount,
@@ -250,6 +251,20 @@ export function estimateMemory(cfg: LlamaConfig, o: MemoryOptions): MemoryEstima
       projectionShape(cfg, m.proj),
       "f32",
       "the unfused HiRA path materialises it",
+    );
+  } else if (peft === "HIRA" && adapted.length) {
+    // The fused backward writes partial sums of dA and dB per tile instead (real GPUs: tiled).
+    const sizes = adapted.map((m) => {
+      const [outF, inF] = projectionShape(cfg, m.proj);
+      return { proj: m.proj, bytes: hiraGradScratchBytes("tiled", outF, inF, o.r) };
+    });
+    const top = sizes.reduce((a, b) => (b.bytes > a.bytes ? b : a));
+    adapterTemps = round(top.bytes);
+    note(
+      `HiRA gradient partials (${top.proj})`,
+      [top.bytes / 4],
+      "f32",
+      "the fused HiRA backward's per-tile dA/dB partial sums",
     );
   } else if (peft === "LORA" && adapted.length) {
     const widest = Math.max(...adapted.map((m) => projectionShape(cfg, m.proj)[1]));

@@ -3,6 +3,7 @@
  * allocates, Llama-3-8B's known sizes from its config.json alone, the limit check and the
  * refusal, and `train.ts --dry_run` on a folder holding only config.json.
  */
+import { hiraGradScratchBytes } from "../lib/ops/hira.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "@std/assert";
 import { join } from "@std/path";
 import { createDenoGpu } from "../lib/gpu_deno.ts";
@@ -196,6 +197,15 @@ Deno.test("Llama-3-8B from config.json: 8.03e9 parameters and its weight bytes",
   const item = (n: string) => full.items.find((i) => i.name === n)!.bytes;
   assertEquals(item("base gradients"), LLAMA3_8B_PARAMS * 4);
   assertEquals(item("optimizer"), 2 * LLAMA3_8B_PARAMS * 4 + 8);
+  // HiRA's scratch: the materialising path holds one f32 effective weight of the widest adapted
+  // projection (down_proj, 4096 × 14336); the fused one only its per-tile gradient partials.
+  const hira = { ...base, peftType: "hira" as const, targets: ["q_proj", "down_proj"] };
+  const scratch = (e: typeof f32) => e.items.find((i) => i.name === "scratch")!.bytes;
+  const mat = estimateMemory(cfg, { ...hira, hiraKernel: "materialized" });
+  const fused = estimateMemory(cfg, { ...hira, hiraKernel: "fused" });
+  const partials = hiraGradScratchBytes("tiled", 4096, 14336, 16);
+  assertEquals(scratch(mat) - scratch(fused), 4096 * 14336 * 4 - partials);
+  assert(partials <= (4096 * 14336 * 4) / 8, `partials ${partials}`);
 });
 
 Deno.test("limit check names the tensor that does not fit, and the budget", () => {
