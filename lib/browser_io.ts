@@ -10,7 +10,7 @@
  * module is tested under Deno too.
  * @module
  */
-import { HiraError } from "./errors.ts";
+import { HiraError, parseJson } from "./errors.ts";
 import { type LlamaConfig, parseConfig } from "./config.ts";
 import { type AdapterConfig, adapterConfigJson, parseAdapterConfig } from "./peft.ts";
 import {
@@ -142,14 +142,6 @@ export function entriesOfFileList(files: Iterable<File>): FolderEntry[] {
     path: (f as File & { webkitRelativePath?: string }).webkitRelativePath || f.name,
     file: f,
   }));
-}
-
-function parseJson(text: string, file: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new HiraError(file, `not valid JSON (${(e as Error).message})`);
-  }
 }
 
 /** What a model folder provides for {@linkcode loadModel} and the tokenizer. */

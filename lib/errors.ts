@@ -61,3 +61,12 @@ export function isHiraError(e: unknown): e is HiraError {
   return e instanceof HiraError ||
     (e instanceof Error && e.name === "HiraError" && typeof (e as HiraError).file === "string");
 }
+
+/** `JSON.parse(text)`; text that is not JSON is a HiraError naming `file` and the parser's reason. */
+export function parseJson(text: string, file: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new HiraError(file, `not valid JSON (${(e as Error).message})`);
+  }
+}

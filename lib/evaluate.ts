@@ -575,17 +575,7 @@ export function rescorePredictions(
   testRecords?: readonly DataRecord[],
 ): PredictionRecord[] {
   const out: PredictionRecord[] = [];
-  text.split("\n").forEach((line, i) => {
-    if (line.trim() === "") return;
-    let v: unknown;
-    try {
-      v = JSON.parse(line);
-    } catch (e) {
-      throw new HiraError(file, `line ${i + 1}: not valid JSON (${(e as Error).message})`);
-    }
-    if (typeof v !== "object" || v === null || Array.isArray(v)) return;
-    const r = v as Record<string, unknown>;
-    if (typeof r.pred !== "string") return;
+  for (const { i, r } of predictionLines(text, file)) {
     const gold = typeof r.gold === "string" ? r.gold : typeof r.gt === "string" ? r.gt : null;
     if (gold === null) throw new HiraError(file, `line ${i + 1}: no 'gold' (or 'gt') string`);
     const context = typeof r.context === "string" ? r.context : "";
@@ -611,9 +601,33 @@ export function rescorePredictions(
     };
     if (dataset === "gsm8k") rec.answer = answer;
     out.push(rec);
-  });
+  }
   if (out.length === 0) throw new HiraError(file, "no prediction lines (objects with 'pred')");
   return out;
+}
+
+/**
+ * The lines of a predictions JSONL that are objects with a string `pred` (others, like the
+ * reference's header lines, are skipped), lazily and in order, with their 0-based index `i`; a
+ * line that is not JSON is an error naming `file` and its line number.
+ */
+export function* predictionLines(
+  text: string,
+  file: string,
+): Generator<{ i: number; r: Record<string, unknown> & { pred: string } }> {
+  const lines = text.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    if (lines[i].trim() === "") continue;
+    let v: unknown;
+    try {
+      v = JSON.parse(lines[i]);
+    } catch (e) {
+      throw new HiraError(file, `line ${i + 1}: not valid JSON (${(e as Error).message})`);
+    }
+    if (typeof v !== "object" || v === null || Array.isArray(v)) continue;
+    const r = v as Record<string, unknown>;
+    if (typeof r.pred === "string") yield { i, r: r as Record<string, unknown> & { pred: string } };
+  }
 }
 
 /**

@@ -8,15 +8,15 @@
 import { basename, dirname, join } from "@std/path";
 import type { Gpu } from "./gpu.ts";
 import { createDenoGpu } from "./gpu_deno.ts";
-import { HiraError } from "./errors.ts";
+import { HiraError, parseJson } from "./errors.ts";
 import type { TrainArgs } from "./args.ts";
 import type { LlamaModel } from "./model.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { loadTokenizer } from "./tokenizer_deno.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "./model_deno.ts";
-import { loadAdapters } from "./attach.ts";
 import type { AdapterConfig } from "./peft.ts";
-import { openAdapterDir } from "./peft_deno.ts";
+import { loadAdapterDir, openAdapterDir } from "./peft_deno.ts";
+import { listCheckpoints } from "./train_deno.ts";
 import { writeFileAtomic } from "./safetensors_deno.ts";
 import {
   type DataRecord,
@@ -49,6 +49,7 @@ import {
   parseTextFile,
   parseTokenFile,
   perplexity,
+  predictionLines,
   type PredictionRecord,
   predictionsFileName,
   predictTexts,
@@ -86,14 +87,6 @@ async function readTextFile(file: string, what: string): Promise<string> {
   }
 }
 
-function parseJson(text: string, file: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new HiraError(file, `not valid JSON (${(e as Error).message})`);
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Checkpoints and models
 
@@ -108,15 +101,6 @@ async function classify(dir: string): Promise<ResolvedCheckpoint | null> {
   if (await isFile(join(dir, "adapter_config.json"))) return { kind: "adapter", dir };
   if (await isFile(join(dir, "config.json"))) return { kind: "model", dir };
   return null;
-}
-
-async function checkpointsOf(dir: string): Promise<{ step: number; dir: string }[]> {
-  const out: { step: number; dir: string }[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    const m = /^checkpoint-(\d+)$/.exec(e.name);
-    if (e.isDirectory && m) out.push({ step: Number(m[1]), dir: join(dir, e.name) });
-  }
-  return out.sort((a, b) => a.step - b.step);
 }
 
 /**
@@ -142,7 +126,7 @@ export async function resolveCheckpoint(path: string, loadOrder = -1): Promise<R
     const c = await classify(join(path, sub));
     if (c) return c;
   }
-  const cks = await checkpointsOf(path);
+  const cks = await listCheckpoints(path);
   if (cks.length === 0) {
     throw new HiraError(
       path,
@@ -252,12 +236,7 @@ export async function openEvalModel(
   const model = await loadModelDir(gpu, modelDir);
   let merge: MergeHandle | null = null;
   if (ck?.kind === "adapter") {
-    const ad = await openAdapterDir(ck.dir);
-    try {
-      await loadAdapters(model, ad.config, ad.weights);
-    } finally {
-      ad.close();
-    }
+    await loadAdapterDir(model, ck.dir);
     if (f.merge) merge = await mergeAdaptersInPlace(model);
   }
   return {
@@ -437,20 +416,11 @@ async function rescoreCommand(a: EvalArgs): Promise<void> {
 
 function dialogueLines(text: string, file: string): DialogueRecord[] {
   const out: DialogueRecord[] = [];
-  text.split("\n").forEach((line, i) => {
-    if (line.trim() === "") return;
-    let v: unknown;
-    try {
-      v = JSON.parse(line);
-    } catch (e) {
-      throw new HiraError(file, `line ${i + 1}: not valid JSON (${(e as Error).message})`);
-    }
-    const r = v as Record<string, unknown>;
-    if (typeof r !== "object" || r === null || typeof r.pred !== "string") return;
+  for (const { i, r } of predictionLines(text, file)) {
     const gt = typeof r.gt === "string" ? r.gt : typeof r.gold === "string" ? r.gold : null;
     if (gt === null) throw new HiraError(file, `line ${i + 1}: no 'gt' (or 'gold') string`);
     out.push({ context: String(r.context ?? ""), pred: r.pred, gt });
-  });
+  }
   if (out.length === 0) throw new HiraError(file, "no prediction lines (objects with 'pred')");
   return out;
 }

@@ -5,7 +5,7 @@
  */
 import { join } from "@std/path";
 import type { Gpu } from "./gpu.ts";
-import { HiraError } from "./errors.ts";
+import { HiraError, parseJson } from "./errors.ts";
 import { type LlamaConfig, parseConfig } from "./config.ts";
 import { loadModel, type LoadOptions, resolveWeightDtype, type WeightDtypeFlag } from "./load.ts";
 import type { LlamaModel } from "./model.ts";
@@ -31,13 +31,7 @@ export async function readConfig(dir: string): Promise<LlamaConfig> {
     }
     throw new HiraError(file, `cannot be read (${(e as Error).message})`);
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new HiraError(file, `not valid JSON (${(e as Error).message})`);
-  }
-  return parseConfig(json, file);
+  return parseConfig(parseJson(text, file), file);
 }
 
 let processWeightDtype: WeightDtypeFlag = "f32";

@@ -4,7 +4,9 @@
  * @module
  */
 import { join } from "@std/path";
-import { HiraError } from "./errors.ts";
+import { type AttachOptions, loadAdapters } from "./attach.ts";
+import { HiraError, parseJson } from "./errors.ts";
+import type { LlamaModel } from "./model.ts";
 import { type AdapterConfig, adapterConfigJson, parseAdapterConfig } from "./peft.ts";
 import { type TensorToWrite, WeightSet } from "./safetensors.ts";
 import { openSafetensors, writeFileAtomic, writeSafetensorsFile } from "./safetensors_deno.ts";
@@ -32,13 +34,7 @@ export async function openAdapterDir(dir: string): Promise<AdapterDir> {
     }
     throw new HiraError(cfgFile, `cannot be read (${(e as Error).message})`);
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new HiraError(cfgFile, `not valid JSON (${(e as Error).message})`);
-  }
-  const config = parseAdapterConfig(json, cfgFile);
+  const config = parseAdapterConfig(parseJson(text, cfgFile), cfgFile);
   const st = join(dir, "adapter_model.safetensors");
   if (!(await Deno.stat(st).then(() => true, () => false))) {
     const bin = await Deno.stat(join(dir, "adapter_model.bin")).then(() => true, () => false);
@@ -66,4 +62,22 @@ export async function writeAdapterDir(
   await Deno.mkdir(dir, { recursive: true });
   await writeSafetensorsFile(join(dir, "adapter_model.safetensors"), tensors, { format: "pt" });
   await writeFileAtomic(join(dir, "adapter_config.json"), adapterConfigJson(config));
+}
+
+/**
+ * Opens the adapter folder `dir` and attaches its adapters to `model`, strictly (see
+ * {@linkcode loadAdapters}); the files are closed either way. Returns the folder's config.
+ */
+export async function loadAdapterDir(
+  model: LlamaModel,
+  dir: string,
+  attach?: AttachOptions,
+): Promise<AdapterConfig> {
+  const ad = await openAdapterDir(dir);
+  try {
+    await loadAdapters(model, ad.config, ad.weights, attach);
+  } finally {
+    ad.close();
+  }
+  return ad.config;
 }

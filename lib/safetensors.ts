@@ -11,7 +11,7 @@
  * API (file sources live in safetensors_deno.ts), so it also runs in a browser.
  * @module
  */
-import { HiraError, preview } from "./errors.ts";
+import { HiraError, parseJson, preview } from "./errors.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "./gpu.ts";
 
 /** Random access to the bytes of one file (or blob, or in-memory buffer). */
@@ -714,12 +714,7 @@ export class WeightSet {
  * Shard names must be relative paths without `..` (they are resolved next to the index).
  */
 export function parseShardIndex(text: string, file: string): Map<string, string> {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new HiraError(file, `not valid JSON (${(e as Error).message})`);
-  }
+  const json = parseJson(text, file);
   if (!isPlainObject(json)) throw new HiraError(file, `not a JSON object but ${describe(json)}`);
   const map = json.weight_map;
   if (!isPlainObject(map)) {

@@ -9,7 +9,7 @@ import { basename, dirname, join } from "@std/path";
 import type { Gpu } from "./gpu.ts";
 import { createDenoGpu } from "./gpu_deno.ts";
 import type { TrainArgs } from "./args.ts";
-import { HiraError } from "./errors.ts";
+import { HiraError, parseJson } from "./errors.ts";
 import { baseParameterCount, type LlamaConfig } from "./config.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "./model_deno.ts";
 import { frozenWeightDtype, randomModel, readBaseWeights, resolveWeightDtype } from "./load.ts";
@@ -47,8 +47,7 @@ import {
   parseTargetList,
   trainableShare,
 } from "./peft.ts";
-import { openAdapterDir, writeAdapterDir } from "./peft_deno.ts";
-import { loadAdapters } from "./attach.ts";
+import { loadAdapterDir, writeAdapterDir } from "./peft_deno.ts";
 import { DeviceLostAtStepError, NonFiniteError, type StepReport, Trainer } from "./trainer.ts";
 import { totalSteps } from "./schedule.ts";
 import {
@@ -115,12 +114,7 @@ async function readText(file: string, what: string): Promise<string> {
 }
 
 async function readJson(file: string, what: string): Promise<unknown> {
-  const text = await readText(file, what);
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new HiraError(file, `not valid JSON (${(e as Error).message})`);
-  }
+  return parseJson(await readText(file, what), file);
 }
 
 /**
@@ -151,13 +145,7 @@ export async function loadDatasets(
   if (args.dataset === "pretrain") {
     const file = join(args.data_root, "tiny", "pretrain.json");
     const text = await readText(file, "the pre-training corpus (a JSON array of strings)");
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch (e) {
-      throw new HiraError(file, `not valid JSON (${(e as Error).message})`);
-    }
-    const all = pretrainExamples(json, file, tok, 256);
+    const all = pretrainExamples(parseJson(text, file), file, tok, 256);
     return { train: cut(all, args.dataset_ratio), validation: [], validationRecords: [] };
   }
   if (!isDatasetName(args.dataset) || args.dataset === "common_all") {
@@ -415,7 +403,7 @@ async function saveCheckpoint(
 }
 
 /** checkpoint-N folders of a run, sorted by step. */
-async function listCheckpoints(runDir: string): Promise<{ step: number; dir: string }[]> {
+export async function listCheckpoints(runDir: string): Promise<{ step: number; dir: string }[]> {
   const out: { step: number; dir: string }[] = [];
   for await (const e of Deno.readDir(runDir)) {
     const m = /^checkpoint-(\d+)$/.exec(e.name);
@@ -595,14 +583,8 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
       trainA: args.train_ab[0] === "y",
       trainB: args.train_ab[1] === "y",
     };
-    if (resume) {
-      const ad = await openAdapterDir(resume.ckpt);
-      try {
-        await loadAdapters(model, ad.config, ad.weights, attach);
-      } finally {
-        ad.close();
-      }
-    } else attachAdapters(model, ac, attach);
+    if (resume) await loadAdapterDir(model, resume.ckpt, attach);
+    else attachAdapters(model, ac, attach);
     model.adapterTrain = { A: args.train_ab[0] === "y", B: args.train_ab[1] === "y" };
   }
   const trainable = args.peft_type === "full" ? base : adapterParameterCount(model);
@@ -873,13 +855,10 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     if (opts.afterTraining) {
       if (args.peft_type !== "full" && chosen !== cks.at(-1)?.dir) {
         // Evaluate the best adapter, not the last one.
-        const ad = await openAdapterDir(outDir);
-        try {
-          model.adapters.clear();
-          await loadAdapters(model, ad.config, ad.weights);
-        } finally {
-          ad.close();
-        }
+        // The last adapters' buffers go back to the pool before the best ones load.
+        for (const a of model.adapters.values()) a.release();
+        model.adapters.clear();
+        await loadAdapterDir(model, outDir);
       }
       await opts.afterTraining(model, tok, runDir);
     }

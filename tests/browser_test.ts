@@ -34,8 +34,7 @@ import {
 } from "../lib/browser_io.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "../lib/model_deno.ts";
 import { loadTokenizer } from "../lib/tokenizer_deno.ts";
-import { openAdapterDir } from "../lib/peft_deno.ts";
-import { loadAdapters } from "../lib/attach.ts";
+import { loadAdapterDir } from "../lib/peft_deno.ts";
 import { isHiraError } from "../lib/errors.ts";
 import type { LlamaModel } from "../lib/model.ts";
 import type { Tokenizer } from "../lib/tokenizer.ts";
@@ -386,12 +385,7 @@ Deno.test({
       const model = await loadModelDir(gpu, EMBEDDED_MODEL_DIR);
       const tok = await loadTokenizer(EMBEDDED_MODEL_DIR);
       const base = await nextTokenLogits(model, tok, r.prompt);
-      const ad = await openAdapterDir(adDir);
-      try {
-        await loadAdapters(model, ad.config, ad.weights);
-      } finally {
-        ad.close();
-      }
+      await loadAdapterDir(model, adDir);
       const mine = await nextTokenLogits(model, tok, r.prompt);
       assertEquals(r.logits.ids, mine.ids, "same tokenization in the browser and in Deno");
       assertClose(Float32Array.from(r.logits.logits), mine.logits, {

@@ -14,8 +14,8 @@ import { matmulRef } from "../lib/ref/matmul.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "../lib/model_deno.ts";
 import type { LoadOptions } from "../lib/load.ts";
 import { openSafetensors } from "../lib/safetensors_deno.ts";
-import { openAdapterDir } from "../lib/peft_deno.ts";
-import { attachAdapters, loadAdapters } from "../lib/attach.ts";
+import { loadAdapterDir } from "../lib/peft_deno.ts";
+import { attachAdapters } from "../lib/attach.ts";
 import { mergeAdaptersInPlace } from "../lib/merge.ts";
 import { assertClose, maxAbsDiff, randn, testGpu } from "./_util.ts";
 import { packBatch } from "./_fixtures.ts";
@@ -107,12 +107,7 @@ async function golden(name: string): Promise<Map<string, Float32Array>> {
 async function withAdapter(g: Gpu, dir: string, opts: LoadOptions, adapter?: string) {
   const model = await loadModelDir(g, dir, opts);
   if (adapter) {
-    const ad = await openAdapterDir(FIX + adapter);
-    try {
-      await loadAdapters(model, ad.config, ad.weights);
-    } finally {
-      ad.close();
-    }
+    await loadAdapterDir(model, FIX + adapter);
   }
   return model;
 }

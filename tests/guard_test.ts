@@ -10,6 +10,7 @@ import { runTraining } from "../lib/train_deno.ts";
 import { DeviceLostAtStepError, NonFiniteError } from "../lib/trainer.ts";
 import { openAdapterDir } from "../lib/peft_deno.ts";
 import { createDenoGpu } from "../lib/gpu_deno.ts";
+import type { LlamaModel } from "../lib/model.ts";
 import { type Fixture, makeFixture, trainFlags } from "./_bad_input_fixture.ts";
 import { testGpu } from "./_util.ts";
 
@@ -117,6 +118,13 @@ Deno.test("guard (CLI): a validation loss that is not finite stops the run befor
   }
 });
 
+/** Overwrites the first adapter's hira_B with `value` (a fault injected between steps). */
+function fillFirstHiraB(model: LlamaModel, value: number): void {
+  const b = model.adapters.values().next().value!.params().find((p) => p.suffix === "hira_B")!
+    .param;
+  model.gpu.write(b, new Float32Array(b.size).fill(value));
+}
+
 Deno.test("guard: a NaN injected into an adapter after step 2 stops the run at step 3", async () => {
   const gpu = await testGpu();
   const f = await makeFixture("hira-guard-");
@@ -132,9 +140,7 @@ Deno.test("guard: a NaN injected into an adapter after step 2 stops the run at s
           noReport: true,
           afterStep: (r, model) => {
             if (r.step !== 2) return;
-            const ad = model.adapters.values().next().value!;
-            const b = ad.params().find((p) => p.suffix === "hira_B")!.param;
-            gpu.write(b, new Float32Array(b.size).fill(NaN));
+            fillFirstHiraB(model, NaN);
           },
         }),
       NonFiniteError,
@@ -171,9 +177,7 @@ Deno.test("guard: weights that overflow after a finite step are never saved as a
           // Step 1's loss and gradient were finite; its update is made to overflow here.
           afterStep: (r, model) => {
             if (r.step !== 1) return;
-            const ad = model.adapters.values().next().value!;
-            const b = ad.params().find((p) => p.suffix === "hira_B")!.param;
-            gpu.write(b, new Float32Array(b.size).fill(Infinity));
+            fillFirstHiraB(model, Infinity);
           },
         }),
       NonFiniteError,

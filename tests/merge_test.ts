@@ -7,8 +7,7 @@ import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/
 import { join } from "@std/path";
 import { loadModelDir, readConfig } from "../lib/model_deno.ts";
 import { openModelWeights, openSafetensors } from "../lib/safetensors_deno.ts";
-import { openAdapterDir } from "../lib/peft_deno.ts";
-import { loadAdapters } from "../lib/attach.ts";
+import { loadAdapterDir } from "../lib/peft_deno.ts";
 import type { LlamaModel } from "../lib/model.ts";
 import { PROJECTIONS } from "../lib/config.ts";
 import {
@@ -36,12 +35,7 @@ interface Tokens {
 async function withAdapter(dir: string | null): Promise<LlamaModel> {
   const model = await loadModelDir(await testGpu(), FIX + "model");
   if (dir) {
-    const ad = await openAdapterDir(FIX + dir);
-    try {
-      await loadAdapters(model, ad.config, ad.weights);
-    } finally {
-      ad.close();
-    }
+    await loadAdapterDir(model, FIX + dir);
   }
   return model;
 }

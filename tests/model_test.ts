@@ -6,8 +6,8 @@
 import { assert, assertEquals } from "@std/assert";
 import { loadModelDir, readConfig } from "../lib/model_deno.ts";
 import { openModelWeights, openSafetensors } from "../lib/safetensors_deno.ts";
-import { openAdapterDir } from "../lib/peft_deno.ts";
-import { adapterTensors, attachAdapters, loadAdapters } from "../lib/attach.ts";
+import { loadAdapterDir } from "../lib/peft_deno.ts";
+import { adapterTensors, attachAdapters } from "../lib/attach.ts";
 import type { LlamaModel } from "../lib/model.ts";
 import { refForward, refNll } from "../lib/ref/model.ts";
 import { hiraWeightRef, loraWeightRef } from "../lib/ref/adapters.ts";
@@ -39,12 +39,7 @@ async function withAdapter(dir: string | null): Promise<LlamaModel> {
   const gpu = await testGpu();
   const model = await loadModelDir(gpu, FIX + "model");
   if (dir) {
-    const ad = await openAdapterDir(FIX + dir);
-    try {
-      await loadAdapters(model, ad.config, ad.weights);
-    } finally {
-      ad.close();
-    }
+    await loadAdapterDir(model, FIX + dir);
   }
   return model;
 }
