@@ -15,7 +15,8 @@ import type { Tokenizer } from "./tokenizer.ts";
 import { loadTokenizer } from "./tokenizer_deno.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "./model_deno.ts";
 import type { AdapterConfig } from "./peft.ts";
-import { loadAdapterDir, openAdapterDir } from "./peft_deno.ts";
+import { openAdapterDir } from "./peft_deno.ts";
+import { loadAdapters } from "./attach.ts";
 import { listCheckpoints } from "./train_deno.ts";
 import { writeFileAtomic } from "./safetensors_deno.ts";
 import {
@@ -204,49 +205,50 @@ export async function openEvalModel(
   withTokenizer = true,
 ): Promise<EvalModel> {
   const ck = f.ckpt ? await resolveCheckpoint(f.ckpt, f.load_order) : null;
-  let adapterConfig: AdapterConfig | null = null;
-  let modelDir: string;
-  if (ck?.kind === "adapter") {
-    const ad = await openAdapterDir(ck.dir);
-    adapterConfig = ad.config;
-    ad.close();
-    modelDir = await baseModelDir(f.model, ck.dir, adapterConfig);
-  } else modelDir = ck?.dir ?? f.model ?? EMBEDDED_MODEL_DIR;
-  let tok: Tokenizer | null = null;
-  if (withTokenizer) {
-    const candidates = [f.tokenizer, modelDir, f.model].filter((d): d is string => !!d);
-    let tokDir = candidates[0];
-    if (!f.tokenizer) {
-      for (const d of candidates) {
-        if (await isFile(join(d, "tokenizer.json"))) {
-          tokDir = d;
-          break;
+  // The adapter folder is opened (and validated) once, before the slow model load, and read
+  // after it.
+  const ad = ck?.kind === "adapter" ? await openAdapterDir(ck.dir) : null;
+  try {
+    const modelDir = ad ? await baseModelDir(f.model, ck!.dir, ad.config) : ck?.dir ?? f.model ??
+      EMBEDDED_MODEL_DIR;
+    let tok: Tokenizer | null = null;
+    if (withTokenizer) {
+      const candidates = [f.tokenizer, modelDir, f.model].filter((d): d is string => !!d);
+      let tokDir = candidates[0];
+      if (!f.tokenizer) {
+        for (const d of candidates) {
+          if (await isFile(join(d, "tokenizer.json"))) {
+            tokDir = d;
+            break;
+          }
         }
       }
+      tok = await loadTokenizer(tokDir);
+      const cfg = await readConfig(modelDir);
+      if (tok.vocabSize > cfg.vocabSize) {
+        throw new HiraError(
+          join(tokDir, "tokenizer.json"),
+          `has ${tok.vocabSize} ids but the model's vocab_size is ${cfg.vocabSize}`,
+        );
+      }
     }
-    tok = await loadTokenizer(tokDir);
-    const cfg = await readConfig(modelDir);
-    if (tok.vocabSize > cfg.vocabSize) {
-      throw new HiraError(
-        join(tokDir, "tokenizer.json"),
-        `has ${tok.vocabSize} ids but the model's vocab_size is ${cfg.vocabSize}`,
-      );
+    const model = await loadModelDir(gpu, modelDir);
+    let merge: MergeHandle | null = null;
+    if (ad) {
+      await loadAdapters(model, ad.config, ad.weights);
+      if (f.merge) merge = await mergeAdaptersInPlace(model);
     }
+    return {
+      model,
+      tok,
+      modelDir,
+      adapterDir: ad ? ck!.dir : null,
+      adapterConfig: ad?.config ?? null,
+      merge,
+    };
+  } finally {
+    ad?.close();
   }
-  const model = await loadModelDir(gpu, modelDir);
-  let merge: MergeHandle | null = null;
-  if (ck?.kind === "adapter") {
-    await loadAdapterDir(model, ck.dir);
-    if (f.merge) merge = await mergeAdaptersInPlace(model);
-  }
-  return {
-    model,
-    tok,
-    modelDir,
-    adapterDir: ck?.kind === "adapter" ? ck.dir : null,
-    adapterConfig,
-    merge,
-  };
 }
 
 // ---------------------------------------------------------------------------------------------
