@@ -192,9 +192,14 @@ export class LlamaModel {
     ];
     const tensors = [...all(this.weights), ...(this.baseGrads ? all(this.baseGrads) : [])];
     for (const t of tensors) if (t && !t.released) t.release();
+    this.releaseAdapters();
+    this.baseGrads = null;
+  }
+
+  /** Removes every adapter and returns its buffers to the pool (before attaching others). */
+  releaseAdapters(): void {
     for (const a of this.adapters.values()) a.release();
     this.adapters.clear();
-    this.baseGrads = null;
   }
 
   #track(t: Tensor): Tensor {

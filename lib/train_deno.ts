@@ -855,9 +855,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     if (opts.afterTraining) {
       if (args.peft_type !== "full" && chosen !== cks.at(-1)?.dir) {
         // Evaluate the best adapter, not the last one.
-        // The last adapters' buffers go back to the pool before the best ones load.
-        for (const a of model.adapters.values()) a.release();
-        model.adapters.clear();
+        model.releaseAdapters();
         await loadAdapterDir(model, outDir);
       }
       await opts.afterTraining(model, tok, runDir);

@@ -138,15 +138,9 @@ export function adapterConfigFor(s: TrainSettings, baseModel: string): AdapterCo
   };
 }
 
-/** Removes every adapter from the model and frees its buffers. */
-export function detachAdapters(model: LlamaModel): void {
-  for (const ad of model.adapters.values()) ad.release();
-  model.adapters.clear();
-}
-
 /** Replaces the model's adapters with fresh ones (kaiming A, zero B, as train.ts's default). */
 export function attachFresh(model: LlamaModel, s: TrainSettings, baseModel: string): AdapterConfig {
-  detachAdapters(model);
+  model.releaseAdapters();
   const ac = adapterConfigFor(s, baseModel);
   attachAdapters(model, ac, { seed: s.seed, initA: "kaiming", initB: "zero" });
   return ac;
@@ -158,7 +152,7 @@ export async function attachLoaded(
   adapter: AdapterFolderContents,
   seed: number,
 ): Promise<AdapterConfig> {
-  detachAdapters(model);
+  model.releaseAdapters();
   await loadAdapters(model, adapter.config, adapter.weights, { seed });
   return { ...adapter.config, keyStyle: "peft" };
 }
