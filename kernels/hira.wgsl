@@ -18,8 +18,8 @@
 //   memory for real GPUs.
 //
 // Every entry of this file is compiled with the defines WTYPE (f32 or the half type), DX, ACC,
-// RANK, RB, CB, LY, NB (= RB·CB), BL (= RANK·CB), VEC_K, VEC_IN, VEC_R, VEC_N; entries ignore
-// the ones they do not use (the host passes fixed values for them).
+// RANK, RB, CB, NB (= RB·CB), BL (= RANK·CB), KS, SL (= KS/4·CB), SW (= 8·SL), VEC_K, VEC_IN,
+// VEC_R, VEC_N; entries ignore the ones they do not use (the host passes fixed values for them).
 
 fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
   return gid.x + gid.y * nwg.x * 256u;
@@ -147,6 +147,8 @@ struct MmParams {
   rank: u32,
   tilesN: u32,
   totalTiles: u32,
+  // mm_cpu_strip: rows per workgroup segment (a multiple of 4·RB).
+  segRows: u32,
 }
 
 const DX: bool = {{DX}};
@@ -318,7 +320,70 @@ fn mm_store_block(m: u32, n: u32, v: mat4x4<f32>) {
   mm_store4(m + 3u, n, v[3]);
 }
 
-// CPU-adapter fused product for a few rows (decoding, short prompts; mm_cpu_stacked below for
+// The rank factor that is fixed along k for the 4·CB columns from n0, preloaded once per
+// invocation: pre[j·CB + c] holds B[n0+4c.., j] (forward) or A[j, n0+4c..] (dX).
+fn mm_preload(pre: ptr<function, array<vec4<f32>, {{BL}}>>, n0: u32) {
+  for (var j = 0u; j < RANK; j++) {
+    for (var c = 0u; c < CB; c++) {
+      let n = n0 + 4u * c;
+      if (DX) {
+        (*pre)[j * CB + c] = mm_a4(j, n);
+      } else {
+        (*pre)[j * CB + c] = vec4(mm_b_at(n, j), mm_b_at(n + 1u, j), mm_b_at(n + 2u, j),
+          mm_b_at(n + 3u, j));
+      }
+    }
+  }
+}
+
+// op(W_eff)[k..k+3, n0 + 4c..+3] = op(W0) ⊙ (1 + B·A) for c < CB (column kk of w_c is k + kk),
+// from the preloaded rank values and one vec4 of the rank factor that varies along k per rank.
+fn mm_weff_step(
+  pre: ptr<function, array<vec4<f32>, {{BL}}>>,
+  k: u32,
+  n0: u32,
+  w0: ptr<function, mat4x4<f32>>,
+  w1: ptr<function, mat4x4<f32>>,
+  w2: ptr<function, mat4x4<f32>>,
+  w3: ptr<function, mat4x4<f32>>,
+) {
+  let ones = mat4x4<f32>(vec4(1.0), vec4(1.0), vec4(1.0), vec4(1.0));
+  var f0 = ones;
+  var f1 = ones;
+  var f2 = ones;
+  var f3 = ones;
+  if (DX) {
+    // op(W)[k, n] = W_eff[k, n]: the factor varying along k is B[k+kk, j].
+    for (var j = 0u; j < RANK; j += 4u) {
+      let bt = transpose(mat4x4<f32>(mm_b4(k, j), mm_b4(k + 1u, j), mm_b4(k + 2u, j),
+        mm_b4(k + 3u, j)));
+      for (var jj = 0u; jj < 4u; jj++) {
+        if (j + jj < RANK) {
+          let u = bt[jj];
+          add_outer(&f0, u, (*pre)[(j + jj) * CB]);
+          if (CB > 1u) { add_outer(&f1, u, (*pre)[(j + jj) * CB + 1u]); }
+          if (CB > 2u) { add_outer(&f2, u, (*pre)[(j + jj) * CB + 2u]); }
+          if (CB > 3u) { add_outer(&f3, u, (*pre)[(j + jj) * CB + 3u]); }
+        }
+      }
+    }
+  } else {
+    // op(W)[k, n] = W_eff[n, k]: the factor varying along k is A[j, k+kk].
+    for (var j = 0u; j < RANK; j++) {
+      let u = mm_a4(j, k);
+      add_outer(&f0, u, (*pre)[j * CB]);
+      if (CB > 1u) { add_outer(&f1, u, (*pre)[j * CB + 1u]); }
+      if (CB > 2u) { add_outer(&f2, u, (*pre)[j * CB + 2u]); }
+      if (CB > 3u) { add_outer(&f3, u, (*pre)[j * CB + 3u]); }
+    }
+  }
+  *w0 = hadamard(mm_w0tile(k, n0), f0);
+  if (CB > 1u) { *w1 = hadamard(mm_w0tile(k, n0 + 4u), f1); }
+  if (CB > 2u) { *w2 = hadamard(mm_w0tile(k, n0 + 8u), f2); }
+  if (CB > 3u) { *w3 = hadamard(mm_w0tile(k, n0 + 12u), f3); }
+}
+
+// CPU-adapter fused product for a few rows (decoding, short prompts; mm_cpu_strip below for
 // more). A workgroup is 8 invocations along N; each owns (4·RB) rows × (4·CB) columns of the
 // output in registers (explicit variables, as in kernels/matmul.wgsl: arrays indexed in loops end
 // up in memory on llvmpipe). Per step of 4 k it loads its W0 columns, forms their factor
@@ -335,63 +400,18 @@ fn mm_cpu(
   if (tile >= mp.totalTiles) { return; }
   let m0 = (tile / mp.tilesN) * 4u * RB;
   let n0 = (tile % mp.tilesN) * 32u * CB + lid.x * 4u * CB;
-  // The rank factor that is fixed along k, for this invocation's columns: pre[j·CB + c] holds
-  // B[n0+4c.., j] (forward) or A[j, n0+4c..] (dX).
   var pre: array<vec4<f32>, {{BL}}>;
-  for (var j = 0u; j < RANK; j++) {
-    for (var c = 0u; c < CB; c++) {
-      let n = n0 + 4u * c;
-      if (DX) {
-        pre[j * CB + c] = mm_a4(j, n);
-      } else {
-        pre[j * CB + c] = vec4(mm_b_at(n, j), mm_b_at(n + 1u, j), mm_b_at(n + 2u, j),
-          mm_b_at(n + 3u, j));
-      }
-    }
-  }
+  mm_preload(&pre, n0);
   var c00: mat4x4<f32>; var c01: mat4x4<f32>; var c02: mat4x4<f32>; var c03: mat4x4<f32>;
   var c10: mat4x4<f32>; var c11: mat4x4<f32>; var c12: mat4x4<f32>; var c13: mat4x4<f32>;
   var c20: mat4x4<f32>; var c21: mat4x4<f32>; var c22: mat4x4<f32>; var c23: mat4x4<f32>;
   var c30: mat4x4<f32>; var c31: mat4x4<f32>; var c32: mat4x4<f32>; var c33: mat4x4<f32>;
-  let ones = mat4x4<f32>(vec4(1.0), vec4(1.0), vec4(1.0), vec4(1.0));
   for (var k = 0u; k < mp.K; k += 4u) {
-    // f_c: column kk holds 1 + (B·A) at op(W)[k+kk, n0+4c..].
-    var f0 = ones;
-    var f1 = ones;
-    var f2 = ones;
-    var f3 = ones;
-    if (DX) {
-      // op(W)[k, n] = W_eff[k, n]: the factor varying along k is B[k+kk, j].
-      for (var j = 0u; j < RANK; j += 4u) {
-        let bt = transpose(mat4x4<f32>(mm_b4(k, j), mm_b4(k + 1u, j), mm_b4(k + 2u, j),
-          mm_b4(k + 3u, j)));
-        for (var jj = 0u; jj < 4u; jj++) {
-          if (j + jj < RANK) {
-            let u = bt[jj];
-            add_outer(&f0, u, pre[(j + jj) * CB]);
-            if (CB > 1u) { add_outer(&f1, u, pre[(j + jj) * CB + 1u]); }
-            if (CB > 2u) { add_outer(&f2, u, pre[(j + jj) * CB + 2u]); }
-            if (CB > 3u) { add_outer(&f3, u, pre[(j + jj) * CB + 3u]); }
-          }
-        }
-      }
-    } else {
-      // op(W)[k, n] = W_eff[n, k]: the factor varying along k is A[j, k+kk].
-      for (var j = 0u; j < RANK; j++) {
-        let u = mm_a4(j, k);
-        add_outer(&f0, u, pre[j * CB]);
-        if (CB > 1u) { add_outer(&f1, u, pre[j * CB + 1u]); }
-        if (CB > 2u) { add_outer(&f2, u, pre[j * CB + 2u]); }
-        if (CB > 3u) { add_outer(&f3, u, pre[j * CB + 3u]); }
-      }
-    }
-    let w0 = hadamard(mm_w0tile(k, n0), f0);
+    var w0: mat4x4<f32>;
     var w1: mat4x4<f32>;
     var w2: mat4x4<f32>;
     var w3: mat4x4<f32>;
-    if (CB > 1u) { w1 = hadamard(mm_w0tile(k, n0 + 4u), f1); }
-    if (CB > 2u) { w2 = hadamard(mm_w0tile(k, n0 + 8u), f2); }
-    if (CB > 3u) { w3 = hadamard(mm_w0tile(k, n0 + 12u), f3); }
+    mm_weff_step(&pre, k, n0, &w0, &w1, &w2, &w3);
     mm_block_row(&c00, &c01, &c02, &c03, m0, k, w0, w1, w2, w3);
     if (RB > 1u) { mm_block_row(&c10, &c11, &c12, &c13, m0 + 4u, k, w0, w1, w2, w3); }
     if (RB > 2u) { mm_block_row(&c20, &c21, &c22, &c23, m0 + 8u, k, w0, w1, w2, w3); }
@@ -419,95 +439,6 @@ fn mm_cpu(
     if (CB > 2u) { mm_store_block(m0 + 12u, n0 + 8u, c32); }
     if (CB > 3u) { mm_store_block(m0 + 12u, n0 + 12u, c33); }
   }
-}
-
-// CPU-adapter fused product for many rows. A workgroup is 8 invocations along N (one SIMD row) ×
-// LY (up to 32) along M; each owns (4·RB) rows × (4·CB) columns of the output in registers
-// (explicit variables). K is walked in chunks of KC: per chunk the workgroup first forms the
-// W_eff tile of its 32·CB columns × KC k (16×4 strips spread over the invocations, the rank sum
-// as 4×4 matrix products) into workgroup memory, then every invocation runs the register-blocked
-// product of kernels/matmul.wgsl's cpu entry on that tile (activation addresses stepped by a
-// constant, output rows across the column blocks). The factor is formed once per 4·RB·LY rows
-// (r/(4·RB·LY) of the product's FMAs: 1/16 at r = 32 and 512 rows) instead of once per
-// invocation. What remains is the two barriers per chunk: without them this loop runs at the
-// matmul kernel's speed, with them ~1.5× slower on lavapipe (coroutine switches), which is why
-// materialising W_eff stays faster there for long batches.
-const LX: u32 = 8u;
-const LY: u32 = {{LY}}u;
-// Vec4s per k of the W_eff tile, and ks per chunk: the tile fills the 16 KiB of workgroup memory.
-const TW: u32 = LX * CB;
-const KC: u32 = 1024u / TW;
-// w_tile[kk·TW + c] = op(W_eff)[k0 + kk, col0 + 4c..+3].
-var<workgroup> w_tile: array<vec4<f32>, 1024>;
-
-// Zeroes the columns of a W_eff block at k..k+3 that lie past K.
-fn mm_live_k(w: mat4x4<f32>, k: u32) -> mat4x4<f32> {
-  let live = vec4<u32>(k, k + 1u, k + 2u, k + 3u) < vec4(mp.K);
-  return mat4x4<f32>(select(vec4(0.0), w[0], live.x), select(vec4(0.0), w[1], live.y),
-    select(vec4(0.0), w[2], live.z), select(vec4(0.0), w[3], live.w));
-}
-
-// A[j..j+3, i..i+3] as a matrix whose column jj is A[j + jj, i..i+3] (rank rows past r clamped:
-// B reads 0 there).
-fn mm_a_block(j: u32, i: u32) -> mat4x4<f32> {
-  let last = mp.rank - 1u;
-  return mat4x4<f32>(mm_a4(j, i), mm_a4(min(j + 1u, last), i), mm_a4(min(j + 2u, last), i),
-    mm_a4(min(j + 3u, last), i));
-}
-
-// The rank-sum part of the factor for one 4(k)×4(n) block, 4 ranks from j: column kk holds
-// Σ_jj B·A at op(W)[k + kk, n..n+3]. `fixed` is the operand fixed along k (forward:
-// transpose(B[n..n+3, j..j+3]); dX: A[j..j+3, n..n+3]), loaded once per strip.
-fn mm_rank4(fixed: mat4x4<f32>, k: u32, j: u32) -> mat4x4<f32> {
-  if (DX) {
-    // column kk: Σ_jj A[j + jj, n..n+3]·B[k + kk, j + jj]
-    return fixed * mat4x4<f32>(mm_b4(k, j), mm_b4(k + 1u, j), mm_b4(k + 2u, j),
-      mm_b4(k + 3u, j));
-  }
-  // column kk: Σ_jj B[n..n+3, j + jj]·A[j + jj, k + kk]
-  return fixed * transpose(mm_a_block(j, k));
-}
-
-// Forms op(W_eff)[k..k+15, n..n+3] = W0 ⊙ (1 + B·A) (zero for k past K) and stores it at
-// w_tile[(kt + kk)·TW + c] for kk < 16. One 16×4 strip per work item: the operand fixed along k
-// is loaded once per 4 ranks for four 4×4 blocks (20 vec4 loads per 256 FMAs).
-fn mm_form_strip(k: u32, n: u32, kt: u32, c: u32) {
-  let ones = mat4x4<f32>(vec4(1.0), vec4(1.0), vec4(1.0), vec4(1.0));
-  var f0 = ones;
-  var f1 = ones;
-  var f2 = ones;
-  var f3 = ones;
-  for (var j = 0u; j < mp.rank; j += 4u) {
-    var fixed: mat4x4<f32>;
-    if (DX) {
-      fixed = mm_a_block(j, n);
-    } else {
-      fixed = transpose(mat4x4<f32>(mm_b4(n, j), mm_b4(n + 1u, j), mm_b4(n + 2u, j),
-        mm_b4(n + 3u, j)));
-    }
-    f0 += mm_rank4(fixed, k, j);
-    f1 += mm_rank4(fixed, k + 4u, j);
-    f2 += mm_rank4(fixed, k + 8u, j);
-    f3 += mm_rank4(fixed, k + 12u, j);
-  }
-  mm_put_block(kt, c, mm_live_k(hadamard(mm_w0tile(k, n), f0), k));
-  mm_put_block(kt + 4u, c, mm_live_k(hadamard(mm_w0tile(k + 4u, n), f1), k + 4u));
-  mm_put_block(kt + 8u, c, mm_live_k(hadamard(mm_w0tile(k + 8u, n), f2), k + 8u));
-  mm_put_block(kt + 12u, c, mm_live_k(hadamard(mm_w0tile(k + 12u, n), f3), k + 12u));
-}
-
-fn mm_put_block(kk: u32, c: u32, w: mat4x4<f32>) {
-  let i = kk * TW + c;
-  w_tile[i] = w[0];
-  w_tile[i + TW] = w[1];
-  w_tile[i + 2u * TW] = w[2];
-  w_tile[i + 3u * TW] = w[3];
-}
-
-// op(W_eff)[k..k+3, column vec4 c of the tile] from workgroup memory.
-fn mm_tile_block(kk: u32, c: u32) -> mat4x4<f32> {
-  let i = kk * TW + c;
-  return mat4x4<f32>(w_tile[i], w_tile[i + TW], w_tile[i + 2u * TW], w_tile[i + 3u * TW]);
 }
 
 // With VEC_K: the vec4 indices of act rows m..m+3 at k = 0 (rows past M clamped); they advance
@@ -560,78 +491,164 @@ fn mm_row(
   if (CB > 3u) { (*c3)[q] = mac_row((*c3)[q], x, w3); }
 }
 
-@compute @workgroup_size(LX, LY)
-fn mm_cpu_stacked(
+// CPU-adapter fused product for more rows (mm_cpu above for a few), with no barrier. A workgroup
+// is 8 invocations along N, each owning 4·CB columns, and a segment of M (segRows rows; grid
+// tiles tilesN per segment). K is walked in chunks of KS: per chunk each invocation forms the
+// W_eff strip of its own columns (KS × 4·CB, r FMAs per element) in its own part of workgroup
+// memory, then streams every row of its segment through it in (4·RB)-row register blocks (the
+// product of kernels/matmul.wgsl's cpu entry), adding the chunk's part into the output, which it
+// reads back after the first chunk. The factor costs r/segRows of the product's FMAs and the
+// output round trips 2/KS loads and stores per FMA. No invocation reads what another wrote, so
+// there is no barrier: on llvmpipe a barrier makes the invocations coroutines (~1 µs per
+// invocation group and barrier), which made a kernel that shared one W_eff tile per workgroup
+// ~1.5× slower than the matmul kernel.
+const KS: u32 = {{KS}}u;
+const SL: u32 = {{SL}}u;
+// Invocation lx's strip: s_strip[lx·SL + (kk/4)·CB + c] = op(W_eff)[k0 + kk..+3, n0 + 4c..+3]
+// (column kk % 4 is one k). Each invocation reads only what it wrote, so no barrier is needed.
+var<workgroup> s_strip: array<mat4x4<f32>, {{SW}}>;
+
+// out[m..m+3, n..n+3] (column q is row m+q; zero outside M×N).
+fn mm_out_block(m: u32, n: u32) -> mat4x4<f32> {
+  return mat4x4<f32>(mm_out4(m, n), mm_out4(m + 1u, n), mm_out4(m + 2u, n), mm_out4(m + 3u, n));
+}
+
+fn mm_out4(m: u32, n: u32) -> vec4<f32> {
+  if (m >= mp.M || n >= mp.N) { return vec4(0.0); }
+  let base = m * mp.N + n;
+  if (VEC_N) { return m_out[base >> 2u]; }
+  var v: vec4<f32>;
+  for (var q = 0u; q < 4u; q++) {
+    if (n + q < mp.N) { v[q] = m_out[(base + q) >> 2u][(base + q) & 3u]; }
+  }
+  return v;
+}
+
+// The accumulator block at (m, n) before a chunk: zero for the first chunk unless ACC.
+fn mm_acc_start(m: u32, n: u32, fresh: bool) -> mat4x4<f32> {
+  if (fresh) { return mat4x4<f32>(); }
+  return mm_out_block(m, n);
+}
+
+// Writes out[m..m+3, n..n+3] (inside M×N) as is: mm_acc_start already read the old values.
+fn mm_put_out(m: u32, n: u32, v: mat4x4<f32>) {
+  for (var q = 0u; q < 4u; q++) {
+    let row = m + q;
+    if (row < mp.M && n < mp.N) {
+      let base = row * mp.N + n;
+      if (VEC_N) {
+        m_out[base >> 2u] = v[q];
+      } else {
+        for (var e = 0u; e < 4u; e++) {
+          if (n + e < mp.N) { m_out[(base + e) >> 2u][(base + e) & 3u] = v[q][e]; }
+        }
+      }
+    }
+  }
+}
+
+@compute @workgroup_size(8)
+fn mm_cpu_strip(
   @builtin(workgroup_id) wg: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
-  @builtin(local_invocation_index) li: u32,
 ) {
-  // Surplus workgroups of the folded grid redo the last tile and store nothing: returning early
-  // would leave every load below under a lane mask, which costs on llvmpipe.
+  // Surplus workgroups of a folded grid get an empty row range (an early return would leave every
+  // load below under a lane mask, which costs on llvmpipe).
   let flat_tile = wg.x + wg.y * nwg.x;
   let tile = min(flat_tile, mp.totalTiles - 1u);
-  let row0 = (tile / mp.tilesN) * 4u * RB * LY;
-  let col0 = (tile % mp.tilesN) * 4u * TW;
-  let m0 = row0 + lid.y * 4u * RB;
-  let cv0 = lid.x * CB;
-  let n0 = col0 + 4u * cv0;
-  var c00: mat4x4<f32>; var c01: mat4x4<f32>; var c02: mat4x4<f32>; var c03: mat4x4<f32>;
-  var c10: mat4x4<f32>; var c11: mat4x4<f32>; var c12: mat4x4<f32>; var c13: mat4x4<f32>;
-  var c20: mat4x4<f32>; var c21: mat4x4<f32>; var c22: mat4x4<f32>; var c23: mat4x4<f32>;
-  var c30: mat4x4<f32>; var c31: mat4x4<f32>; var c32: mat4x4<f32>; var c33: mat4x4<f32>;
-  let subs = (KC / 16u) * TW;
-  var ao0 = mm_act_offsets(m0);
-  var ao1 = mm_act_offsets(m0 + 4u);
-  var ao2 = mm_act_offsets(m0 + 8u);
-  var ao3 = mm_act_offsets(m0 + 12u);
-  for (var k0 = 0u; k0 < mp.K; k0 += KC) {
-    for (var s = li; s < subs; s += LX * LY) {
-      let kb = s / TW;
-      let cb = s % TW;
-      mm_form_strip(k0 + 16u * kb, col0 + 4u * cb, 16u * kb, cb);
-    }
-    workgroupBarrier();
-    let kn = min(KC, mp.K - k0);
+  let n0 = (tile % mp.tilesN) * 32u * CB + lid.x * 4u * CB;
+  let m_begin = (tile / mp.tilesN) * mp.segRows;
+  let m_end = select(m_begin, min(mp.M, m_begin + mp.segRows), flat_tile < mp.totalTiles);
+  var pre: array<vec4<f32>, {{BL}}>;
+  mm_preload(&pre, n0);
+  let own = lid.x * SL;
+  for (var k0 = 0u; k0 < mp.K; k0 += KS) {
+    let kn = min(KS, mp.K - k0);
     for (var kk = 0u; kk < kn; kk += 4u) {
-      let w0 = mm_tile_block(kk, cv0);
+      var w0: mat4x4<f32>;
       var w1: mat4x4<f32>;
       var w2: mat4x4<f32>;
       var w3: mat4x4<f32>;
-      if (CB > 1u) { w1 = mm_tile_block(kk, cv0 + 1u); }
-      if (CB > 2u) { w2 = mm_tile_block(kk, cv0 + 2u); }
-      if (CB > 3u) { w3 = mm_tile_block(kk, cv0 + 3u); }
-      let k = k0 + kk;
-      mm_rows(&c00, &c01, &c02, &c03, mm_act_at(ao0, m0, k), w0, w1, w2, w3);
-      if (RB > 1u) { mm_rows(&c10, &c11, &c12, &c13, mm_act_at(ao1, m0 + 4u, k), w0, w1, w2, w3); }
-      if (RB > 2u) { mm_rows(&c20, &c21, &c22, &c23, mm_act_at(ao2, m0 + 8u, k), w0, w1, w2, w3); }
-      if (RB > 3u) { mm_rows(&c30, &c31, &c32, &c33, mm_act_at(ao3, m0 + 12u, k), w0, w1, w2, w3); }
-      ao0 += 1u; ao1 += 1u; ao2 += 1u; ao3 += 1u;
+      mm_weff_step(&pre, k0 + kk, n0, &w0, &w1, &w2, &w3);
+      let s = own + (kk >> 2u) * CB;
+      s_strip[s] = w0;
+      if (CB > 1u) { s_strip[s + 1u] = w1; }
+      if (CB > 2u) { s_strip[s + 2u] = w2; }
+      if (CB > 3u) { s_strip[s + 3u] = w3; }
     }
-    workgroupBarrier();
-  }
-  if (flat_tile >= mp.totalTiles) { return; }
-  mm_store_block(m0, n0, c00);
-  if (CB > 1u) { mm_store_block(m0, n0 + 4u, c01); }
-  if (CB > 2u) { mm_store_block(m0, n0 + 8u, c02); }
-  if (CB > 3u) { mm_store_block(m0, n0 + 12u, c03); }
-  if (RB > 1u) {
-    mm_store_block(m0 + 4u, n0, c10);
-    if (CB > 1u) { mm_store_block(m0 + 4u, n0 + 4u, c11); }
-    if (CB > 2u) { mm_store_block(m0 + 4u, n0 + 8u, c12); }
-    if (CB > 3u) { mm_store_block(m0 + 4u, n0 + 12u, c13); }
-  }
-  if (RB > 2u) {
-    mm_store_block(m0 + 8u, n0, c20);
-    if (CB > 1u) { mm_store_block(m0 + 8u, n0 + 4u, c21); }
-    if (CB > 2u) { mm_store_block(m0 + 8u, n0 + 8u, c22); }
-    if (CB > 3u) { mm_store_block(m0 + 8u, n0 + 12u, c23); }
-  }
-  if (RB > 3u) {
-    mm_store_block(m0 + 12u, n0, c30);
-    if (CB > 1u) { mm_store_block(m0 + 12u, n0 + 4u, c31); }
-    if (CB > 2u) { mm_store_block(m0 + 12u, n0 + 8u, c32); }
-    if (CB > 3u) { mm_store_block(m0 + 12u, n0 + 12u, c33); }
+    let fresh = k0 == 0u && !ACC;
+    for (var m0 = m_begin; m0 < m_end; m0 += 4u * RB) {
+      var c00 = mm_acc_start(m0, n0, fresh);
+      var c01: mat4x4<f32>; var c02: mat4x4<f32>; var c03: mat4x4<f32>;
+      var c10: mat4x4<f32>; var c11: mat4x4<f32>; var c12: mat4x4<f32>; var c13: mat4x4<f32>;
+      var c20: mat4x4<f32>; var c21: mat4x4<f32>; var c22: mat4x4<f32>; var c23: mat4x4<f32>;
+      var c30: mat4x4<f32>; var c31: mat4x4<f32>; var c32: mat4x4<f32>; var c33: mat4x4<f32>;
+      if (CB > 1u) { c01 = mm_acc_start(m0, n0 + 4u, fresh); }
+      if (CB > 2u) { c02 = mm_acc_start(m0, n0 + 8u, fresh); }
+      if (CB > 3u) { c03 = mm_acc_start(m0, n0 + 12u, fresh); }
+      if (RB > 1u) {
+        c10 = mm_acc_start(m0 + 4u, n0, fresh);
+        if (CB > 1u) { c11 = mm_acc_start(m0 + 4u, n0 + 4u, fresh); }
+        if (CB > 2u) { c12 = mm_acc_start(m0 + 4u, n0 + 8u, fresh); }
+        if (CB > 3u) { c13 = mm_acc_start(m0 + 4u, n0 + 12u, fresh); }
+      }
+      if (RB > 2u) {
+        c20 = mm_acc_start(m0 + 8u, n0, fresh);
+        if (CB > 1u) { c21 = mm_acc_start(m0 + 8u, n0 + 4u, fresh); }
+        if (CB > 2u) { c22 = mm_acc_start(m0 + 8u, n0 + 8u, fresh); }
+        if (CB > 3u) { c23 = mm_acc_start(m0 + 8u, n0 + 12u, fresh); }
+      }
+      if (RB > 3u) {
+        c30 = mm_acc_start(m0 + 12u, n0, fresh);
+        if (CB > 1u) { c31 = mm_acc_start(m0 + 12u, n0 + 4u, fresh); }
+        if (CB > 2u) { c32 = mm_acc_start(m0 + 12u, n0 + 8u, fresh); }
+        if (CB > 3u) { c33 = mm_acc_start(m0 + 12u, n0 + 12u, fresh); }
+      }
+      let step = vec4((k0 >> 2u));
+      var ao0 = mm_act_offsets(m0) + step;
+      var ao1 = mm_act_offsets(m0 + 4u) + step;
+      var ao2 = mm_act_offsets(m0 + 8u) + step;
+      var ao3 = mm_act_offsets(m0 + 12u) + step;
+      for (var kk = 0u; kk < kn; kk += 4u) {
+        let s = own + (kk >> 2u) * CB;
+        let w0 = s_strip[s];
+        var w1: mat4x4<f32>;
+        var w2: mat4x4<f32>;
+        var w3: mat4x4<f32>;
+        if (CB > 1u) { w1 = s_strip[s + 1u]; }
+        if (CB > 2u) { w2 = s_strip[s + 2u]; }
+        if (CB > 3u) { w3 = s_strip[s + 3u]; }
+        let k = k0 + kk;
+        mm_rows(&c00, &c01, &c02, &c03, mm_act_at(ao0, m0, k), w0, w1, w2, w3);
+        if (RB > 1u) { mm_rows(&c10, &c11, &c12, &c13, mm_act_at(ao1, m0 + 4u, k), w0, w1, w2, w3); }
+        if (RB > 2u) { mm_rows(&c20, &c21, &c22, &c23, mm_act_at(ao2, m0 + 8u, k), w0, w1, w2, w3); }
+        if (RB > 3u) { mm_rows(&c30, &c31, &c32, &c33, mm_act_at(ao3, m0 + 12u, k), w0, w1, w2, w3); }
+        ao0 += 1u; ao1 += 1u; ao2 += 1u; ao3 += 1u;
+      }
+      mm_put_out(m0, n0, c00);
+      if (CB > 1u) { mm_put_out(m0, n0 + 4u, c01); }
+      if (CB > 2u) { mm_put_out(m0, n0 + 8u, c02); }
+      if (CB > 3u) { mm_put_out(m0, n0 + 12u, c03); }
+      if (RB > 1u) {
+        mm_put_out(m0 + 4u, n0, c10);
+        if (CB > 1u) { mm_put_out(m0 + 4u, n0 + 4u, c11); }
+        if (CB > 2u) { mm_put_out(m0 + 4u, n0 + 8u, c12); }
+        if (CB > 3u) { mm_put_out(m0 + 4u, n0 + 12u, c13); }
+      }
+      if (RB > 2u) {
+        mm_put_out(m0 + 8u, n0, c20);
+        if (CB > 1u) { mm_put_out(m0 + 8u, n0 + 4u, c21); }
+        if (CB > 2u) { mm_put_out(m0 + 8u, n0 + 8u, c22); }
+        if (CB > 3u) { mm_put_out(m0 + 8u, n0 + 12u, c23); }
+      }
+      if (RB > 3u) {
+        mm_put_out(m0 + 12u, n0, c30);
+        if (CB > 1u) { mm_put_out(m0 + 12u, n0 + 4u, c31); }
+        if (CB > 2u) { mm_put_out(m0 + 12u, n0 + 8u, c32); }
+        if (CB > 3u) { mm_put_out(m0 + 12u, n0 + 12u, c33); }
+      }
+    }
   }
 }
 

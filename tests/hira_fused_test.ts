@@ -8,6 +8,7 @@ import {
   hiraEffectiveWeightDirect,
   hiraForwardFused,
   hiraInputGradFused,
+  type HiraProductOptions,
   type HiraVariant,
   hiraWeightGradsFused,
 } from "../lib/ops/hira.ts";
@@ -128,22 +129,29 @@ Deno.test("fused forward, dX and dA/dB match the f64 reference (both variants)",
   }
 });
 
-Deno.test("CPU fused product: unstacked and token-stacked kernels match the reference", async () => {
+Deno.test("CPU fused product: per-block and strip kernels match the reference", async () => {
   const gpu = await testGpu();
-  // Ragged (scalar loads, K not a whole chunk) and vec4 shapes (K = 136: a 32-k chunk tail of 8),
-  // rows not a multiple of the workgroup's; cpuStack 0 is the kernel without workgroup memory.
-  const cases: [AdapterDims, number[]][] = [
-    [SHAPES[3], [0, 2, 4]],
-    [{ n: 50, inFeatures: 136, outFeatures: 72, r: 8 }, [1, 4]],
+  // Ragged shapes (scalar loads), vec4 shapes whose K is not a whole number of strip chunks
+  // (K = 136: chunks of 64, 64, 8; K = 300 at 4 output columns per invocation: 256, 44), rows
+  // not a multiple of the register block, and several row segments (the last one short).
+  const variants: HiraProductOptions[] = [
+    { cpuStrip: false },
+    { cpuStrip: true },
+    { cpuStrip: true, cpuSegRows: 16 },
   ];
-  for (const [ci, [d, stacks]] of cases.entries()) {
+  const cases: AdapterDims[] = [
+    SHAPES[3],
+    { n: 50, inFeatures: 136, outFeatures: 72, r: 8 },
+    { n: 40, inFeatures: 300, outFeatures: 24, r: 4 },
+  ];
+  for (const [ci, d] of cases.entries()) {
     const c = makeCase(gpu, d, 500 + ci);
     const yRef = hiraForwardRef(c.x, c.w0, c.a, c.b, d);
     const dxRef = hiraBackwardRef(c.x, c.w0, c.a, c.b, c.dy, d).dX;
     const dx0 = randn(d.n * d.inFeatures, 11);
-    for (const cpuStack of stacks) {
-      const label = `cpuStack ${cpuStack} ${JSON.stringify(d)}`;
-      const opts = { variant: "cpu" as const, cpuStack };
+    for (const v of variants) {
+      const label = `${JSON.stringify(v)} ${JSON.stringify(d)}`;
+      const opts = { variant: "cpu" as const, ...v };
       const y = await hiraForwardFused(gpu, c.t.x, c.t.w0, c.t.a, c.t.b, opts);
       const dx = gpu.upload(dx0, [d.n, d.inFeatures]);
       await hiraInputGradFused(gpu, c.t.dy, c.t.w0, c.t.a, c.t.b, {

@@ -12,9 +12,9 @@
  *   size each on the tiled kernels; on the CPU kernels up to r/16 for dB, one part per
  *   invocation's 16 columns, so that they need no barrier) and one reduction dispatch.
  *
- * Each fused op has a "cpu" variant (CPU rasterizers: register blocks, vec4 loads, barriers only
- * where they pay: the product for more than 32 rows shares each W_eff tile through workgroup
- * memory) and a "tiled" variant (real GPUs: 64×64 tiles in workgroup memory); "auto" picks by
+ * Each fused op has a "cpu" variant (CPU rasterizers: register blocks, vec4 loads, no barriers:
+ * the product for more than 16 rows forms each invocation's W_eff strip once per segment of up to
+ * 512 rows and streams the rows through it) and a "tiled" variant (real GPUs: 64×64 tiles in workgroup memory); "auto" picks by
  * {@linkcode Gpu.isCpuAdapter}. W0 may be an f16 tensor (read as f32).
  * @module
  */
@@ -33,12 +33,17 @@ export interface HiraProductOptions {
   /** Kernel family; "auto" by default. */
   variant?: HiraVariant;
   /**
-   * "cpu" only: invocations a workgroup stacks along the tokens (1, 2, 4, …, 32; each owns up to
-   * 16 rows), which share one W_eff tile per k-chunk in workgroup memory; 0 picks the kernel
-   * without workgroup memory, where each invocation forms the factor for its own columns.
-   * Default: 0 up to 32 rows (decoding, short prompts), else from the batch size.
+   * "cpu" only: true streams the rows through per-invocation W_eff strips (mm_cpu_strip: the
+   * factor is formed once per segment of rows), false forms the factor per register block of
+   * 16 rows (mm_cpu: no output round trips). Default: true above 16 rows.
    */
-  cpuStack?: number;
+  cpuStrip?: boolean;
+  /**
+   * "cpu" strip kernel only: rows per segment (each segment forms its own strips; rounded up
+   * to the register block). Default: segments of up to 512 rows, smaller while fewer than 4
+   * workgroups would run.
+   */
+  cpuSegRows?: number;
 }
 
 /** Options of {@linkcode hiraWeightGradsFused}. */
@@ -57,12 +62,14 @@ const TILE = 64;
 /** Workgroups the CPU gradient kernel aims for (llvmpipe runs one workgroup per thread). */
 const CPU_GRAD_WORKGROUPS = 16;
 /**
- * Rows up to which the CPU fused product uses mm_cpu (no workgroup memory: a barrier makes
- * llvmpipe run the invocations as coroutines, which costs more than forming the factor per
- * invocation while there are few rows; measured on lavapipe at r = 32).
+ * Rows above which the CPU fused product streams rows through W_eff strips (mm_cpu_strip)
+ * instead of forming the factor per 16-row register block (mm_cpu); measured on lavapipe at
+ * r = 32 (in 512, out 1376): mm_cpu is ~15% faster at 1–8 rows, the strip kernel from 32 up.
  */
-const CPU_UNSTACKED_MAX_ROWS = 32;
-/** Workgroups the CPU fused product keeps at least when it stacks invocations along tokens. */
+const CPU_FEW_ROWS = 16;
+/** Rows per segment of the strip kernel: the factor costs r/512 of the product's FMAs. */
+const CPU_SEGMENT_ROWS = 512;
+/** Workgroups the strip kernel keeps at least (shorter segments), to spread over the threads. */
 const CPU_MIN_WORKGROUPS = 4;
 /** Workgroups the tiled gradient kernel keeps at least when it grows its tile blocks. */
 const TILED_GRAD_WORKGROUPS = 512;
@@ -106,7 +113,7 @@ interface Defines {
   RANK: number;
   RB: number;
   CB: number;
-  LY: number;
+  KS: number;
   VEC_K: boolean;
   VEC_IN: boolean;
   VEC_R: boolean;
@@ -121,7 +128,7 @@ function spec(entry: string, bindings: KernelSpec["bindings"], d: Partial<Define
     RANK: 1,
     RB: 1,
     CB: 1,
-    LY: 1,
+    KS: 4,
     VEC_K: false,
     VEC_IN: false,
     VEC_R: false,
@@ -139,9 +146,10 @@ function spec(entry: string, bindings: KernelSpec["bindings"], d: Partial<Define
       RANK: full.RANK,
       RB: full.RB,
       CB: full.CB,
-      LY: full.LY,
-      NB: full.RB * full.CB,
       BL: full.RANK * full.CB,
+      KS: full.KS,
+      SL: (full.KS / 4) * full.CB,
+      SW: 8 * (full.KS / 4) * full.CB,
       VEC_K: String(full.VEC_K),
       VEC_IN: String(full.VEC_IN),
       VEC_R: String(full.VEC_R),
@@ -290,16 +298,26 @@ function block(n: number): number {
 }
 
 /**
- * Invocations along M per workgroup of the CPU fused product: the factor tile is formed once per
- * workgroup, so as many rows as the batch fills (up to 16 × 16), while leaving at least
- * CPU_MIN_WORKGROUPS workgroups to spread over the threads.
+ * Rows per segment of the strip kernel: segments of up to CPU_SEGMENT_ROWS, shorter (down to 64
+ * rows) while fewer than CPU_MIN_WORKGROUPS workgroups would run; a multiple of the register
+ * block's 4·rb rows.
  */
-function cpuRowsLy(M: number, N: number, rb: number, cb: number): number {
-  let ly = 1;
-  while (ly < 32 && 4 * rb * ly < M) ly *= 2;
-  const tilesN = cdiv(N, 32 * cb);
-  while (ly > 1 && tilesN * cdiv(M, 4 * rb * ly) < CPU_MIN_WORKGROUPS) ly /= 2;
-  return ly;
+function stripSegRows(M: number, tilesN: number, rb: number, wanted?: number): number {
+  let seg = wanted ?? Math.min(M, CPU_SEGMENT_ROWS);
+  if (wanted === undefined) {
+    while (seg > 64 && tilesN * cdiv(M, seg) < CPU_MIN_WORKGROUPS) seg = cdiv(seg, 2);
+  }
+  return cdiv(Math.max(seg, 1), 4 * rb) * 4 * rb;
+}
+
+/**
+ * k per chunk of the strip kernel for CB column vec4s per invocation: the 8 invocations' strips
+ * (KS/4·CB 4×4 blocks each) fill the adapter's workgroup memory (KS = 64 at CB = 4 with 32 KiB),
+ * and no more than K needs.
+ */
+function stripChunk(gpu: Gpu, cb: number, K: number): number {
+  const blocks = Math.floor(gpu.limits.maxComputeWorkgroupStorageSize / (8 * 64 * cb));
+  return Math.max(4, Math.min(4 * blocks, cdiv(K, 4) * 4));
 }
 
 async function fusedProduct(
@@ -336,14 +354,13 @@ async function fusedProduct(
   const rb = variant === "cpu" ? block(M) : 1;
   // Columns per workgroup are 8 invocations × 4·CB: keep that within N's next multiple of 32.
   const cb = variant === "cpu" ? (N > 64 ? 4 : N > 32 ? 2 : 1) : 1;
-  const stack = opts.cpuStack;
-  if (stack !== undefined && !([0, 1, 2, 4, 8, 16, 32].includes(stack))) {
-    throw new Error(`${what}: cpuStack must be 0 or a power of two up to 32, got ${stack}`);
+  const strip = variant === "cpu" && (opts.cpuStrip ?? M > CPU_FEW_ROWS);
+  const entry = variant === "tiled" ? "mm_tiled" : strip ? "mm_cpu_strip" : "mm_cpu";
+  if (
+    opts.cpuSegRows !== undefined && !(Number.isInteger(opts.cpuSegRows) && opts.cpuSegRows > 0)
+  ) {
+    throw new Error(`${what}: cpuSegRows must be a positive integer, got ${opts.cpuSegRows}`);
   }
-  const ly = variant === "cpu"
-    ? stack ?? (M <= CPU_UNSTACKED_MAX_ROWS ? 0 : cpuRowsLy(M, N, rb, cb))
-    : 1;
-  const entry = variant === "tiled" ? "mm_tiled" : ly === 0 ? "mm_cpu" : "mm_cpu_stacked";
   const kernel = await gpu.kernel(
     spec(entry, [
       "uniform",
@@ -356,23 +373,24 @@ async function fusedProduct(
       WTYPE: wtype(w0),
       DX: dx,
       ACC: opts.accumulate ?? false,
-      // Only mm_cpu preloads per-rank values into an array sized by the rank.
-      RANK: entry === "mm_cpu" ? r : 1,
+      // The cpu entries preload per-rank values into an array sized by the rank.
+      RANK: variant === "cpu" ? r : 1,
+      KS: strip ? stripChunk(gpu, cb, K) : 4,
       RB: rb,
       CB: cb,
-      LY: Math.max(ly, 1),
       VEC_K: K % 4 === 0,
       VEC_IN: inF % 4 === 0,
       VEC_R: r % 4 === 0,
       VEC_N: N % 4 === 0,
     }),
   );
-  const tileM = variant === "cpu" ? 4 * rb * Math.max(ly, 1) : TILE;
   const tileN = variant === "cpu" ? 32 * cb : TILE;
   const tilesN = cdiv(N, tileN);
+  const segRows = strip ? stripSegRows(M, tilesN, rb, opts.cpuSegRows) : 0;
+  const tileM = strip ? segRows : variant === "cpu" ? 4 * rb : TILE;
   const totalTiles = tilesN * cdiv(M, tileM);
   gpu.dispatch(kernel, [
-    [M, N, K, outF, inF, r, tilesN, totalTiles],
+    [M, N, K, outF, inF, r, tilesN, totalTiles, segRows],
     vec4Window(act),
     vec4Window(w0),
     vec4Window(a),
