@@ -12,7 +12,7 @@
  * that is what the GPU really holds; `poolRounding: false` gives raw tensor bytes.
  * @module
  */
-import { hiraGradScratchBytes } from "./ops/hira.ts";
+import { CPU_FUSED_MAX_TOKENS, hiraGradScratchBytes } from "./ops/hira.ts";
 import { BufferPool, DTYPE_BYTES, splitRows } from "./gpu.ts";
 import {
   baseParameterCount,
@@ -62,9 +62,12 @@ export interface MemoryOptions {
   weightDtype: WeightDtype;
   /**
    * HiRA kernels: "materialized" writes W0 ⊙ (1 + B·A) [out, in] (f32) as a temporary (what
-   * CPU rasterizers run), "fused" never does (real GPUs). Default "materialized".
+   * CPU rasterizers run for calls of more than CPU_FUSED_MAX_TOKENS tokens), "fused" never does
+   * (real GPUs, and CPU rasterizers for shorter calls). Default "materialized".
    */
   hiraKernel?: "materialized" | "fused";
+  /** Fused HiRA kernel family, which sizes the gradient partials (default "tiled"). */
+  hiraVariant?: "cpu" | "tiled";
   /** LoRA dropout probability (a dropout copy of the input is a temporary). */
   loraDropout?: number;
   /** Round each tensor to the buffer pool's bucket (default true). */
@@ -253,10 +256,13 @@ export function estimateMemory(cfg: LlamaConfig, o: MemoryOptions): MemoryEstima
       "the unfused HiRA path materialises it",
     );
   } else if (peft === "HIRA" && adapted.length) {
-    // The fused backward writes partial sums of dA and dB per tile instead (real GPUs: tiled).
+    // The fused backward writes partial sums of dA and dB per tile instead.
     const sizes = adapted.map((m) => {
       const [outF, inF] = projectionShape(cfg, m.proj);
-      return { proj: m.proj, bytes: hiraGradScratchBytes("tiled", outF, inF, o.r) };
+      return {
+        proj: m.proj,
+        bytes: hiraGradScratchBytes(o.hiraVariant ?? "tiled", outF, inF, o.r),
+      };
     });
     const top = sizes.reduce((a, b) => (b.bytes > a.bytes ? b : a));
     adapterTemps = round(top.bytes);
@@ -489,7 +495,7 @@ export interface DeviceInfo {
   limits: MemoryLimits;
   description: string;
   hasF16: boolean;
-  /** CPU rasterizer (HiRA then runs its materialising kernels). */
+  /** CPU rasterizer (HiRA then materialises W_eff for calls of more than 128 tokens). */
   isCpuAdapter?: boolean;
 }
 
@@ -516,9 +522,16 @@ export function dryRunReport(
     : args.weight_dtype === "auto"
     ? "f32"
     : args.weight_dtype;
+  const opts = memoryOptionsOf(args, wdt, limits);
+  // What HiraAdapter's "auto" runs: fused on GPUs, and on CPU rasterizers for short calls
+  // (without a device, the materialising path: the larger for real models).
+  const gpu = device !== null && device.isCpuAdapter !== true;
+  const shortOnCpu = device?.isCpuAdapter === true &&
+    opts.batch * opts.seqLen <= CPU_FUSED_MAX_TOKENS;
   const est = estimateMemory(cfg, {
-    ...memoryOptionsOf(args, wdt, limits),
-    hiraKernel: device && !device.isCpuAdapter ? "fused" : "materialized",
+    ...opts,
+    hiraKernel: gpu || shortOnCpu ? "fused" : "materialized",
+    hiraVariant: gpu ? "tiled" : "cpu",
   });
   const budget = args.memory_limit > 0 ? args.memory_limit * 2 ** 30 : undefined;
   const problems = checkMemory(est, limits, budget);

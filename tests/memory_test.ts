@@ -248,6 +248,33 @@ Deno.test("dry run report without a GPU uses WebGPU's default limits and says so
   assertEquals(r.estimate.tokens, 16 * 272);
 });
 
+Deno.test("dry run on a CPU rasterizer counts the HiRA path that runs for the call's tokens", () => {
+  const device = {
+    limits: WEBGPU_DEFAULT_LIMITS,
+    description: "llvmpipe",
+    hasF16: true,
+    isCpuAdapter: true,
+  };
+  const report = (batch: number, seqLen: number) =>
+    dryRunReport(
+      parseTrainArgs([
+        "--model=x",
+        "--peft_type=hira",
+        "--r_ab=32",
+        `--batch=${batch}`,
+        `--seq_len=${seqLen}`,
+        "--target_modules=q_proj,up_proj",
+      ]),
+      parseConfig(LLAMA3_8B),
+      "Meta-Llama-3-8B",
+      device,
+    ).text;
+  // 2 × 64 = 128 tokens per call: the fused kernels, whose CPU gradient partials are counted.
+  assertMatch(report(2, 64), /HiRA gradient partials \(up_proj\)/);
+  // 129 tokens and up: the materialised effective weight.
+  assertMatch(report(1, 129), /HiRA effective weight \(up_proj\)/);
+});
+
 Deno.test("train.ts --dry_run on a folder with only config.json prints the estimate, exit 0", async () => {
   await withTempDir(async (dir) => {
     await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(LLAMA3_8B));

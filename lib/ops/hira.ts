@@ -57,6 +57,12 @@ export interface HiraGradOptions {
   tileBlock?: number;
 }
 
+/**
+ * Tokens per call up to which HiRA's "auto" kernel choice runs the fused kernels on CPU
+ * rasterizers (lib/adapters.ts HiraAdapter.kernelFor; lib/memory.ts counts what that runs).
+ */
+export const CPU_FUSED_MAX_TOKENS = 128;
+
 const FILE = "hira.wgsl";
 const TILE = 64;
 /** Workgroups the CPU gradient kernel aims for (llvmpipe runs one workgroup per thread). */
