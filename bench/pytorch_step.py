@@ -340,6 +340,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
+            f.write("\n")
     ours = None
     if args.ours:
         with open(args.ours) as f:
