@@ -241,13 +241,14 @@ fn mm_w0tile(k: u32, n: u32) -> mat4x4<f32> {
     mm_w0row4(n + 3u, k)));
 }
 
-// Writes out[m, n..n+3] (those inside M×N), adding the old values with ACC.
-fn mm_store4(m: u32, n: u32, v: vec4<f32>) {
+// Writes out[m, n..n+3] (those inside M×N), adding the old values where add_old (ACC for the
+// kernels that write each output once; mm_cpu_strip has read them back already).
+fn mm_store4(m: u32, n: u32, v: vec4<f32>, add_old: bool) {
   if (m >= mp.M || n >= mp.N) { return; }
   let base = m * mp.N + n;
   if (VEC_N) {
     var w = v;
-    if (ACC) { w += m_out[base >> 2u]; }
+    if (add_old) { w += m_out[base >> 2u]; }
     m_out[base >> 2u] = w;
     return;
   }
@@ -255,7 +256,7 @@ fn mm_store4(m: u32, n: u32, v: vec4<f32>) {
     if (n + q < mp.N) {
       let i = base + q;
       var w = v[q];
-      if (ACC) { w += m_out[i >> 2u][i & 3u]; }
+      if (add_old) { w += m_out[i >> 2u][i & 3u]; }
       m_out[i >> 2u][i & 3u] = w;
     }
   }
@@ -313,11 +314,44 @@ fn mm_block_row(
   if (CB > 3u) { mac_block(c3, am, w3); }
 }
 
-fn mm_store_block(m: u32, n: u32, v: mat4x4<f32>) {
-  mm_store4(m, n, v[0]);
-  mm_store4(m + 1u, n, v[1]);
-  mm_store4(m + 2u, n, v[2]);
-  mm_store4(m + 3u, n, v[3]);
+fn mm_store_block(m: u32, n: u32, v: mat4x4<f32>, add_old: bool) {
+  mm_store4(m, n, v[0], add_old);
+  mm_store4(m + 1u, n, v[1], add_old);
+  mm_store4(m + 2u, n, v[2], add_old);
+  mm_store4(m + 3u, n, v[3], add_old);
+}
+
+// Stores a (4·RB)×(4·CB) register tile at (m0, n0): c{rb}{c} holds rows m0 + 4rb.., columns
+// n0 + 4c.. (the blocks past RB, CB are not stored).
+fn mm_store_tile(
+  m0: u32, n0: u32, add_old: bool,
+  c00: mat4x4<f32>, c01: mat4x4<f32>, c02: mat4x4<f32>, c03: mat4x4<f32>,
+  c10: mat4x4<f32>, c11: mat4x4<f32>, c12: mat4x4<f32>, c13: mat4x4<f32>,
+  c20: mat4x4<f32>, c21: mat4x4<f32>, c22: mat4x4<f32>, c23: mat4x4<f32>,
+  c30: mat4x4<f32>, c31: mat4x4<f32>, c32: mat4x4<f32>, c33: mat4x4<f32>,
+) {
+  mm_store_block(m0, n0, c00, add_old);
+  if (CB > 1u) { mm_store_block(m0, n0 + 4u, c01, add_old); }
+  if (CB > 2u) { mm_store_block(m0, n0 + 8u, c02, add_old); }
+  if (CB > 3u) { mm_store_block(m0, n0 + 12u, c03, add_old); }
+  if (RB > 1u) {
+    mm_store_block(m0 + 4u, n0, c10, add_old);
+    if (CB > 1u) { mm_store_block(m0 + 4u, n0 + 4u, c11, add_old); }
+    if (CB > 2u) { mm_store_block(m0 + 4u, n0 + 8u, c12, add_old); }
+    if (CB > 3u) { mm_store_block(m0 + 4u, n0 + 12u, c13, add_old); }
+  }
+  if (RB > 2u) {
+    mm_store_block(m0 + 8u, n0, c20, add_old);
+    if (CB > 1u) { mm_store_block(m0 + 8u, n0 + 4u, c21, add_old); }
+    if (CB > 2u) { mm_store_block(m0 + 8u, n0 + 8u, c22, add_old); }
+    if (CB > 3u) { mm_store_block(m0 + 8u, n0 + 12u, c23, add_old); }
+  }
+  if (RB > 3u) {
+    mm_store_block(m0 + 12u, n0, c30, add_old);
+    if (CB > 1u) { mm_store_block(m0 + 12u, n0 + 4u, c31, add_old); }
+    if (CB > 2u) { mm_store_block(m0 + 12u, n0 + 8u, c32, add_old); }
+    if (CB > 3u) { mm_store_block(m0 + 12u, n0 + 12u, c33, add_old); }
+  }
 }
 
 // The rank factor that is fixed along k for the 4·CB columns from n0, preloaded once per
@@ -417,28 +451,8 @@ fn mm_cpu(
     if (RB > 2u) { mm_block_row(&c20, &c21, &c22, &c23, m0 + 8u, k, w0, w1, w2, w3); }
     if (RB > 3u) { mm_block_row(&c30, &c31, &c32, &c33, m0 + 12u, k, w0, w1, w2, w3); }
   }
-  mm_store_block(m0, n0, c00);
-  if (CB > 1u) { mm_store_block(m0, n0 + 4u, c01); }
-  if (CB > 2u) { mm_store_block(m0, n0 + 8u, c02); }
-  if (CB > 3u) { mm_store_block(m0, n0 + 12u, c03); }
-  if (RB > 1u) {
-    mm_store_block(m0 + 4u, n0, c10);
-    if (CB > 1u) { mm_store_block(m0 + 4u, n0 + 4u, c11); }
-    if (CB > 2u) { mm_store_block(m0 + 4u, n0 + 8u, c12); }
-    if (CB > 3u) { mm_store_block(m0 + 4u, n0 + 12u, c13); }
-  }
-  if (RB > 2u) {
-    mm_store_block(m0 + 8u, n0, c20);
-    if (CB > 1u) { mm_store_block(m0 + 8u, n0 + 4u, c21); }
-    if (CB > 2u) { mm_store_block(m0 + 8u, n0 + 8u, c22); }
-    if (CB > 3u) { mm_store_block(m0 + 8u, n0 + 12u, c23); }
-  }
-  if (RB > 3u) {
-    mm_store_block(m0 + 12u, n0, c30);
-    if (CB > 1u) { mm_store_block(m0 + 12u, n0 + 4u, c31); }
-    if (CB > 2u) { mm_store_block(m0 + 12u, n0 + 8u, c32); }
-    if (CB > 3u) { mm_store_block(m0 + 12u, n0 + 12u, c33); }
-  }
+  mm_store_tile(m0, n0, ACC, c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31,
+    c32, c33);
 }
 
 // With VEC_K: the vec4 indices of act rows m..m+3 at k = 0 (rows past M clamped); they advance
@@ -530,23 +544,6 @@ fn mm_acc_start(m: u32, n: u32, fresh: bool) -> mat4x4<f32> {
   return mm_out_block(m, n);
 }
 
-// Writes out[m..m+3, n..n+3] (inside M×N) as is: mm_acc_start already read the old values.
-fn mm_put_out(m: u32, n: u32, v: mat4x4<f32>) {
-  for (var q = 0u; q < 4u; q++) {
-    let row = m + q;
-    if (row < mp.M && n < mp.N) {
-      let base = row * mp.N + n;
-      if (VEC_N) {
-        m_out[base >> 2u] = v[q];
-      } else {
-        for (var e = 0u; e < 4u; e++) {
-          if (n + e < mp.N) { m_out[(base + e) >> 2u][(base + e) & 3u] = v[q][e]; }
-        }
-      }
-    }
-  }
-}
-
 @compute @workgroup_size(8)
 fn mm_cpu_strip(
   @builtin(workgroup_id) wg: vec3<u32>,
@@ -626,28 +623,8 @@ fn mm_cpu_strip(
         if (RB > 3u) { mm_rows(&c30, &c31, &c32, &c33, mm_act_at(ao3, m0 + 12u, k), w0, w1, w2, w3); }
         ao0 += 1u; ao1 += 1u; ao2 += 1u; ao3 += 1u;
       }
-      mm_put_out(m0, n0, c00);
-      if (CB > 1u) { mm_put_out(m0, n0 + 4u, c01); }
-      if (CB > 2u) { mm_put_out(m0, n0 + 8u, c02); }
-      if (CB > 3u) { mm_put_out(m0, n0 + 12u, c03); }
-      if (RB > 1u) {
-        mm_put_out(m0 + 4u, n0, c10);
-        if (CB > 1u) { mm_put_out(m0 + 4u, n0 + 4u, c11); }
-        if (CB > 2u) { mm_put_out(m0 + 4u, n0 + 8u, c12); }
-        if (CB > 3u) { mm_put_out(m0 + 4u, n0 + 12u, c13); }
-      }
-      if (RB > 2u) {
-        mm_put_out(m0 + 8u, n0, c20);
-        if (CB > 1u) { mm_put_out(m0 + 8u, n0 + 4u, c21); }
-        if (CB > 2u) { mm_put_out(m0 + 8u, n0 + 8u, c22); }
-        if (CB > 3u) { mm_put_out(m0 + 8u, n0 + 12u, c23); }
-      }
-      if (RB > 3u) {
-        mm_put_out(m0 + 12u, n0, c30);
-        if (CB > 1u) { mm_put_out(m0 + 12u, n0 + 4u, c31); }
-        if (CB > 2u) { mm_put_out(m0 + 12u, n0 + 8u, c32); }
-        if (CB > 3u) { mm_put_out(m0 + 12u, n0 + 12u, c33); }
-      }
+      mm_store_tile(m0, n0, false, c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30,
+        c31, c32, c33);
     }
   }
 }
@@ -722,7 +699,7 @@ fn mm_tiled(
     workgroupBarrier();
   }
   for (var q = 0u; q < 4u; q++) {
-    mm_store4(row0 + lid.y * 4u + q, col0 + lid.x * 4u, acc[q]);
+    mm_store4(row0 + lid.y * 4u + q, col0 + lid.x * 4u, acc[q], ACC);
   }
 }
 
