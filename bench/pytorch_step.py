@@ -22,8 +22,9 @@ each per round, median of --reps), after two warm-up steps.
       [--reps=10] [--rank=32] [--device=cuda|cpu] [--dtype=float32|bfloat16] [--threads=N]
       [--json=FILE] [--ours=FILE]
 
---ours reads `deno task bench --json` output (its "train_step" section) and prints both side by
-side: ms/step here, ms/step there, and their ratio.
+--ours reads `deno task bench --json` outputs (comma-separated files; their "train_step" sections)
+and prints both side by side: ms/step here, ms/step there, and their ratio. A file that is missing,
+empty or not JSON (a bench run that was cut short) is reported and left out.
 """
 import argparse
 import json
@@ -326,7 +327,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--ours", help="`deno task bench --json` output to set beside these")
+    ap.add_argument("--ours", help="`deno task bench --json` outputs (comma-separated) to set beside")
     args = ap.parse_args(argv)
     args.configs = [c for c in args.configs.split(",") if c]
     args.methods = [m for m in args.methods.split(",") if m]
@@ -343,8 +344,13 @@ def main(argv=None):
             f.write("\n")
     ours = None
     if args.ours:
-        with open(args.ours) as f:
-            ours = json.load(f).get("train_step", {}).get("configs")
+        ours = {}
+        for path in args.ours.split(","):
+            try:
+                with open(path) as f:
+                    ours.update(json.load(f).get("train_step", {}).get("configs", {}))
+            except (OSError, ValueError) as e:
+                print(f"--ours: {path}: {e}", file=sys.stderr)
     print(table(res, ours))
 
 
