@@ -37,6 +37,28 @@ export interface AdapterConfig {
   keyStyle: "peft" | "reference";
 }
 
+/**
+ * The adapter config a run writes (PEFT key style): the CLI (lib/train_deno.ts) and the page
+ * (web/session.ts) both build theirs here.
+ */
+export function runAdapterConfig(
+  method: "hira" | "lora",
+  r: number,
+  targetModules: readonly string[],
+  lora: { alpha: number; dropout: number },
+  baseModel: string,
+): AdapterConfig {
+  return {
+    peftType: method === "hira" ? "HIRA" : "LORA",
+    r,
+    targetModules: [...targetModules],
+    loraAlpha: lora.alpha,
+    loraDropout: lora.dropout,
+    baseModel,
+    keyStyle: "peft",
+  };
+}
+
 /** Splits a --target_modules value: comma list, spaces trimmed, empties dropped. */
 export function parseTargetList(s: string | readonly string[]): string[] {
   const list = typeof s === "string" ? s.split(",") : [...s];

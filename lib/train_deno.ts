@@ -45,6 +45,7 @@ import {
   checkRank,
   matchTargets,
   parseTargetList,
+  runAdapterConfig,
   trainableShare,
 } from "./peft.ts";
 import { loadAdapterDir, writeAdapterDir } from "./peft_deno.ts";
@@ -297,15 +298,13 @@ export function bestCheckpointIn(runDir: string, saved: unknown, file: string): 
 }
 
 function adapterConfigOf(args: TrainArgs, modelDir: string): AdapterConfig {
-  return {
-    peftType: args.peft_type === "hira" ? "HIRA" : "LORA",
-    r: args.r_ab,
-    targetModules: parseTargetList(args.target_modules),
-    loraAlpha: args.lora_alpha,
-    loraDropout: args.lora_dropout,
-    baseModel: modelDir,
-    keyStyle: "peft",
-  };
+  return runAdapterConfig(
+    args.peft_type === "hira" ? "hira" : "lora",
+    args.r_ab,
+    parseTargetList(args.target_modules),
+    { alpha: args.lora_alpha, dropout: args.lora_dropout },
+    modelDir,
+  );
 }
 
 /** Throws NonFiniteError naming `name` when `data` holds a NaN or an infinity. */

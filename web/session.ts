@@ -48,7 +48,7 @@ import {
 import { mergeAdaptersInPlace } from "../lib/merge.ts";
 import { COMMONSENSE_TASKS } from "../lib/extract.ts";
 import { DEMO_LR, DEMO_PRESET } from "../lib/args.ts";
-import { parseTargetList } from "../lib/peft.ts";
+import { parseTargetList, runAdapterConfig } from "../lib/peft.ts";
 import {
   type AdapterFileBytes,
   adapterFileBytes,
@@ -125,17 +125,12 @@ export const DEFAULT_SETTINGS: Readonly<TrainSettings> = {
   loraDropout: 0.05,
 };
 
-/** The adapter config a run with these settings writes (lib/train_deno.ts's adapterConfigOf). */
+/** The adapter config a run with these settings writes (as the CLI's, lib/peft.ts). */
 export function adapterConfigFor(s: TrainSettings, baseModel: string): AdapterConfig {
-  return {
-    peftType: s.peftType === "hira" ? "HIRA" : "LORA",
-    r: s.r,
-    targetModules: [...s.targetModules],
-    loraAlpha: s.loraAlpha,
-    loraDropout: s.loraDropout,
-    baseModel,
-    keyStyle: "peft",
-  };
+  return runAdapterConfig(s.peftType, s.r, s.targetModules, {
+    alpha: s.loraAlpha,
+    dropout: s.loraDropout,
+  }, baseModel);
 }
 
 /** Replaces the model's adapters with fresh ones (kaiming A, zero B, as train.ts's default). */
