@@ -20,7 +20,7 @@ import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "./gpu.ts";
 import { toF32 } from "./ops/embedding.ts";
 import { matmul } from "./ops/matmul.ts";
 import {
-  CPU_FUSED_MAX_TOKENS,
+  cpuFusedMaxTokens,
   hiraDeltaWeight,
   hiraEffectiveWeight,
   hiraForwardFused,
@@ -237,8 +237,8 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
 
   /**
    * The kernel {@linkcode kernel} resolves to on this GPU for a forward or backward call on
-   * `tokens` tokens. "auto" on a CPU rasterizer takes the fused kernels up to 128 tokens
-   * (CPU_FUSED_MAX_TOKENS), where
+   * `tokens` tokens. "auto" on a CPU rasterizer takes the fused kernels up to 128 tokens on
+   * llvmpipe (16 on other CPU adapters: {@linkcode cpuFusedMaxTokens}), where
    * they measured on par with materialising or faster on lavapipe (r = 32, in 512, out 1376:
    * at 64 tokens forward 8.7 vs 8.9 ms, dX 8.0 vs 10.4, dA/dB 11.8 vs 14.3; at 128 within 7%
    * either way), and they write no out × in matrix; for longer batches the materialising path
@@ -249,7 +249,7 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
   kernelFor(tokens: number): HiraKernelResolved {
     if (this.kernel === "auto") {
       if (!this.gpu.isCpuAdapter) return "fused";
-      return tokens <= CPU_FUSED_MAX_TOKENS ? "fused" : "materialized";
+      return tokens <= cpuFusedMaxTokens(this.gpu.description) ? "fused" : "materialized";
     }
     if (!["fused", "materialized", "peft"].includes(this.kernel)) {
       throw new Error(`HiRA: unknown kernel ${this.kernel}`);

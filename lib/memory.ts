@@ -12,7 +12,7 @@
  * that is what the GPU really holds; `poolRounding: false` gives raw tensor bytes.
  * @module
  */
-import { CPU_FUSED_MAX_TOKENS, hiraGradScratchBytes } from "./ops/hira.ts";
+import { cpuFusedMaxTokens, hiraGradScratchBytes } from "./ops/hira.ts";
 import { BufferPool, DTYPE_BYTES, splitRows } from "./gpu.ts";
 import {
   baseParameterCount,
@@ -62,7 +62,7 @@ export interface MemoryOptions {
   weightDtype: WeightDtype;
   /**
    * HiRA kernels: "materialized" writes W0 ⊙ (1 + B·A) [out, in] (f32) as a temporary (what
-   * CPU rasterizers run for calls of more than CPU_FUSED_MAX_TOKENS tokens), "fused" never does
+   * CPU rasterizers run for calls of more tokens than cpuFusedMaxTokens), "fused" never does
    * (real GPUs, and CPU rasterizers for shorter calls). Default "materialized".
    */
   hiraKernel?: "materialized" | "fused";
@@ -527,7 +527,7 @@ export function dryRunReport(
   // (without a device, the materialising path: the larger for real models).
   const gpu = device !== null && device.isCpuAdapter !== true;
   const shortOnCpu = device?.isCpuAdapter === true &&
-    opts.batch * opts.seqLen <= CPU_FUSED_MAX_TOKENS;
+    opts.batch * opts.seqLen <= cpuFusedMaxTokens(device.description);
   const est = estimateMemory(cfg, {
     ...opts,
     hiraKernel: gpu || shortOnCpu ? "fused" : "materialized",

@@ -249,13 +249,13 @@ Deno.test("dry run report without a GPU uses WebGPU's default limits and says so
 });
 
 Deno.test("dry run on a CPU rasterizer counts the HiRA path that runs for the call's tokens", () => {
-  const device = {
+  const device = (description: string) => ({
     limits: WEBGPU_DEFAULT_LIMITS,
-    description: "llvmpipe",
+    description,
     hasF16: true,
     isCpuAdapter: true,
-  };
-  const report = (batch: number, seqLen: number) =>
+  });
+  const report = (batch: number, seqLen: number, adapter = "llvmpipe (LLVM 15.0.6, 256 bits)") =>
     dryRunReport(
       parseTrainArgs([
         "--model=x",
@@ -267,12 +267,15 @@ Deno.test("dry run on a CPU rasterizer counts the HiRA path that runs for the ca
       ]),
       parseConfig(LLAMA3_8B),
       "Meta-Llama-3-8B",
-      device,
+      device(adapter),
     ).text;
   // 2 × 64 = 128 tokens per call: the fused kernels, whose CPU gradient partials are counted.
   assertMatch(report(2, 64), /HiRA gradient partials \(up_proj\)/);
   // 129 tokens and up: the materialised effective weight.
   assertMatch(report(1, 129), /HiRA effective weight \(up_proj\)/);
+  // Other CPU adapters run the strip kernel nowhere: fused only up to 16 tokens.
+  assertMatch(report(1, 16, "google / swiftshader"), /HiRA gradient partials/);
+  assertMatch(report(2, 64, "google / swiftshader"), /HiRA effective weight/);
 });
 
 Deno.test("train.ts --dry_run on a folder with only config.json prints the estimate, exit 0", async () => {

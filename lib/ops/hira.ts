@@ -35,7 +35,8 @@ export interface HiraProductOptions {
   /**
    * "cpu" only: true streams the rows through per-invocation W_eff strips (mm_cpu_strip: the
    * factor is formed once per segment of rows), false forms the factor per register block of
-   * 16 rows (mm_cpu: no output round trips). Default: true above 16 rows.
+   * 16 rows (mm_cpu: no output round trips). Default: true above 16 rows on adapters where
+   * {@linkcode cpuStripSupported}.
    */
   cpuStrip?: boolean;
   /**
@@ -58,10 +59,24 @@ export interface HiraGradOptions {
 }
 
 /**
- * Tokens per call up to which HiRA's "auto" kernel choice runs the fused kernels on CPU
- * rasterizers (lib/adapters.ts HiraAdapter.kernelFor; lib/memory.ts counts what that runs).
+ * Whether the CPU strip kernel (mm_cpu_strip) runs on this adapter: it was measured on llvmpipe
+ * (lavapipe), where it is the fast fused product above 16 rows. Chromium's SwiftShader loses its
+ * device on it (Chromium 156; bisected to the loop over row blocks, not fixed), so other CPU
+ * adapters keep mm_cpu, which suits any number of rows but forms the factor per 16 of them.
  */
-export const CPU_FUSED_MAX_TOKENS = 128;
+export function cpuStripSupported(adapterDescription: string): boolean {
+  return /llvmpipe|lavapipe/i.test(adapterDescription);
+}
+
+/**
+ * Tokens per call up to which HiRA's "auto" kernel choice runs the fused kernels on a CPU
+ * rasterizer (lib/adapters.ts HiraAdapter.kernelFor; lib/memory.ts counts what that runs): 128
+ * where the strip kernel runs (on par with materialising or faster up to there on lavapipe), else
+ * 16 (mm_cpu's register block: decoding).
+ */
+export function cpuFusedMaxTokens(adapterDescription: string): number {
+  return cpuStripSupported(adapterDescription) ? 128 : CPU_FEW_ROWS;
+}
 
 const FILE = "hira.wgsl";
 const TILE = 64;
@@ -360,7 +375,8 @@ async function fusedProduct(
   const rb = variant === "cpu" ? block(M) : 1;
   // Columns per workgroup are 8 invocations × 4·CB: keep that within N's next multiple of 32.
   const cb = variant === "cpu" ? (N > 64 ? 4 : N > 32 ? 2 : 1) : 1;
-  const strip = variant === "cpu" && (opts.cpuStrip ?? M > CPU_FEW_ROWS);
+  const strip = variant === "cpu" &&
+    (opts.cpuStrip ?? (M > CPU_FEW_ROWS && cpuStripSupported(gpu.description)));
   const entry = variant === "tiled" ? "mm_tiled" : strip ? "mm_cpu_strip" : "mm_cpu";
   if (
     opts.cpuSegRows !== undefined && !(Number.isInteger(opts.cpuSegRows) && opts.cpuSegRows > 0)
