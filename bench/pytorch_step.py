@@ -143,7 +143,8 @@ class Llama(torch.nn.Module):
         }
         self.layers = torch.nn.ModuleList()
         for _ in range(cfg["num_hidden_layers"]):
-            layer = torch.nn.ModuleDict({p: Proj(w(*shapes[p]), method, r, gen) for p in PROJECTIONS})
+            layer = torch.nn.ModuleDict(
+                {p: Proj(w(*shapes[p]), method, r, gen) for p in PROJECTIONS})
             layer.norms = torch.nn.ParameterList([
                 torch.nn.Parameter(torch.ones(self.c, dtype=dtype), requires_grad=full)
                 for _ in range(2)
@@ -306,7 +307,8 @@ def table(res, ours=None):
             if not isinstance(r, dict):
                 continue
             if "skipped" in r:
-                lines.append(f"| {name} | {m} | skipped: {r['skipped']} | | |" + (" | |" if ours else ""))
+                blank = " | |" if ours else ""
+                lines.append(f"| {name} | {m} | skipped: {r['skipped']} | | |{blank}")
                 continue
             peak = f"{r['peak_bytes'] / 2**20:.1f}" if r.get("peak_bytes") else "n/a"
             row = f"| {name} | {m} | {r['ms']:.1f} | {r['tokens_per_s']:.0f} | {peak} |"
@@ -327,7 +329,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--ours", help="`deno task bench --json` outputs (comma-separated) to set beside")
+    ap.add_argument("--ours", help="`deno task bench --json` outputs (comma-separated)")
     args = ap.parse_args(argv)
     args.configs = [c for c in args.configs.split(",") if c]
     args.methods = [m for m in args.methods.split(",") if m]

@@ -618,9 +618,15 @@ fn mm_cpu_strip(
         if (CB > 3u) { w3 = s_strip[s + 3u]; }
         let k = k0 + kk;
         mm_rows(&c00, &c01, &c02, &c03, mm_act_at(ao0, m0, k), w0, w1, w2, w3);
-        if (RB > 1u) { mm_rows(&c10, &c11, &c12, &c13, mm_act_at(ao1, m0 + 4u, k), w0, w1, w2, w3); }
-        if (RB > 2u) { mm_rows(&c20, &c21, &c22, &c23, mm_act_at(ao2, m0 + 8u, k), w0, w1, w2, w3); }
-        if (RB > 3u) { mm_rows(&c30, &c31, &c32, &c33, mm_act_at(ao3, m0 + 12u, k), w0, w1, w2, w3); }
+        if (RB > 1u) {
+          mm_rows(&c10, &c11, &c12, &c13, mm_act_at(ao1, m0 + 4u, k), w0, w1, w2, w3);
+        }
+        if (RB > 2u) {
+          mm_rows(&c20, &c21, &c22, &c23, mm_act_at(ao2, m0 + 8u, k), w0, w1, w2, w3);
+        }
+        if (RB > 3u) {
+          mm_rows(&c30, &c31, &c32, &c33, mm_act_at(ao3, m0 + 12u, k), w0, w1, w2, w3);
+        }
         ao0 += 1u; ao1 += 1u; ao2 += 1u; ao3 += 1u;
       }
       mm_store_tile(m0, n0, false, c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30,

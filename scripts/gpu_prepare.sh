@@ -17,5 +17,6 @@ mkdir -p /tmp/amd64/partial
 # shellcheck disable=SC2086
 apt-get $o update -qq
 # shellcheck disable=SC2086
-(cd .gpu/debs && apt-get $o download -qq libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+(cd .gpu/debs && apt-get $o download -qq libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 \
+  libgles2)
 du -sh .gpu

@@ -26,7 +26,10 @@ fi
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 [ -e "$icd" ] && export VK_DRIVER_FILES="$icd"
 xz -dc .gpu/deno.xz > /tmp/deno-gpu && chmod +x /tmp/deno-gpu
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true; nproc; } > "$OUT/gpu.txt"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
+  nproc
+} > "$OUT/gpu.txt"
 export DENO_DIR=/tmp/deno-gpu-dir NO_COLOR=1 DENO_WEBGPU_BACKEND=${DENO_WEBGPU_BACKEND:-vulkan}
 bench=(/tmp/deno-gpu run -A --no-config --no-lock .gpu/bench.js --json)
 echo "ours: deno task bench (WebGPU) on $CONFIGS" >&2

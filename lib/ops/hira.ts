@@ -13,9 +13,10 @@
  *   invocation's 16 columns, so that they need no barrier) and one reduction dispatch.
  *
  * Each fused op has a "cpu" variant (CPU rasterizers: register blocks, vec4 loads, no barriers:
- * the product for more than 16 rows forms each invocation's W_eff strip once per segment of up to
- * 512 rows and streams the rows through it) and a "tiled" variant (real GPUs: 64×64 tiles in workgroup memory); "auto" picks by
- * {@linkcode Gpu.isCpuAdapter}. W0 may be an f16 tensor (read as f32).
+ * on llvmpipe the product for more than 16 rows forms each invocation's W_eff strip once per
+ * segment of up to 512 rows and streams the rows through it) and a "tiled" variant (real GPUs:
+ * 64×64 tiles in workgroup memory); "auto" picks by {@linkcode Gpu.isCpuAdapter}. W0 may be an
+ * f16 tensor (read as f32).
  * @module
  */
 import { type BufferWindow, cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
