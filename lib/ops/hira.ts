@@ -61,9 +61,10 @@ export interface HiraGradOptions {
 
 /**
  * Whether the CPU strip kernel (mm_cpu_strip) runs on this adapter: it was measured on llvmpipe
- * (lavapipe), where it is the fast fused product above 16 rows. Chromium's SwiftShader loses its
- * device on it (Chromium 156; bisected to the loop over row blocks, not fixed), so other CPU
- * adapters keep mm_cpu, which suits any number of rows but forms the factor per 16 of them.
+ * (lavapipe), where it is the fast fused product above 16 rows. Chromium's SwiftShader (156)
+ * loses its device compiling it: bisected to the 16 inlined block loads and stores inside its
+ * loop nest; storing through an array in a loop runs there but made lavapipe ~20% slower. So other
+ * CPU adapters keep mm_cpu, which suits any number of rows but forms the factor per 16 of them.
  */
 export function cpuStripSupported(adapterDescription: string): boolean {
   return /llvmpipe|lavapipe/i.test(adapterDescription);
