@@ -9,41 +9,12 @@
  * `--help` lists every flag. Bad input prints one line `error: <file>: <reason>` and exits 2.
  * @module
  */
-import { HiraError, isHiraError } from "./lib/errors.ts";
+import { isHiraError } from "./lib/errors.ts";
 import { evalMain } from "./lib/evaluate_deno.ts";
-import { setDefaultWeightDtype } from "./lib/model_deno.ts";
-
-/**
- * Takes `--weight_dtype=auto|f32|f16` (storage of the frozen matrices, default f32) out of argv
- * and applies it to every model this process loads; returns the other arguments.
- */
-function weightDtypeFlag(argv: readonly string[]): string[] {
-  const rest: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const m = /^--weight_dtype(?:=(.*))?$/.exec(argv[i]);
-    if (!m) {
-      rest.push(argv[i]);
-      continue;
-    }
-    const v = m[1] ?? argv[++i];
-    if (v !== "auto" && v !== "f32" && v !== "f16") {
-      throw new HiraError("--weight_dtype", `'${v}' is not auto, f32 or f16`);
-    }
-    setDefaultWeightDtype(v);
-  }
-  return rest;
-}
 
 if (import.meta.main) {
   try {
-    const argv = weightDtypeFlag(Deno.args);
-    await evalMain(argv);
-    if (argv.includes("--help") || argv.includes("-h")) {
-      console.log(
-        "  --weight_dtype     auto | f32 | f16: storage of the frozen weight matrices" +
-          " (default f32; auto: f16 with shader-f16)",
-      );
-    }
+    await evalMain(Deno.args);
   } catch (e) {
     if (isHiraError(e)) {
       console.error(`error: ${e.message}`);

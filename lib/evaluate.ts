@@ -34,6 +34,7 @@ import { KvCacheDecoder, recomputeStep } from "./decode.ts";
 import type { LlamaModel } from "./model.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import type { TemplateType } from "./prompt.ts";
+import type { WeightDtypeFlag } from "./load.ts";
 import type { ConvAI2Scores, DialogueRecord } from "./metrics.ts";
 import { barChart } from "./svg.ts";
 
@@ -87,6 +88,8 @@ export interface EvalArgs {
   merge: boolean;
   /** Which checkpoint of a run folder supplies best_model_checkpoint (-1 = latest). */
   load_order: number;
+  /** Storage of the frozen weight matrices ("auto": f16 where the adapter has shader-f16). */
+  weight_dtype: WeightDtypeFlag;
   help: boolean;
 }
 
@@ -172,6 +175,12 @@ const EVAL_FLAGS: readonly EvalFlag[] = [
     type: "number",
     def: -1,
     help: "which checkpoint of a run folder names the best one (-1 = latest)",
+  },
+  {
+    name: "weight_dtype",
+    type: "string",
+    def: "f32",
+    help: "auto | f32 | f16: storage of the frozen weight matrices (auto: f16 with shader-f16)",
   },
 ];
 
@@ -280,6 +289,9 @@ export function parseEvalArgs(argv: readonly string[]): EvalArgs {
   if (!(a.threshold >= 0)) throw flagError("threshold", "must be a non-negative number");
   if (a.decoding !== "default" && a.decoding !== "greedy") {
     throw flagError("decoding", `'${a.decoding}' is not one of default, greedy`);
+  }
+  if (!["auto", "f32", "f16"].includes(a.weight_dtype)) {
+    throw flagError("weight_dtype", `'${a.weight_dtype}' is not auto, f32 or f16`);
   }
   if (a.dtype !== null && !["f32", "f16", "bf16"].includes(a.dtype)) {
     throw flagError("dtype", `'${a.dtype}' is not one of f32, f16, bf16`);

@@ -14,6 +14,7 @@ import type { LlamaModel } from "./model.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { loadTokenizer } from "./tokenizer_deno.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "./model_deno.ts";
+import { resolveWeightDtype } from "./load.ts";
 import type { AdapterConfig } from "./peft.ts";
 import { openAdapterDir } from "./peft_deno.ts";
 import { loadAdapters } from "./attach.ts";
@@ -173,7 +174,9 @@ export interface EvalModel {
 }
 
 /** Flags {@linkcode openEvalModel} uses. */
-export type ModelFlags = Pick<EvalArgs, "ckpt" | "model" | "tokenizer" | "load_order" | "merge">;
+export type ModelFlags =
+  & Pick<EvalArgs, "ckpt" | "model" | "tokenizer" | "load_order" | "merge">
+  & Partial<Pick<EvalArgs, "weight_dtype">>;
 
 /**
  * The base model folder for an adapter: `--model`, else the adapter config's
@@ -232,7 +235,9 @@ export async function openEvalModel(
         );
       }
     }
-    const model = await loadModelDir(gpu, modelDir);
+    const model = await loadModelDir(gpu, modelDir, {
+      weightDtype: resolveWeightDtype(f.weight_dtype ?? "f32", gpu.hasF16, false),
+    });
     let merge: MergeHandle | null = null;
     if (ad) {
       await loadAdapters(model, ad.config, ad.weights);

@@ -7,7 +7,7 @@ import { join } from "@std/path";
 import type { Gpu } from "./gpu.ts";
 import { HiraError, parseJson } from "./errors.ts";
 import { type LlamaConfig, parseConfig } from "./config.ts";
-import { loadModel, type LoadOptions, resolveWeightDtype, type WeightDtypeFlag } from "./load.ts";
+import { loadModel, type LoadOptions } from "./load.ts";
 import type { LlamaModel } from "./model.ts";
 import { openModelWeights } from "./safetensors_deno.ts";
 
@@ -34,20 +34,7 @@ export async function readConfig(dir: string): Promise<LlamaConfig> {
   return parseConfig(parseJson(text, file), file);
 }
 
-let processWeightDtype: WeightDtypeFlag = "f32";
-
-/**
- * Sets the weight dtype {@linkcode loadModelDir} uses when its caller names none (eval.ts's
- * --weight_dtype; "auto" resolves per device). The default is f32.
- */
-export function setDefaultWeightDtype(flag: WeightDtypeFlag): void {
-  processWeightDtype = flag;
-}
-
-/**
- * Loads a Hugging Face model folder onto the GPU (f32, or f16 matrices per `opts`, else per
- * {@linkcode setDefaultWeightDtype}).
- */
+/** Loads a Hugging Face model folder onto the GPU (f32, or f16 matrices per `opts`). */
 export async function loadModelDir(
   gpu: Gpu,
   dir: string,
@@ -55,9 +42,8 @@ export async function loadModelDir(
 ): Promise<LlamaModel> {
   const cfg = await readConfig(dir);
   const ws = await openModelWeights(dir);
-  const weightDtype = opts.weightDtype ?? resolveWeightDtype(processWeightDtype, gpu.hasF16, false);
   try {
-    return await loadModel(gpu, cfg, ws, { ...opts, weightDtype });
+    return await loadModel(gpu, cfg, ws, opts);
   } finally {
     ws.close();
   }

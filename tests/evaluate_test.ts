@@ -68,6 +68,8 @@ Deno.test("flags: defaults, the --dataset alias, and one-line errors naming the 
   assertEquals(a.merge, true);
   assertEquals(a.predictions, []);
   assertEquals(a.data_root, "data_file");
+  assertEquals(a.weight_dtype, "f32");
+  assertEquals(parseEvalArgs(["boolq", "--weight_dtype", "auto"]).weight_dtype, "auto");
   assertEquals(parseEvalArgs(["--dataset=piqa"]).command, "piqa");
   assertEquals(parseEvalArgs(["all", "--no-merge"]).merge, false);
   assertEquals(
@@ -84,6 +86,7 @@ Deno.test("flags: defaults, the --dataset alias, and one-line errors naming the 
     [["boolq", "--limit=x"], "--limit: 'x' is not a number"],
     [["boolq", "--decoding=sample"], "--decoding: 'sample' is not one of"],
     [["merge", "--dtype=f64"], "--dtype: 'f64' is not one of"],
+    [["boolq", "--weight_dtype=bf16"], "--weight_dtype: 'bf16' is not auto, f32 or f16"],
     [["piqa", "--dataset=boolq"], "--dataset: 'boolq' contradicts"],
     [["boolq", "piqa"], "piqa: unexpected argument"],
   ];
@@ -92,6 +95,20 @@ Deno.test("flags: defaults, the --dataset alias, and one-line errors naming the 
     assert(isHiraError(e), `${argv}: not a HiraError`);
     assertStringIncludes((e as Error).message, msg);
   }
+});
+
+Deno.test("--weight_dtype sets how the evaluated model's frozen matrices are stored", async () => {
+  const gpu = await testGpu();
+  const flags = { ckpt: null, model: FIX + "model", tokenizer: null, load_order: -1, merge: true };
+  for (const wdt of ["f32", "f16"] as const) {
+    const em = await openEvalModel(gpu, { ...flags, weight_dtype: wdt }, false);
+    assertEquals(em.model.weights.layers[0].proj.q_proj.dtype, wdt);
+    em.model.release();
+  }
+  // The default (no flag) stays f32.
+  const em = await openEvalModel(gpu, flags, false);
+  assertEquals(em.model.weights.layers[0].proj.q_proj.dtype, "f32");
+  em.model.release();
 });
 
 Deno.test("decoding settings, tags and file names follow the reference", () => {
