@@ -18,8 +18,8 @@
 //   memory for real GPUs.
 //
 // Every entry of this file is compiled with the defines WTYPE (f32 or the half type), DX, ACC,
-// RANK, RB, CB, NB (= RB·CB), BL (= RANK·CB), KS, SL (= KS/4·CB), SW (= 8·SL), VEC_K, VEC_IN,
-// VEC_R, VEC_N; entries ignore the ones they do not use (the host passes fixed values for them).
+// RANK, RB, CB, BL (= RANK·CB), KS, VEC_K, VEC_IN, VEC_R, VEC_N; entries ignore the ones they do
+// not use (the host passes fixed values for them).
 
 fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
   return gid.x + gid.y * nwg.x * 256u;
@@ -245,21 +245,28 @@ fn mm_w0tile(k: u32, n: u32) -> mat4x4<f32> {
 // kernels that write each output once; mm_cpu_strip has read them back already).
 fn mm_store4(m: u32, n: u32, v: vec4<f32>, add_old: bool) {
   if (m >= mp.M || n >= mp.N) { return; }
+  var w = v;
+  if (add_old) { w += mm_out4(m, n); }
   let base = m * mp.N + n;
   if (VEC_N) {
-    var w = v;
-    if (add_old) { w += m_out[base >> 2u]; }
     m_out[base >> 2u] = w;
     return;
   }
   for (var q = 0u; q < 4u; q++) {
-    if (n + q < mp.N) {
-      let i = base + q;
-      var w = v[q];
-      if (add_old) { w += m_out[i >> 2u][i & 3u]; }
-      m_out[i >> 2u][i & 3u] = w;
-    }
+    if (n + q < mp.N) { m_out[(base + q) >> 2u][(base + q) & 3u] = w[q]; }
   }
+}
+
+// out[m, n..n+3] (zero outside M×N).
+fn mm_out4(m: u32, n: u32) -> vec4<f32> {
+  if (m >= mp.M || n >= mp.N) { return vec4(0.0); }
+  let base = m * mp.N + n;
+  if (VEC_N) { return m_out[base >> 2u]; }
+  var v: vec4<f32>;
+  for (var q = 0u; q < 4u; q++) {
+    if (n + q < mp.N) { v[q] = m_out[(base + q) >> 2u][(base + q) & 3u]; }
+  }
+  return v;
 }
 
 // One output row of a 4×4 block: acc + Σ_kk x[kk]·w[kk].
@@ -517,25 +524,14 @@ fn mm_row(
 // invocation group and barrier), which made a kernel that shared one W_eff tile per workgroup
 // ~1.5× slower than the matmul kernel.
 const KS: u32 = {{KS}}u;
-const SL: u32 = {{SL}}u;
+const SL: u32 = KS / 4u * CB;
 // Invocation lx's strip: s_strip[lx·SL + (kk/4)·CB + c] = op(W_eff)[k0 + kk..+3, n0 + 4c..+3]
 // (column kk % 4 is one k). Each invocation reads only what it wrote, so no barrier is needed.
-var<workgroup> s_strip: array<mat4x4<f32>, {{SW}}>;
+var<workgroup> s_strip: array<mat4x4<f32>, 8u * SL>;
 
 // out[m..m+3, n..n+3] (column q is row m+q; zero outside M×N).
 fn mm_out_block(m: u32, n: u32) -> mat4x4<f32> {
   return mat4x4<f32>(mm_out4(m, n), mm_out4(m + 1u, n), mm_out4(m + 2u, n), mm_out4(m + 3u, n));
-}
-
-fn mm_out4(m: u32, n: u32) -> vec4<f32> {
-  if (m >= mp.M || n >= mp.N) { return vec4(0.0); }
-  let base = m * mp.N + n;
-  if (VEC_N) { return m_out[base >> 2u]; }
-  var v: vec4<f32>;
-  for (var q = 0u; q < 4u; q++) {
-    if (n + q < mp.N) { v[q] = m_out[(base + q) >> 2u][(base + q) & 3u]; }
-  }
-  return v;
 }
 
 // The accumulator block at (m, n) before a chunk: zero for the first chunk unless ACC.

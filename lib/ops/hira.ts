@@ -171,8 +171,6 @@ function spec(entry: string, bindings: KernelSpec["bindings"], d: Partial<Define
       CB: full.CB,
       BL: full.RANK * full.CB,
       KS: full.KS,
-      SL: (full.KS / 4) * full.CB,
-      SW: 8 * (full.KS / 4) * full.CB,
       VEC_K: String(full.VEC_K),
       VEC_IN: String(full.VEC_IN),
       VEC_R: String(full.VEC_R),
