@@ -242,9 +242,8 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
    * they measured on par with materialising or faster on lavapipe (r = 32, in 512, out 1376:
    * at 64 tokens forward 8.7 vs 8.9 ms, dX 8.0 vs 10.4, dA/dB 11.8 vs 14.3; at 128 within 7%
    * either way), and they write no out × in matrix; for longer batches the materialising path
-   * stays, ~10–15% faster per op there (the fused product reads its W_eff strips from workgroup
-   * memory and round-trips the output once per 64 k; the fused dA/dB walks G in 8-invocation
-   * workgroups, with less cache reuse than the matmul kernel's).
+   * stays, ~10–15% faster per op there (the fused product forms its factor once per 512-row
+   * segment and round-trips the output once per 64 k; materialising forms W_eff once per call).
    */
   kernelFor(tokens: number): HiraKernelResolved {
     if (this.kernel === "auto") {

@@ -495,7 +495,7 @@ export interface DeviceInfo {
   limits: MemoryLimits;
   description: string;
   hasF16: boolean;
-  /** CPU rasterizer (HiRA then materialises W_eff for calls of more than 128 tokens). */
+  /** CPU rasterizer (HiRA then materialises W_eff for calls longer than cpuFusedMaxTokens). */
   isCpuAdapter?: boolean;
 }
 
