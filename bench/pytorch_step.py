@@ -212,7 +212,7 @@ def peft_library_model(cfg, method, r, dtype, device):
 
 
 class Prepared:
-    def __init__(self, name, cfg, seqs, method, r, dtype, device):
+    def __init__(self, cfg, seqs, method, r, dtype, device):
         note = None
         if method.startswith("peft-"):
             model, note = peft_library_model(cfg, method, r, dtype, device)
@@ -263,7 +263,7 @@ def run(args):
         for m in args.methods:
             print(f"  pytorch {name} {m}: warm-up", file=sys.stderr)
             try:
-                prepared[m] = Prepared(name, cfg, seqs, m, args.rank, dtype, device)
+                prepared[m] = Prepared(cfg, seqs, m, args.rank, dtype, device)
             except LookupError as e:
                 res[m] = {"skipped": str(e)}
         times = {m: [] for m in prepared}
@@ -333,9 +333,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.configs = [c for c in args.configs.split(",") if c]
     args.methods = [m for m in args.methods.split(",") if m]
+    known = bench_configs()
     for c in args.configs:
-        if c not in bench_configs():
-            ap.error(f"--configs: unknown config {c!r} (known: {', '.join(bench_configs())})")
+        if c not in known:
+            ap.error(f"--configs: unknown config {c!r} (known: {', '.join(known)})")
     for m in args.methods:
         if m not in METHODS:
             ap.error(f"--methods: unknown method {m!r} (known: {', '.join(METHODS)})")
