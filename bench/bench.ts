@@ -6,7 +6,7 @@
  *   deno task bench [--only=matmul[,...]] [--json] [--sizes=512,1024,2048]
  *                   [--peers=jax-js webgpu,tfjs wasm] [--variants=auto,tiled] [--per-submit=4]
  *                   [--train-configs=tiny,llama-4x512] [--train-methods=hira,lora,...]
- *                   [--train-reps=3] [--train-rank=32]
+ *                   [--train-reps=3] [--train-rank=32] [--train-profile]
  *
  * Other processes on the machine change every number here (a CPU rasterizer uses every core):
  * run with -A to have each timing record the CPU share others took meanwhile.
@@ -31,7 +31,7 @@ type Args = ReturnType<typeof parse>;
 
 function parse(argv: string[]) {
   return parseArgs(argv, {
-    boolean: ["json", "help"],
+    boolean: ["json", "help", "train-profile"],
     string: [
       "only",
       "sizes",
@@ -100,6 +100,7 @@ const SECTIONS: Section[] = [
         methods: methods as TrainMethod[] | undefined,
         reps: num(args["train-reps"]),
         rank: num(args["train-rank"]),
+        profile: args["train-profile"],
         log,
       });
     },
@@ -115,7 +116,7 @@ async function main(argv: string[]): Promise<void> {
         "] [--json] [--sizes=512,1024,2048] [--peers=...] [--variants=auto,cpu,tiled]" +
         " [--per-submit=4] [--decode-tokens=24] [--weight-dtype=f32|f16]" +
         " [--train-configs=tiny,llama-4x512] [--train-methods=" + TRAIN_METHODS.join(",") +
-        "] [--train-reps=3] [--train-rank=32]",
+        "] [--train-reps=3] [--train-rank=32] [--train-profile]",
     );
     return;
   }

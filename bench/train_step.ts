@@ -32,6 +32,7 @@ import type { Batch } from "../lib/model.ts";
 import type { HiraVariant } from "../lib/ops/hira.ts";
 import { Rng } from "../lib/rand.ts";
 import { Trainer } from "../lib/trainer.ts";
+import { type DispatchProfile, formatProfile, profileDispatches } from "./profile.ts";
 
 /** The methods the benchmark knows. */
 export const TRAIN_METHODS = [
@@ -66,6 +67,8 @@ export interface TrainStepTiming {
   kernel?: string;
   /** 1-minute load average after the method ran (other processes share the CPU). */
   loadavg?: number;
+  /** Per-kernel times of one more step (bench/profile.ts), with `profile`. */
+  profile?: DispatchProfile;
   /** Set instead of the numbers when the method failed. */
   error?: string;
 }
@@ -109,6 +112,11 @@ export interface TrainStepBenchOptions {
   reps?: number;
   /** Adapter rank (default 32). */
   rank?: number;
+  /**
+   * After the timed rounds, profile one more step of each method per kernel (bench/profile.ts:
+   * every dispatch replayed alone).
+   */
+  profile?: boolean;
   /** Progress lines. */
   log?: (line: string) => void;
 }
@@ -221,6 +229,7 @@ interface Prepared {
   peakBytes: number;
   peakActivationBytes: number;
   kernel?: string;
+  profile(): Promise<DispatchProfile>;
   close(): void;
 }
 
@@ -275,6 +284,7 @@ async function prepare(
       peakBytes: gpu.pool.bytesCreated,
       peakActivationBytes: model.peakActivationBytes,
       kernel,
+      profile: () => profileDispatches(gpu, () => trainer.trainStep([batch]).then(() => {})),
       close: () => gpu.destroy(),
     };
   } catch (e) {
@@ -322,6 +332,7 @@ export async function benchTrainStep(
     // turn, `reps` rounds), so that load from other processes hits all methods alike.
     const ready = new Map<TrainMethod, Prepared>();
     const times = new Map<TrainMethod, number[]>();
+    const profiles = new Map<TrainMethod, DispatchProfile>();
     try {
       for (const m of methods) {
         log(`train_step ${name} ${m}: warm-up`);
@@ -341,6 +352,12 @@ export async function benchTrainStep(
         }
         log(`train_step ${name}: round ${i + 1}/${reps} done`);
       }
+      if (opts.profile) {
+        for (const [m, p] of ready) {
+          log(`train_step ${name} ${m}: profile`);
+          profiles.set(m, await p.profile());
+        }
+      }
     } finally {
       for (const p of ready.values()) p.close();
     }
@@ -357,6 +374,7 @@ export async function benchTrainStep(
         peakActivationBytes: p.peakActivationBytes,
         kernel: p.kernel,
         loadavg: loadavg(),
+        profile: profiles.get(m),
       };
     }
     const t = (m: TrainMethod) => res.methods[m]?.ms;
@@ -400,6 +418,9 @@ export function formatTrainStep(r: TrainStepBenchResult): string {
       `hira_over_lora ${f(c.hira_over_lora)} (FLOP ratio ${f(c.hira_over_lora_flops)}); ` +
         `PEFT-style / hira ${f(c.peft_over_hira)}, / fused hira ${f(c.peft_over_fused_hira)}`,
     );
+    for (const [m, t] of Object.entries(c.methods)) {
+      if (t.profile) lines.push("", `${name} ${m} per kernel:`, "", formatProfile(t.profile));
+    }
   }
   return lines.join("\n");
 }

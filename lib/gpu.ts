@@ -266,6 +266,15 @@ export class Gpu {
   dispatches = 0;
   /** Number of submits since creation. */
   submits = 0;
+  /**
+   * Called with every dispatch as it is recorded (tensors given as their buffer windows), so a
+   * profiler can replay the same dispatches one at a time (bench/profile.ts).
+   */
+  onDispatch?: (
+    kernel: Kernel,
+    args: readonly (BufferWindow | readonly UniformValue[])[],
+    workgroups: readonly [number, number?, number?],
+  ) => void;
 
   #sources = new Map<string, Promise<string>>();
   #kernels = new Map<string, Kernel>();
@@ -586,6 +595,11 @@ export class Gpu {
       }
       return { binding, resource: { buffer: w.buffer, offset: w.offset, size: w.size } };
     });
+    this.onDispatch?.(
+      kernel,
+      args.map((a) => a instanceof Tensor ? a.window : a as BufferWindow | UniformValue[]),
+      workgroups,
+    );
     const bindGroup = this.device.createBindGroup({ layout: kernel.layout, entries });
     if (!this.#pass) this.#pass = this.#enc().beginComputePass();
     this.#pass.setPipeline(kernel.pipeline);
