@@ -5,12 +5,12 @@
 # scripts/gpu_prepare.sh, with .gpu carried; on the device tool:
 #   run(command="bash scripts/gpu_side_by_side.sh", carry=[".gpu"], timeout_s=560)
 # Results go to $OUT (default .gpu/out), 8 files: gpu.txt; ours.json + ours.log (deno task bench
-# --json: matmul, decode, train_step on $CONFIGS); ours_big.json + ours_big.log (train_step on
-# $BIG_CONFIGS, run apart so that a slow big config cannot lose the rest); pytorch.json +
-# pytorch.log; side_by_side.md (the table for the README). CONFIGS (default tiny,llama-4x512),
-# BIG_CONFIGS (default llama-8x2048; empty skips it), REPS (10), BIG_REPS (5), BENCH_ARGS (more
-# bench flags, e.g. --sizes=512), PYTHON and OURS_TIMEOUT / BIG_TIMEOUT / TORCH_TIMEOUT (seconds)
-# override the defaults, which are sized for one 10-minute call.
+# --json: matmul, decode, train_step with per-kernel profiles on $CONFIGS); ours_big.json +
+# ours_big.log (the same on $BIG_CONFIGS, run apart so that a slow big config cannot lose the
+# rest); pytorch.json + pytorch.log; side_by_side.md (the table for the README). CONFIGS (default
+# tiny,llama-4x512), BIG_CONFIGS (default llama-8x2048; empty skips it), REPS (10), BIG_REPS (5),
+# BENCH_ARGS (more bench flags, e.g. --sizes=512), PYTHON and OURS_TIMEOUT / BIG_TIMEOUT /
+# TORCH_TIMEOUT (seconds) override the defaults, which are sized for one 10-minute call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.gpu/out}
@@ -35,14 +35,14 @@ bench=(/tmp/deno-gpu run -A --no-config --no-lock .gpu/bench.js --json)
 echo "ours: deno task bench (WebGPU) on $CONFIGS" >&2
 # shellcheck disable=SC2086
 timeout "${OURS_TIMEOUT:-240}" "${bench[@]}" --only=matmul,train_step,decode \
-  --peers="jax-js webgpu,tfjs webgpu" --train-configs="$CONFIGS" --train-reps="$REPS" \
+  --peers="jax-js webgpu,tfjs webgpu" --train-configs="$CONFIGS" --train-reps="$REPS" --train-profile \
   ${BENCH_ARGS:-} > "$OUT/ours.json" 2> "$OUT/ours.log"
 echo "ours: exit $?" >&2
 ours="$OUT/ours.json"
 if [ -n "$BIG_CONFIGS" ]; then
   echo "ours: train_step on $BIG_CONFIGS" >&2
   timeout "${BIG_TIMEOUT:-150}" "${bench[@]}" --only=train_step --train-configs="$BIG_CONFIGS" \
-    --train-reps="$BIG_REPS" > "$OUT/ours_big.json" 2> "$OUT/ours_big.log"
+    --train-reps="$BIG_REPS" --train-profile > "$OUT/ours_big.json" 2> "$OUT/ours_big.log"
   echo "ours: exit $?" >&2
   ours="$ours,$OUT/ours_big.json"
 fi
