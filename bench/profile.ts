@@ -55,10 +55,10 @@ function uniformText(args: Recorded[1]): string {
   ).join(" ");
 }
 
-async function emptySubmit(gpu: Gpu): Promise<number> {
+/** Wall time of submitting what is recorded (maybe nothing) and waiting for it. */
+async function timedSync(gpu: Gpu): Promise<number> {
   const t0 = performance.now();
-  gpu.flush();
-  await gpu.device.queue.onSubmittedWorkDone();
+  await gpu.sync();
   return performance.now() - t0;
 }
 
@@ -84,29 +84,26 @@ export async function profileDispatches(
   const batchedMs = performance.now() - t0;
   await gpu.sync();
   const empty: number[] = [];
-  for (let i = 0; i < 9; i++) empty.push(await emptySubmit(gpu));
+  for (let i = 0; i < 9; i++) empty.push(await timedSync(gpu));
   const awaitMs = empty.sort((a, b) => a - b)[4];
   const rows = new Map<string, ProfileRow>();
-  for (let round = 0; round < Math.max(1, rounds); round++) {
-    const counted = round === Math.max(1, rounds) - 1;
+  const total = Math.max(1, rounds);
+  for (let round = 0; round < total; round++) {
     for (const [kernel, args, workgroups] of recorded) {
-      const s = performance.now();
       gpu.dispatch(kernel, args, workgroups);
-      gpu.flush();
-      await gpu.device.queue.onSubmittedWorkDone();
-      const ms = Math.max(0, performance.now() - s - awaitMs);
-      if (!counted) continue;
-      const [file, entry, ...defines] = kernel.key.split("#");
+      const ms = Math.max(0, await timedSync(gpu) - awaitMs);
+      if (round < total - 1) continue;
       const uniforms = uniformText(args);
       const key = kernel.key + " " + uniforms;
+      const name = `${kernel.spec.file}#${kernel.spec.entry}`;
       const row = rows.get(key) ??
-        { kernel: `${file}#${entry}`, defines: defines.join("#"), uniforms, calls: 0, ms: 0 };
+        // The key is the name, "#", the defines (lib/gpu.ts kernelKey).
+        { kernel: name, defines: kernel.key.slice(name.length + 1), uniforms, calls: 0, ms: 0 };
       row.calls++;
       row.ms += ms;
       rows.set(key, row);
     }
   }
-  gpu.checkLost();
   const sorted = [...rows.values()].sort((a, b) => b.ms - a.ms);
   return {
     batchedMs,

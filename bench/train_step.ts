@@ -273,18 +273,19 @@ async function prepare(
       maxGradNorm: 1,
       totalSteps: 1000,
     });
+    const step = async () => {
+      await trainer.trainStep([batch]);
+    };
     // Two warm-up steps: the first compiles, the second fills the pool's steady state.
-    await trainer.trainStep([batch]);
-    await trainer.trainStep([batch]);
+    await step();
+    await step();
     return {
-      step: async () => {
-        await trainer.trainStep([batch]);
-      },
+      step,
       tokens: batch.tokens.length,
       peakBytes: gpu.pool.bytesCreated,
       peakActivationBytes: model.peakActivationBytes,
       kernel,
-      profile: () => profileDispatches(gpu, () => trainer.trainStep([batch]).then(() => {})),
+      profile: () => profileDispatches(gpu, step),
       close: () => gpu.destroy(),
     };
   } catch (e) {

@@ -25,8 +25,10 @@ export type BindingKind = "uniform" | "read" | "rw";
 
 /** A compiled compute kernel: one entry point of one WGSL file with its binding layout. */
 export interface Kernel {
-  /** Cache key (file, entry, defines). */
+  /** Cache key (file, entry, defines): {@linkcode kernelKey} of `spec`. */
   readonly key: string;
+  /** What it was compiled from. */
+  readonly spec: KernelSpec;
   readonly pipeline: GPUComputePipeline;
   readonly layout: GPUBindGroupLayout;
   readonly bindings: readonly BindingKind[];
@@ -45,6 +47,14 @@ export interface KernelSpec {
    * value. Used for tile sizes and element types, which WGSL `override` cannot express.
    */
   defines?: Record<string, string | number>;
+}
+
+/** The compiled-kernel cache key of a spec: "file#entry#NAME=value,..." with the defines sorted. */
+export function kernelKey(spec: KernelSpec): string {
+  const defs = spec.defines ?? {};
+  return `${spec.file}#${spec.entry}#${
+    Object.keys(defs).sort().map((k) => `${k}=${defs[k]}`).join(",")
+  }`;
 }
 
 /** A window of a GPU buffer bound to a kernel. */
@@ -360,10 +370,7 @@ export class Gpu {
    * and the WGSL compiler's messages.
    */
   async kernel(spec: KernelSpec): Promise<Kernel> {
-    const defs = spec.defines ?? {};
-    const key = `${spec.file}#${spec.entry}#${
-      Object.keys(defs).sort().map((k) => `${k}=${defs[k]}`).join(",")
-    }`;
+    const key = kernelKey(spec);
     const done = this.#kernels.get(key);
     if (done) return done;
     let p = this.#pending.get(key);
@@ -376,11 +383,7 @@ export class Gpu {
 
   /** A kernel compiled earlier by {@linkcode kernel}, or undefined. Synchronous. */
   cached(spec: KernelSpec): Kernel | undefined {
-    const defs = spec.defines ?? {};
-    const key = `${spec.file}#${spec.entry}#${
-      Object.keys(defs).sort().map((k) => `${k}=${defs[k]}`).join(",")
-    }`;
-    return this.#kernels.get(key);
+    return this.#kernels.get(kernelKey(spec));
   }
 
   /**
@@ -445,7 +448,7 @@ export class Gpu {
     });
     const err = await this.device.popErrorScope();
     if (err) throw new Error(`pipeline for kernels/${spec.file} (${spec.entry}): ${err.message}`);
-    const kernel: Kernel = { key, pipeline, layout, bindings: spec.bindings };
+    const kernel: Kernel = { key, spec, pipeline, layout, bindings: spec.bindings };
     this.#kernels.set(key, kernel);
     this.#pending.delete(key);
     return kernel;
