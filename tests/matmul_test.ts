@@ -21,8 +21,10 @@ const LAYOUTS = [
 const tag = (l: { transA: boolean; transB: boolean }) =>
   `${l.transA ? "T" : "N"}${l.transB ? "T" : "N"}`;
 
-// Shapes [M, N, K]: degenerate, thin (HiRA ranks; narrow outputs are computed transposed by the
-// CPU kernel), ragged and tile/vec4-aligned.
+// Shapes [M, N, K]: degenerate, thin (HiRA ranks), ragged and tile/vec4-aligned. The CPU kernel
+// computes an output narrower than M and than one workgroup's columns (128 aligned, 64 ragged)
+// transposed: [37, 29, 13], [70, 36, 8], [96, 92, 16] and the N ≤ 8 ones are; [65, 67, 71],
+// [130, 128, 8] and [40, 136, 40] are not.
 const SHAPES: [number, number, number][] = [
   [1, 1, 1],
   [1, 37, 13],
@@ -33,6 +35,8 @@ const SHAPES: [number, number, number][] = [
   [40, 136, 40],
   [70, 36, 8],
   [33, 8, 96],
+  [96, 92, 16],
+  [130, 128, 8],
 ];
 
 /** f32 accumulation error grows like sqrt(K) for inputs in [-1, 1]. */
@@ -294,6 +298,36 @@ Deno.test("matmul: shape errors are clear", async () => {
   const huge = gpu.empty([rows, 64]), w = gpu.empty([8, 64]);
   await assertRejects(() => matmul(gpu, huge, w, { transB: true }), Error, "split it");
   releaseAll([a, b, b3, a3, small, b57, huge, w]);
+});
+
+Deno.test("matmul cpu: outputs narrower than M and one workgroup's columns run transposed", async () => {
+  const gpu = await testGpu();
+  // [M, N, K, transB, whether the kernel computes Cᵀ]: LoRA's and HiRA's rank-32 products are
+  // narrow; 128 aligned (64 ragged) columns fill a workgroup; N ≥ M never swaps.
+  const cases: [number, number, number, boolean, boolean][] = [
+    [300, 32, 20, true, true],
+    [300, 96, 20, false, true],
+    [300, 128, 20, false, false],
+    [300, 65, 20, false, false],
+    [300, 63, 20, false, true],
+    [40, 64, 20, false, false],
+  ];
+  for (const [M, N, K, transB, swapped] of cases) {
+    const av = randn(M * K, 61), bv = randn(K * N, 62);
+    const a = gpu.upload(av, [M, K]), b = gpu.upload(bv, shapeB(K, N, transB));
+    let transC: string | number | undefined;
+    gpu.onDispatch = (kernel) => transC = kernel.spec.defines?.TRANS_C;
+    let c: Tensor;
+    try {
+      c = await matmul(gpu, a, b, { transB, variant: "cpu" });
+    } finally {
+      gpu.onDispatch = undefined;
+    }
+    const label = `${M}x${N}x${K}`;
+    assertEquals(transC, String(swapped), label);
+    assertClose(await gpu.read(c), matmulRef(av, bv, M, N, K, { transB }), { ...tol(K), label });
+    releaseAll([a, b, c]);
+  }
 });
 
 Deno.test("matmul: variant choice by adapter; a forced subgroup kernel needs the feature", async () => {
