@@ -239,11 +239,12 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
    * The kernel {@linkcode kernel} resolves to on this GPU for a forward or backward call on
    * `tokens` tokens. "auto" on a CPU rasterizer takes the fused kernels up to 128 tokens on
    * llvmpipe (16 on other CPU adapters: {@linkcode cpuFusedMaxTokens}), where
-   * they measured on par with materialising or faster on lavapipe (r = 32, in 512, out 1376:
-   * at 64 tokens forward 8.7 vs 8.9 ms, dX 8.0 vs 10.4, dA/dB 11.8 vs 14.3; at 128 within 7%
-   * either way), and they write no out × in matrix; for longer batches the materialising path
-   * stays, ~10–15% faster per op there (the fused product forms its factor once per 512-row
-   * segment and round-trips the output once per 64 k; materialising forms W_eff once per call).
+   * they measured on par with materialising on lavapipe (r = 32, in 512, out 1376, 64 tokens:
+   * forward 8.2 vs 8.4 ms, dX 10.1 vs 9.6; dA/dB 13.1 vs 10.3 since narrow matmuls run
+   * transposed, so a training call is ~10% slower) and write no out × in matrix; for longer
+   * batches the materialising path stays, ~10–15% faster per op there (the fused product forms
+   * its factor once per 512-row segment and round-trips the output once per 64 k; materialising
+   * forms W_eff once per call).
    */
   kernelFor(tokens: number): HiraKernelResolved {
     if (this.kernel === "auto") {
