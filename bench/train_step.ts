@@ -261,7 +261,9 @@ async function prepare(
           const h = ad as HiraAdapter;
           h.kernel = hk;
           h.variant = variant;
-          kernel = h.kernelFor(batch.tokens.length);
+          const fwd = h.kernelFor(batch.tokens.length);
+          const bwd = h.kernelFor(batch.tokens.length, "backward");
+          kernel = fwd === bwd ? fwd : `${fwd} forward, ${bwd} backward`;
         }
       }
     }

@@ -113,9 +113,9 @@ export interface AdapterOptions {
  *   reference's order of operations);
  * - "peft": PEFT's formulation, y = x·W0ᵀ + x·Dᵀ with D = W0 ⊙ (B·A) materialised, backward as
  *   its autograd does it (dX = dY·W0 + dY·D, dD = dYᵀ·X); a benchmark baseline;
- * - "auto": "fused" on GPUs; on CPU rasterizers "fused" for short batches (decoding, short
- *   prompts) and "materialized" otherwise, which measured faster there (see
- *   {@linkcode HiraAdapter.kernelFor}).
+ * - "auto": "fused" on GPUs; on CPU rasterizers a "fused" forward for short batches (decoding,
+ *   short prompts) and "materialized" otherwise, and a "materialized" backward, which measured
+ *   faster there (see {@linkcode HiraAdapter.kernelFor}).
  */
 export type HiraKernel = "auto" | "fused" | "materialized" | "peft";
 
@@ -237,18 +237,20 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
 
   /**
    * The kernel {@linkcode kernel} resolves to on this GPU for a forward or backward call on
-   * `tokens` tokens. "auto" on a CPU rasterizer takes the fused kernels up to 128 tokens on
-   * llvmpipe (16 on other CPU adapters: {@linkcode cpuFusedMaxTokens}), where
-   * they measured on par with materialising on lavapipe (r = 32, in 512, out 1376, 64 tokens:
-   * forward 8.2 vs 8.4 ms, dX 10.1 vs 9.6; dA/dB 13.1 vs 10.3 since narrow matmuls run
-   * transposed, so a training call is ~10% slower) and write no out × in matrix; for longer
-   * batches the materialising path stays, ~10–15% faster per op there (the fused product forms
-   * its factor once per 512-row segment and round-trips the output once per 64 k; materialising
-   * forms W_eff once per call).
+   * `tokens` tokens. "auto" is "fused" on GPUs. On a CPU rasterizer the forward is fused up to
+   * 128 tokens on llvmpipe (16 on other CPU adapters: {@linkcode cpuFusedMaxTokens}: decoding,
+   * prompts, short batches), where it measured on par with materialising on lavapipe (r = 32,
+   * in 512, out 1376, 64 tokens: 8.2 vs 8.4 ms) and writes no out × in matrix, and materialised
+   * above that, where materialising is ~10–15% faster (the fused product forms its factor once
+   * per 512-row segment and round-trips the output once per 64 k; materialising forms W_eff once
+   * per call). The backward materialises at every length on a CPU rasterizer: since narrow
+   * matmuls run transposed, dA/dB through dYᵀ·X and two rank-r products beat the fused gradient
+   * kernel at 8 to 1,024 tokens (64 tokens: dA/dB 10.3 vs 13.1 ms, dX 9.6 vs 10.1).
    */
-  kernelFor(tokens: number): HiraKernelResolved {
+  kernelFor(tokens: number, pass: "forward" | "backward" = "forward"): HiraKernelResolved {
     if (this.kernel === "auto") {
       if (!this.gpu.isCpuAdapter) return "fused";
+      if (pass === "backward") return "materialized";
       return tokens <= cpuFusedMaxTokens(this.gpu.description) ? "fused" : "materialized";
     }
     if (!["fused", "materialized", "peft"].includes(this.kernel)) {
@@ -297,7 +299,7 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
     const n = this.check(x, w0, "HiRA backward");
     checkShape("HiRA backward dy", dy, [n, this.outFeatures]);
     const gpu = this.gpu;
-    const kernel = this.kernelFor(n);
+    const kernel = this.kernelFor(n, "backward");
     const accumulate = opts.accumulateDx ?? false;
     if (kernel === "fused") {
       await hiraWeightGradsFused(gpu, x, dy, w0, this.a, this.b, this.gradA, this.gradB, {

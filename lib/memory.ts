@@ -12,7 +12,7 @@
  * that is what the GPU really holds; `poolRounding: false` gives raw tensor bytes.
  * @module
  */
-import { cpuFusedMaxTokens, hiraGradScratchBytes } from "./ops/hira.ts";
+import { hiraGradScratchBytes } from "./ops/hira.ts";
 import { BufferPool, DTYPE_BYTES, splitRows } from "./gpu.ts";
 import {
   baseParameterCount,
@@ -62,8 +62,7 @@ export interface MemoryOptions {
   weightDtype: WeightDtype;
   /**
    * HiRA kernels: "materialized" writes W0 ⊙ (1 + B·A) [out, in] (f32) as a temporary (what
-   * CPU rasterizers run for calls of more tokens than cpuFusedMaxTokens), "fused" never does
-   * (real GPUs, and CPU rasterizers for shorter calls). Default "materialized".
+   * CPU rasterizers' backward runs), "fused" never does (real GPUs). Default "materialized".
    */
   hiraKernel?: "materialized" | "fused";
   /** Fused HiRA kernel family, which sizes the gradient partials (default "tiled"). */
@@ -495,7 +494,7 @@ export interface DeviceInfo {
   limits: MemoryLimits;
   description: string;
   hasF16: boolean;
-  /** CPU rasterizer (HiRA then materialises W_eff for calls longer than cpuFusedMaxTokens). */
+  /** CPU rasterizer (HiRA's backward then materialises W_eff and dYᵀ·X). */
   isCpuAdapter?: boolean;
 }
 
@@ -523,14 +522,13 @@ export function dryRunReport(
     ? "f32"
     : args.weight_dtype;
   const opts = memoryOptionsOf(args, wdt, limits);
-  // What HiraAdapter's "auto" runs: fused on GPUs, and on CPU rasterizers for short calls
-  // (without a device, the materialising path: the larger for real models).
+  // What HiraAdapter's "auto" runs in training: fused on GPUs; on CPU rasterizers the backward
+  // materialises at any length (without a device, the materialising path: the larger for real
+  // models).
   const gpu = device !== null && device.isCpuAdapter !== true;
-  const shortOnCpu = device?.isCpuAdapter === true &&
-    opts.batch * opts.seqLen <= cpuFusedMaxTokens(device.description);
   const est = estimateMemory(cfg, {
     ...opts,
-    hiraKernel: gpu || shortOnCpu ? "fused" : "materialized",
+    hiraKernel: gpu ? "fused" : "materialized",
     hiraVariant: gpu ? "tiled" : "cpu",
   });
   const budget = args.memory_limit > 0 ? args.memory_limit * 2 ** 30 : undefined;

@@ -1,6 +1,7 @@
 import { assert, assertEquals, assertNotEquals } from "@std/assert";
 import {
   createAdapter,
+  type HiraAdapter,
   hiraEffectiveWeight,
   type HiraKernel,
   type LinearAdapter,
@@ -207,6 +208,37 @@ Deno.test("every HiRA kernel mode (fused cpu/tiled, materialized, PEFT) matches"
       }, mode);
     }
   }
+});
+
+Deno.test("HiRA auto kernel: fused on GPUs; on CPU rasterizers a short fused forward only", async () => {
+  const gpu = await testGpu();
+  const hira = (kernel?: HiraKernel) =>
+    createAdapter(gpu, "HIRA", {
+      inFeatures: 8,
+      outFeatures: 4,
+      r: 2,
+      rng: new Rng(3),
+      hiraKernel: kernel,
+    }) as HiraAdapter;
+  const auto = hira();
+  // The same adapter seen from a GPU and from CPU rasterizers (kernelFor reads only these).
+  const on = (description: string, isCpuAdapter: boolean) =>
+    Object.create(auto, { gpu: { value: { description, isCpuAdapter } } }) as HiraAdapter;
+  const lavapipe = on("llvmpipe (LLVM 15.0.6, 256 bits)", true);
+  assertEquals(lavapipe.kernelFor(128), "fused");
+  assertEquals(lavapipe.kernelFor(129), "materialized");
+  assertEquals(lavapipe.kernelFor(8, "backward"), "materialized");
+  const swiftshader = on("google / swiftshader", true);
+  assertEquals(swiftshader.kernelFor(16), "fused");
+  assertEquals(swiftshader.kernelFor(17), "materialized");
+  assertEquals(swiftshader.kernelFor(16, "backward"), "materialized");
+  const gpuAdapter = on("nvidia", false);
+  assertEquals(gpuAdapter.kernelFor(100_000), "fused");
+  assertEquals(gpuAdapter.kernelFor(100_000, "backward"), "fused");
+  // A forced kernel is used as it is, whatever the adapter and pass.
+  const forced = hira("fused");
+  assertEquals(forced.kernelFor(4096, "backward"), "fused");
+  for (const ad of [auto, forced]) ad.release();
 });
 
 Deno.test("LoRA forward and backward match the f64 reference (no dropout)", async () => {
