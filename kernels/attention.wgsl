@@ -135,6 +135,365 @@ fn attn_fwd_rows(
   lse[row] = select(0.0, m + log(l), l > 0.0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// CPU blocked rows kernels (*_rows4): as the *_rows kernels, but each invocation owns 4
+// consecutive tokens of one head (dk/dv: 4 consecutive keys of one KV head), so every K/V row
+// (or Q/dO row) it loads from memory serves 4 rows of work. A row of D = 16·CH floats is held in
+// a Row of CH 4×4 matrices: named members, never indexed at run time, so llvmpipe keeps them out
+// of memory (a private array indexed in a loop lives in memory there and made this kernel ~4×
+// slower). Needs D % 16 == 0 and D <= 128 (the wrapper picks the *_rows kernels otherwise).
+// ---------------------------------------------------------------------------------------------
+
+const CH: u32 = {{CH}}u;
+
+struct Row {
+  c0: mat4x4<f32>,
+  c1: mat4x4<f32>,
+  c2: mat4x4<f32>,
+  c3: mat4x4<f32>,
+  c4: mat4x4<f32>,
+  c5: mat4x4<f32>,
+  c6: mat4x4<f32>,
+  c7: mat4x4<f32>,
+}
+
+// An element as a vec4 and back: the identity when ELEM is vec4<f32>, which is the only case the
+// blocked kernels run in (the module also compiles with ELEM = f32 for the other entries).
+fn v4(x: {{ELEM}}) -> vec4<f32> {
+  return vec4<f32>(x);
+}
+
+fn el(x: vec4<f32>) -> {{ELEM}} {
+  return {{VEC4_TO_ELEM}};
+}
+
+fn mdot(a: mat4x4<f32>, b: mat4x4<f32>) -> vec4<f32> {
+  return fma(a[3], b[3], fma(a[2], b[2], fma(a[1], b[1], a[0] * b[0])));
+}
+
+// Σ a ⊙ b over the row.
+fn row_dot(a: Row, b: Row) -> f32 {
+  var s = mdot(a.c0, b.c0);
+  if (CH > 1u) { s += mdot(a.c1, b.c1); }
+  if (CH > 2u) { s += mdot(a.c2, b.c2); }
+  if (CH > 3u) { s += mdot(a.c3, b.c3); }
+  if (CH > 4u) { s += mdot(a.c4, b.c4); }
+  if (CH > 5u) { s += mdot(a.c5, b.c5); }
+  if (CH > 6u) { s += mdot(a.c6, b.c6); }
+  if (CH > 7u) { s += mdot(a.c7, b.c7); }
+  return s.x + s.y + s.z + s.w;
+}
+
+// y + a·x.
+fn row_axpy(y: Row, a: f32, x: Row) -> Row {
+  var r: Row;
+  r.c0 = y.c0 + x.c0 * a;
+  if (CH > 1u) { r.c1 = y.c1 + x.c1 * a; }
+  if (CH > 2u) { r.c2 = y.c2 + x.c2 * a; }
+  if (CH > 3u) { r.c3 = y.c3 + x.c3 * a; }
+  if (CH > 4u) { r.c4 = y.c4 + x.c4 * a; }
+  if (CH > 5u) { r.c5 = y.c5 + x.c5 * a; }
+  if (CH > 6u) { r.c6 = y.c6 + x.c6 * a; }
+  if (CH > 7u) { r.c7 = y.c7 + x.c7 * a; }
+  return r;
+}
+
+// a·x.
+fn row_scale(x: Row, a: f32) -> Row {
+  var r: Row;
+  return row_axpy(r, a, x);
+}
+
+fn row_q(b: u32) -> Row {
+  var r: Row;
+  r.c0 = mat4x4<f32>(v4(q[b]), v4(q[b + 1u]), v4(q[b + 2u]), v4(q[b + 3u]));
+  if (CH > 1u) { r.c1 = mat4x4<f32>(v4(q[b + 4u]), v4(q[b + 5u]), v4(q[b + 6u]), v4(q[b + 7u])); }
+  if (CH > 2u) { r.c2 = mat4x4<f32>(v4(q[b + 8u]), v4(q[b + 9u]), v4(q[b + 10u]), v4(q[b + 11u])); }
+  if (CH > 3u) { r.c3 = mat4x4<f32>(v4(q[b + 12u]), v4(q[b + 13u]), v4(q[b + 14u]), v4(q[b + 15u])); }
+  if (CH > 4u) { r.c4 = mat4x4<f32>(v4(q[b + 16u]), v4(q[b + 17u]), v4(q[b + 18u]), v4(q[b + 19u])); }
+  if (CH > 5u) { r.c5 = mat4x4<f32>(v4(q[b + 20u]), v4(q[b + 21u]), v4(q[b + 22u]), v4(q[b + 23u])); }
+  if (CH > 6u) { r.c6 = mat4x4<f32>(v4(q[b + 24u]), v4(q[b + 25u]), v4(q[b + 26u]), v4(q[b + 27u])); }
+  if (CH > 7u) { r.c7 = mat4x4<f32>(v4(q[b + 28u]), v4(q[b + 29u]), v4(q[b + 30u]), v4(q[b + 31u])); }
+  return r;
+}
+fn row_k(b: u32) -> Row {
+  var r: Row;
+  r.c0 = mat4x4<f32>(v4(k[b]), v4(k[b + 1u]), v4(k[b + 2u]), v4(k[b + 3u]));
+  if (CH > 1u) { r.c1 = mat4x4<f32>(v4(k[b + 4u]), v4(k[b + 5u]), v4(k[b + 6u]), v4(k[b + 7u])); }
+  if (CH > 2u) { r.c2 = mat4x4<f32>(v4(k[b + 8u]), v4(k[b + 9u]), v4(k[b + 10u]), v4(k[b + 11u])); }
+  if (CH > 3u) { r.c3 = mat4x4<f32>(v4(k[b + 12u]), v4(k[b + 13u]), v4(k[b + 14u]), v4(k[b + 15u])); }
+  if (CH > 4u) { r.c4 = mat4x4<f32>(v4(k[b + 16u]), v4(k[b + 17u]), v4(k[b + 18u]), v4(k[b + 19u])); }
+  if (CH > 5u) { r.c5 = mat4x4<f32>(v4(k[b + 20u]), v4(k[b + 21u]), v4(k[b + 22u]), v4(k[b + 23u])); }
+  if (CH > 6u) { r.c6 = mat4x4<f32>(v4(k[b + 24u]), v4(k[b + 25u]), v4(k[b + 26u]), v4(k[b + 27u])); }
+  if (CH > 7u) { r.c7 = mat4x4<f32>(v4(k[b + 28u]), v4(k[b + 29u]), v4(k[b + 30u]), v4(k[b + 31u])); }
+  return r;
+}
+fn row_v(b: u32) -> Row {
+  var r: Row;
+  r.c0 = mat4x4<f32>(v4(v[b]), v4(v[b + 1u]), v4(v[b + 2u]), v4(v[b + 3u]));
+  if (CH > 1u) { r.c1 = mat4x4<f32>(v4(v[b + 4u]), v4(v[b + 5u]), v4(v[b + 6u]), v4(v[b + 7u])); }
+  if (CH > 2u) { r.c2 = mat4x4<f32>(v4(v[b + 8u]), v4(v[b + 9u]), v4(v[b + 10u]), v4(v[b + 11u])); }
+  if (CH > 3u) { r.c3 = mat4x4<f32>(v4(v[b + 12u]), v4(v[b + 13u]), v4(v[b + 14u]), v4(v[b + 15u])); }
+  if (CH > 4u) { r.c4 = mat4x4<f32>(v4(v[b + 16u]), v4(v[b + 17u]), v4(v[b + 18u]), v4(v[b + 19u])); }
+  if (CH > 5u) { r.c5 = mat4x4<f32>(v4(v[b + 20u]), v4(v[b + 21u]), v4(v[b + 22u]), v4(v[b + 23u])); }
+  if (CH > 6u) { r.c6 = mat4x4<f32>(v4(v[b + 24u]), v4(v[b + 25u]), v4(v[b + 26u]), v4(v[b + 27u])); }
+  if (CH > 7u) { r.c7 = mat4x4<f32>(v4(v[b + 28u]), v4(v[b + 29u]), v4(v[b + 30u]), v4(v[b + 31u])); }
+  return r;
+}
+fn row_dout(b: u32) -> Row {
+  var r: Row;
+  r.c0 = mat4x4<f32>(v4(dout[b]), v4(dout[b + 1u]), v4(dout[b + 2u]), v4(dout[b + 3u]));
+  if (CH > 1u) { r.c1 = mat4x4<f32>(v4(dout[b + 4u]), v4(dout[b + 5u]), v4(dout[b + 6u]), v4(dout[b + 7u])); }
+  if (CH > 2u) { r.c2 = mat4x4<f32>(v4(dout[b + 8u]), v4(dout[b + 9u]), v4(dout[b + 10u]), v4(dout[b + 11u])); }
+  if (CH > 3u) { r.c3 = mat4x4<f32>(v4(dout[b + 12u]), v4(dout[b + 13u]), v4(dout[b + 14u]), v4(dout[b + 15u])); }
+  if (CH > 4u) { r.c4 = mat4x4<f32>(v4(dout[b + 16u]), v4(dout[b + 17u]), v4(dout[b + 18u]), v4(dout[b + 19u])); }
+  if (CH > 5u) { r.c5 = mat4x4<f32>(v4(dout[b + 20u]), v4(dout[b + 21u]), v4(dout[b + 22u]), v4(dout[b + 23u])); }
+  if (CH > 6u) { r.c6 = mat4x4<f32>(v4(dout[b + 24u]), v4(dout[b + 25u]), v4(dout[b + 26u]), v4(dout[b + 27u])); }
+  if (CH > 7u) { r.c7 = mat4x4<f32>(v4(dout[b + 28u]), v4(dout[b + 29u]), v4(dout[b + 30u]), v4(dout[b + 31u])); }
+  return r;
+}
+fn store_out(b: u32, r: Row, s: f32) {
+  out[b + 0u] = el(r.c0[0] * s); out[b + 1u] = el(r.c0[1] * s); out[b + 2u] = el(r.c0[2] * s); out[b + 3u] = el(r.c0[3] * s);
+  if (CH > 1u) { out[b + 4u] = el(r.c1[0] * s); out[b + 5u] = el(r.c1[1] * s); out[b + 6u] = el(r.c1[2] * s); out[b + 7u] = el(r.c1[3] * s); }
+  if (CH > 2u) { out[b + 8u] = el(r.c2[0] * s); out[b + 9u] = el(r.c2[1] * s); out[b + 10u] = el(r.c2[2] * s); out[b + 11u] = el(r.c2[3] * s); }
+  if (CH > 3u) { out[b + 12u] = el(r.c3[0] * s); out[b + 13u] = el(r.c3[1] * s); out[b + 14u] = el(r.c3[2] * s); out[b + 15u] = el(r.c3[3] * s); }
+  if (CH > 4u) { out[b + 16u] = el(r.c4[0] * s); out[b + 17u] = el(r.c4[1] * s); out[b + 18u] = el(r.c4[2] * s); out[b + 19u] = el(r.c4[3] * s); }
+  if (CH > 5u) { out[b + 20u] = el(r.c5[0] * s); out[b + 21u] = el(r.c5[1] * s); out[b + 22u] = el(r.c5[2] * s); out[b + 23u] = el(r.c5[3] * s); }
+  if (CH > 6u) { out[b + 24u] = el(r.c6[0] * s); out[b + 25u] = el(r.c6[1] * s); out[b + 26u] = el(r.c6[2] * s); out[b + 27u] = el(r.c6[3] * s); }
+  if (CH > 7u) { out[b + 28u] = el(r.c7[0] * s); out[b + 29u] = el(r.c7[1] * s); out[b + 30u] = el(r.c7[2] * s); out[b + 31u] = el(r.c7[3] * s); }
+}
+fn store_dq(b: u32, r: Row, s: f32) {
+  dq[b + 0u] = el(r.c0[0] * s); dq[b + 1u] = el(r.c0[1] * s); dq[b + 2u] = el(r.c0[2] * s); dq[b + 3u] = el(r.c0[3] * s);
+  if (CH > 1u) { dq[b + 4u] = el(r.c1[0] * s); dq[b + 5u] = el(r.c1[1] * s); dq[b + 6u] = el(r.c1[2] * s); dq[b + 7u] = el(r.c1[3] * s); }
+  if (CH > 2u) { dq[b + 8u] = el(r.c2[0] * s); dq[b + 9u] = el(r.c2[1] * s); dq[b + 10u] = el(r.c2[2] * s); dq[b + 11u] = el(r.c2[3] * s); }
+  if (CH > 3u) { dq[b + 12u] = el(r.c3[0] * s); dq[b + 13u] = el(r.c3[1] * s); dq[b + 14u] = el(r.c3[2] * s); dq[b + 15u] = el(r.c3[3] * s); }
+  if (CH > 4u) { dq[b + 16u] = el(r.c4[0] * s); dq[b + 17u] = el(r.c4[1] * s); dq[b + 18u] = el(r.c4[2] * s); dq[b + 19u] = el(r.c4[3] * s); }
+  if (CH > 5u) { dq[b + 20u] = el(r.c5[0] * s); dq[b + 21u] = el(r.c5[1] * s); dq[b + 22u] = el(r.c5[2] * s); dq[b + 23u] = el(r.c5[3] * s); }
+  if (CH > 6u) { dq[b + 24u] = el(r.c6[0] * s); dq[b + 25u] = el(r.c6[1] * s); dq[b + 26u] = el(r.c6[2] * s); dq[b + 27u] = el(r.c6[3] * s); }
+  if (CH > 7u) { dq[b + 28u] = el(r.c7[0] * s); dq[b + 29u] = el(r.c7[1] * s); dq[b + 30u] = el(r.c7[2] * s); dq[b + 31u] = el(r.c7[3] * s); }
+}
+fn store_dk(b: u32, r: Row, s: f32) {
+  dk[b + 0u] = el(r.c0[0] * s); dk[b + 1u] = el(r.c0[1] * s); dk[b + 2u] = el(r.c0[2] * s); dk[b + 3u] = el(r.c0[3] * s);
+  if (CH > 1u) { dk[b + 4u] = el(r.c1[0] * s); dk[b + 5u] = el(r.c1[1] * s); dk[b + 6u] = el(r.c1[2] * s); dk[b + 7u] = el(r.c1[3] * s); }
+  if (CH > 2u) { dk[b + 8u] = el(r.c2[0] * s); dk[b + 9u] = el(r.c2[1] * s); dk[b + 10u] = el(r.c2[2] * s); dk[b + 11u] = el(r.c2[3] * s); }
+  if (CH > 3u) { dk[b + 12u] = el(r.c3[0] * s); dk[b + 13u] = el(r.c3[1] * s); dk[b + 14u] = el(r.c3[2] * s); dk[b + 15u] = el(r.c3[3] * s); }
+  if (CH > 4u) { dk[b + 16u] = el(r.c4[0] * s); dk[b + 17u] = el(r.c4[1] * s); dk[b + 18u] = el(r.c4[2] * s); dk[b + 19u] = el(r.c4[3] * s); }
+  if (CH > 5u) { dk[b + 20u] = el(r.c5[0] * s); dk[b + 21u] = el(r.c5[1] * s); dk[b + 22u] = el(r.c5[2] * s); dk[b + 23u] = el(r.c5[3] * s); }
+  if (CH > 6u) { dk[b + 24u] = el(r.c6[0] * s); dk[b + 25u] = el(r.c6[1] * s); dk[b + 26u] = el(r.c6[2] * s); dk[b + 27u] = el(r.c6[3] * s); }
+  if (CH > 7u) { dk[b + 28u] = el(r.c7[0] * s); dk[b + 29u] = el(r.c7[1] * s); dk[b + 30u] = el(r.c7[2] * s); dk[b + 31u] = el(r.c7[3] * s); }
+}
+fn store_dv(b: u32, r: Row, s: f32) {
+  dv[b + 0u] = el(r.c0[0] * s); dv[b + 1u] = el(r.c0[1] * s); dv[b + 2u] = el(r.c0[2] * s); dv[b + 3u] = el(r.c0[3] * s);
+  if (CH > 1u) { dv[b + 4u] = el(r.c1[0] * s); dv[b + 5u] = el(r.c1[1] * s); dv[b + 6u] = el(r.c1[2] * s); dv[b + 7u] = el(r.c1[3] * s); }
+  if (CH > 2u) { dv[b + 8u] = el(r.c2[0] * s); dv[b + 9u] = el(r.c2[1] * s); dv[b + 10u] = el(r.c2[2] * s); dv[b + 11u] = el(r.c2[3] * s); }
+  if (CH > 3u) { dv[b + 12u] = el(r.c3[0] * s); dv[b + 13u] = el(r.c3[1] * s); dv[b + 14u] = el(r.c3[2] * s); dv[b + 15u] = el(r.c3[3] * s); }
+  if (CH > 4u) { dv[b + 16u] = el(r.c4[0] * s); dv[b + 17u] = el(r.c4[1] * s); dv[b + 18u] = el(r.c4[2] * s); dv[b + 19u] = el(r.c4[3] * s); }
+  if (CH > 5u) { dv[b + 20u] = el(r.c5[0] * s); dv[b + 21u] = el(r.c5[1] * s); dv[b + 22u] = el(r.c5[2] * s); dv[b + 23u] = el(r.c5[3] * s); }
+  if (CH > 6u) { dv[b + 24u] = el(r.c6[0] * s); dv[b + 25u] = el(r.c6[1] * s); dv[b + 26u] = el(r.c6[2] * s); dv[b + 27u] = el(r.c6[3] * s); }
+  if (CH > 7u) { dv[b + 28u] = el(r.c7[0] * s); dv[b + 29u] = el(r.c7[1] * s); dv[b + 30u] = el(r.c7[2] * s); dv[b + 31u] = el(r.c7[3] * s); }
+}
+// Online softmax state of one query row.
+struct Soft {
+  m: f32,
+  l: f32,
+}
+
+// Adds key score x (if the key is in the row's range) to the state; returns the key's weight and
+// rescales the accumulator when the max moves.
+fn soft_step(st: ptr<function, Soft>, acc: ptr<function, Row>, x: f32, ok: bool) -> f32 {
+  if (ok && x > (*st).m) {
+    let c = exp((*st).m - x);
+    (*st).l *= c;
+    *acc = row_scale(*acc, c);
+    (*st).m = x;
+  }
+  let e = select(0.0, exp(x - (*st).m), ok);
+  (*st).l += e;
+  return e;
+}
+
+// First key of token t's sequence, or t + 1 (an empty range) for padding and tokens past N.
+fn key_start(t: u32) -> u32 {
+  return select(t + 1u, seq_bounds(min(t, p.n - 1u)).x, t < p.n);
+}
+
+// Writes a finished query row (if the token exists).
+fn fwd_finish(t: u32, h: u32, acc: Row, st: Soft) {
+  if (t >= p.n) { return; }
+  let row = t * p.h + h;
+  store_out(row * DW, acc, select(0.0, 1.0 / st.l, st.l > 0.0));
+  lse[row] = select(0.0, st.m + log(st.l), st.l > 0.0);
+}
+
+@compute @workgroup_size(ROWS_WG)
+fn attn_fwd_rows4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let blk = gid.x + gid.y * nwg.x * ROWS_WG;
+  if (blk >= (p.n + 3u) / 4u * p.h) { return; }
+  let h = blk % p.h;
+  let t0 = blk / p.h * 4u;
+  let kvh = h / (p.h / p.hkv);
+  // Rows past N read token N − 1 and are never stored.
+  let last = p.n - 1u;
+  let s0 = key_start(t0);
+  let s1 = key_start(t0 + 1u);
+  let s2 = key_start(t0 + 2u);
+  let s3 = key_start(t0 + 3u);
+  let q0 = row_scale(row_q((min(t0, last) * p.h + h) * DW), p.scale);
+  let q1 = row_scale(row_q((min(t0 + 1u, last) * p.h + h) * DW), p.scale);
+  let q2 = row_scale(row_q((min(t0 + 2u, last) * p.h + h) * DW), p.scale);
+  let q3 = row_scale(row_q((min(t0 + 3u, last) * p.h + h) * DW), p.scale);
+  var a0: Row; var a1: Row; var a2: Row; var a3: Row;
+  var st0 = Soft(NEG_BIG, 0.0); var st1 = st0; var st2 = st0; var st3 = st0;
+  let jlo = min(min(s0, s1), min(s2, s3));
+  let jhi = min(t0 + 3u, last);
+  for (var j = jlo; j <= jhi; j++) {
+    let kb = (j * p.hkv + kvh) * DW;
+    let kr = row_k(kb);
+    let e0 = soft_step(&st0, &a0, row_dot(q0, kr), j >= s0 && j <= t0);
+    let e1 = soft_step(&st1, &a1, row_dot(q1, kr), j >= s1 && j <= t0 + 1u);
+    let e2 = soft_step(&st2, &a2, row_dot(q2, kr), j >= s2 && j <= t0 + 2u);
+    let e3 = soft_step(&st3, &a3, row_dot(q3, kr), j >= s3 && j <= t0 + 3u);
+    let vr = row_v(kb);
+    a0 = row_axpy(a0, e0, vr);
+    a1 = row_axpy(a1, e1, vr);
+    a2 = row_axpy(a2, e2, vr);
+    a3 = row_axpy(a3, e3, vr);
+  }
+  fwd_finish(t0, h, a0, st0);
+  fwd_finish(t0 + 1u, h, a1, st1);
+  fwd_finish(t0 + 2u, h, a2, st2);
+  fwd_finish(t0 + 3u, h, a3, st3);
+}
+
+// Adds query row q's share of dq for key row kr when `ok`: (exp(s − lse)·(dout·v − delta))·k.
+fn dq_step(acc: ptr<function, Row>, q: Row, dor: Row, c: vec2<f32>, kr: Row, vr: Row, ok: bool) {
+  let ds = exp(row_dot(q, kr) - c.x) * (row_dot(dor, vr) - c.y);
+  *acc = row_axpy(*acc, select(0.0, ds, ok), kr);
+}
+
+@compute @workgroup_size(ROWS_WG)
+fn attn_bwd_dq_rows4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let blk = gid.x + gid.y * nwg.x * ROWS_WG;
+  if (blk >= (p.n + 3u) / 4u * p.h) { return; }
+  let h = blk % p.h;
+  let t0 = blk / p.h * 4u;
+  let kvh = h / (p.h / p.hkv);
+  let last = p.n - 1u;
+  let s0 = key_start(t0);
+  let s1 = key_start(t0 + 1u);
+  let s2 = key_start(t0 + 2u);
+  let s3 = key_start(t0 + 3u);
+  let r0 = min(t0, last) * p.h + h;
+  let r1 = min(t0 + 1u, last) * p.h + h;
+  let r2 = min(t0 + 2u, last) * p.h + h;
+  let r3 = min(t0 + 3u, last) * p.h + h;
+  let q0 = row_scale(row_q(r0 * DW), p.scale);
+  let q1 = row_scale(row_q(r1 * DW), p.scale);
+  let q2 = row_scale(row_q(r2 * DW), p.scale);
+  let q3 = row_scale(row_q(r3 * DW), p.scale);
+  let d0 = row_dout(r0 * DW);
+  let d1 = row_dout(r1 * DW);
+  let d2 = row_dout(r2 * DW);
+  let d3 = row_dout(r3 * DW);
+  let c0 = ld[r0];
+  let c1 = ld[r1];
+  let c2 = ld[r2];
+  let c3 = ld[r3];
+  var a0: Row; var a1: Row; var a2: Row; var a3: Row;
+  let jlo = min(min(s0, s1), min(s2, s3));
+  let jhi = min(t0 + 3u, last);
+  for (var j = jlo; j <= jhi; j++) {
+    let kb = (j * p.hkv + kvh) * DW;
+    let kr = row_k(kb);
+    let vr = row_v(kb);
+    dq_step(&a0, q0, d0, c0, kr, vr, j >= s0 && j <= t0);
+    dq_step(&a1, q1, d1, c1, kr, vr, j >= s1 && j <= t0 + 1u);
+    dq_step(&a2, q2, d2, c2, kr, vr, j >= s2 && j <= t0 + 2u);
+    dq_step(&a3, q3, d3, c3, kr, vr, j >= s3 && j <= t0 + 3u);
+  }
+  if (t0 < p.n) { store_dq(r0 * DW, a0, p.scale); }
+  if (t0 + 1u < p.n) { store_dq(r1 * DW, a1, p.scale); }
+  if (t0 + 2u < p.n) { store_dq(r2 * DW, a2, p.scale); }
+  if (t0 + 3u < p.n) { store_dq(r3 * DW, a3, p.scale); }
+}
+
+// End (exclusive) of the queries that see key j: its sequence's end, or j (none) for padding and
+// keys past N.
+fn query_end(j: u32) -> u32 {
+  return select(j, seq_bounds(min(j, p.n - 1u)).y, j < p.n);
+}
+
+// Adds query row (q, dor, c) to key row (kr, vr)'s dk/dv when `ok`.
+fn dkdv_step(
+  dka: ptr<function, Row>,
+  dva: ptr<function, Row>,
+  q: Row,
+  dor: Row,
+  c: vec2<f32>,
+  kr: Row,
+  vr: Row,
+  ok: bool,
+) {
+  let pij = exp(row_dot(q, kr) - c.x);
+  let ds = pij * (row_dot(dor, vr) - c.y);
+  *dva = row_axpy(*dva, select(0.0, pij, ok), dor);
+  *dka = row_axpy(*dka, select(0.0, ds, ok), q);
+}
+
+@compute @workgroup_size(ROWS_WG)
+fn attn_bwd_dkdv_rows4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let blk = gid.x + gid.y * nwg.x * ROWS_WG;
+  if (blk >= (p.n + 3u) / 4u * p.hkv) { return; }
+  let kvh = blk % p.hkv;
+  let j0 = blk / p.hkv * 4u;
+  let g = p.h / p.hkv;
+  let last = p.n - 1u;
+  let e0 = query_end(j0);
+  let e1 = query_end(j0 + 1u);
+  let e2 = query_end(j0 + 2u);
+  let e3 = query_end(j0 + 3u);
+  let b0 = (min(j0, last) * p.hkv + kvh) * DW;
+  let b1 = (min(j0 + 1u, last) * p.hkv + kvh) * DW;
+  let b2 = (min(j0 + 2u, last) * p.hkv + kvh) * DW;
+  let b3 = (min(j0 + 3u, last) * p.hkv + kvh) * DW;
+  let k0 = row_scale(row_k(b0), p.scale);
+  let k1 = row_scale(row_k(b1), p.scale);
+  let k2 = row_scale(row_k(b2), p.scale);
+  let k3 = row_scale(row_k(b3), p.scale);
+  let v0 = row_v(b0);
+  let v1 = row_v(b1);
+  let v2 = row_v(b2);
+  let v3 = row_v(b3);
+  var dk0: Row; var dk1: Row; var dk2: Row; var dk3: Row;
+  var dv0: Row; var dv1: Row; var dv2: Row; var dv3: Row;
+  let iend = max(max(e0, e1), max(e2, e3));
+  for (var i = j0; i < iend; i++) {
+    for (var hh = kvh * g; hh < kvh * g + g; hh++) {
+      let row = i * p.h + hh;
+      let qr = row_q(row * DW);
+      let dor = row_dout(row * DW);
+      let c = ld[row];
+      dkdv_step(&dk0, &dv0, qr, dor, c, k0, v0, i < e0);
+      dkdv_step(&dk1, &dv1, qr, dor, c, k1, v1, i >= j0 + 1u && i < e1);
+      dkdv_step(&dk2, &dv2, qr, dor, c, k2, v2, i >= j0 + 2u && i < e2);
+      dkdv_step(&dk3, &dv3, qr, dor, c, k3, v3, i >= j0 + 3u && i < e3);
+    }
+  }
+  if (j0 < p.n) { store_dk(b0, dk0, p.scale); store_dv(b0, dv0, 1.0); }
+  if (j0 + 1u < p.n) { store_dk(b1, dk1, p.scale); store_dv(b1, dv1, 1.0); }
+  if (j0 + 2u < p.n) { store_dk(b2, dk2, p.scale); store_dv(b2, dv2, 1.0); }
+  if (j0 + 3u < p.n) { store_dk(b3, dk3, p.scale); store_dv(b3, dv3, 1.0); }
+}
+
 @compute @workgroup_size(TW)
 fn attn_fwd_tiled(
   @builtin(workgroup_id) wid: vec3<u32>,

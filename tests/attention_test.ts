@@ -13,7 +13,9 @@ import {
 } from "../lib/ref/attention.ts";
 import { assertClose, randn, testGpu } from "./_util.ts";
 
-const VARIANTS: AttentionVariant[] = ["cpu", "tiled"];
+// "cpu" runs the blocked rows kernels (4 rows per invocation) where D % 16 == 0 and D <= 128,
+// else the same kernels as "rows".
+const VARIANTS: AttentionVariant[] = ["cpu", "rows", "tiled"];
 
 interface Case {
   /** Sequence lengths, packed in order. */
@@ -28,8 +30,9 @@ interface Case {
   /** Multiplier of the random q, to push the scores far from 0. */
   qScale?: number;
   /**
-   * Skip the "cpu" backward: at D = 256 its four 64-vec4 private arrays cost lavapipe ~5 s of
-   * cold LLVM compile, and the code is the same as at D = 64 but for one constant.
+   * Skip the CPU backward ("cpu" and "rows" run the same rows kernels at D = 256): its four
+   * 64-vec4 private arrays cost lavapipe ~5 s of cold LLVM compile, and the code is the same as
+   * at D = 64 but for one constant.
    */
   cpuForwardOnly?: boolean;
 }
@@ -41,6 +44,11 @@ const CASES: Case[] = [
   // D % 4 != 0: the scalar path.
   { lens: [5, 1, 13], h: 4, hkv: 1, d: 6 },
   { lens: [5, 1, 13], h: 6, hkv: 2, d: 64 },
+  // The blocked CPU kernels at each chunk count they are built for (D = 16·CH): 4-token blocks
+  // that straddle sequences, end past N (N % 4 != 0) and hold padding tokens.
+  { lens: [6, 1, 9], h: 4, hkv: 2, d: 16, lead: 1, pad: 2 },
+  { lens: [7, 6], h: 3, hkv: 1, d: 32 },
+  { lens: [5, 1, 13], h: 2, hkv: 1, d: 128 },
   // An empty sequence, padding tokens on both sides, and a large explicit scale (scores of ±20
   // and more).
   { lens: [3, 0, 4], h: 4, hkv: 2, d: 8, lead: 2, pad: 2, scale: 1, qScale: 3 },
@@ -90,7 +98,7 @@ Deno.test("attention forward and backward match the f64 reference", async () => 
       const name = `${label(c)} ${variant}`;
       const opts = { scale: c.scale, variant };
       const saved = await attentionForward(gpu, tq, tk, tv, tcu, opts);
-      if (c.cpuForwardOnly && variant === "cpu") {
+      if (c.cpuForwardOnly && variant !== "tiled") {
         const [out, lse] = await gpu.readMany([saved.out, saved.lse]);
         assertClose(out, ref.out, { rtol: 1e-4, atol: 1e-5, label: `${name} out` });
         assertClose(lse, ref.lse, { rtol: 1e-5, atol: 1e-5, label: `${name} lse` });
