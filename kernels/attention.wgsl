@@ -7,11 +7,13 @@
 // where delta = rowsum(dout ⊙ out). Query head h reads KV head h / (H / HKV). Tokens outside
 // [cu[0], cu[NSEQ]) are padding: zero output, zero gradients.
 //
-// Two families, chosen by the wrapper:
+// Three families, chosen by the wrapper:
 // - *_rows: one invocation per row (a query token and head, or a key token and KV head) holding
 //   its D-long vectors in private arrays; no workgroup memory and no barriers, which CPU
 //   rasterizers run as coroutine switches. Neighbouring lanes are heads of the same token, so they
 //   share loop bounds and, within a KV group, the K/V rows they read.
+// - *_rows4 (CPU rasterizers, D % 16 == 0 and D <= 128): as *_rows with 4 consecutive rows per
+//   invocation held in named 4×4 chunks, so each K/V (or Q/dO) row loaded serves 4 rows.
 // - *_tiled: the same per-row math, but a 64-lane workgroup streams tiles of BT K/V rows (or BT
 //   query rows) through workgroup memory, so a GPU reads each row from memory once per workgroup
 //   instead of once per lane.
@@ -204,94 +206,143 @@ fn row_scale(x: Row, a: f32) -> Row {
   return row_axpy(r, a, x);
 }
 
+// A chunk of 16 floats from 4 elements (vec4s where these kernels run).
+fn chunk(x0: {{ELEM}}, x1: {{ELEM}}, x2: {{ELEM}}, x3: {{ELEM}}) -> mat4x4<f32> {
+  return mat4x4<f32>(v4(x0), v4(x1), v4(x2), v4(x3));
+}
+
+// The row of q at element-vec4 offset b.
 fn row_q(b: u32) -> Row {
   var r: Row;
-  r.c0 = mat4x4<f32>(v4(q[b]), v4(q[b + 1u]), v4(q[b + 2u]), v4(q[b + 3u]));
-  if (CH > 1u) { r.c1 = mat4x4<f32>(v4(q[b + 4u]), v4(q[b + 5u]), v4(q[b + 6u]), v4(q[b + 7u])); }
-  if (CH > 2u) { r.c2 = mat4x4<f32>(v4(q[b + 8u]), v4(q[b + 9u]), v4(q[b + 10u]), v4(q[b + 11u])); }
-  if (CH > 3u) { r.c3 = mat4x4<f32>(v4(q[b + 12u]), v4(q[b + 13u]), v4(q[b + 14u]), v4(q[b + 15u])); }
-  if (CH > 4u) { r.c4 = mat4x4<f32>(v4(q[b + 16u]), v4(q[b + 17u]), v4(q[b + 18u]), v4(q[b + 19u])); }
-  if (CH > 5u) { r.c5 = mat4x4<f32>(v4(q[b + 20u]), v4(q[b + 21u]), v4(q[b + 22u]), v4(q[b + 23u])); }
-  if (CH > 6u) { r.c6 = mat4x4<f32>(v4(q[b + 24u]), v4(q[b + 25u]), v4(q[b + 26u]), v4(q[b + 27u])); }
-  if (CH > 7u) { r.c7 = mat4x4<f32>(v4(q[b + 28u]), v4(q[b + 29u]), v4(q[b + 30u]), v4(q[b + 31u])); }
+  r.c0 = chunk(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
+  if (CH > 1u) { r.c1 = chunk(q[b + 4u], q[b + 5u], q[b + 6u], q[b + 7u]); }
+  if (CH > 2u) { r.c2 = chunk(q[b + 8u], q[b + 9u], q[b + 10u], q[b + 11u]); }
+  if (CH > 3u) { r.c3 = chunk(q[b + 12u], q[b + 13u], q[b + 14u], q[b + 15u]); }
+  if (CH > 4u) { r.c4 = chunk(q[b + 16u], q[b + 17u], q[b + 18u], q[b + 19u]); }
+  if (CH > 5u) { r.c5 = chunk(q[b + 20u], q[b + 21u], q[b + 22u], q[b + 23u]); }
+  if (CH > 6u) { r.c6 = chunk(q[b + 24u], q[b + 25u], q[b + 26u], q[b + 27u]); }
+  if (CH > 7u) { r.c7 = chunk(q[b + 28u], q[b + 29u], q[b + 30u], q[b + 31u]); }
   return r;
 }
+
+// The row of k at element-vec4 offset b.
 fn row_k(b: u32) -> Row {
   var r: Row;
-  r.c0 = mat4x4<f32>(v4(k[b]), v4(k[b + 1u]), v4(k[b + 2u]), v4(k[b + 3u]));
-  if (CH > 1u) { r.c1 = mat4x4<f32>(v4(k[b + 4u]), v4(k[b + 5u]), v4(k[b + 6u]), v4(k[b + 7u])); }
-  if (CH > 2u) { r.c2 = mat4x4<f32>(v4(k[b + 8u]), v4(k[b + 9u]), v4(k[b + 10u]), v4(k[b + 11u])); }
-  if (CH > 3u) { r.c3 = mat4x4<f32>(v4(k[b + 12u]), v4(k[b + 13u]), v4(k[b + 14u]), v4(k[b + 15u])); }
-  if (CH > 4u) { r.c4 = mat4x4<f32>(v4(k[b + 16u]), v4(k[b + 17u]), v4(k[b + 18u]), v4(k[b + 19u])); }
-  if (CH > 5u) { r.c5 = mat4x4<f32>(v4(k[b + 20u]), v4(k[b + 21u]), v4(k[b + 22u]), v4(k[b + 23u])); }
-  if (CH > 6u) { r.c6 = mat4x4<f32>(v4(k[b + 24u]), v4(k[b + 25u]), v4(k[b + 26u]), v4(k[b + 27u])); }
-  if (CH > 7u) { r.c7 = mat4x4<f32>(v4(k[b + 28u]), v4(k[b + 29u]), v4(k[b + 30u]), v4(k[b + 31u])); }
+  r.c0 = chunk(k[b], k[b + 1u], k[b + 2u], k[b + 3u]);
+  if (CH > 1u) { r.c1 = chunk(k[b + 4u], k[b + 5u], k[b + 6u], k[b + 7u]); }
+  if (CH > 2u) { r.c2 = chunk(k[b + 8u], k[b + 9u], k[b + 10u], k[b + 11u]); }
+  if (CH > 3u) { r.c3 = chunk(k[b + 12u], k[b + 13u], k[b + 14u], k[b + 15u]); }
+  if (CH > 4u) { r.c4 = chunk(k[b + 16u], k[b + 17u], k[b + 18u], k[b + 19u]); }
+  if (CH > 5u) { r.c5 = chunk(k[b + 20u], k[b + 21u], k[b + 22u], k[b + 23u]); }
+  if (CH > 6u) { r.c6 = chunk(k[b + 24u], k[b + 25u], k[b + 26u], k[b + 27u]); }
+  if (CH > 7u) { r.c7 = chunk(k[b + 28u], k[b + 29u], k[b + 30u], k[b + 31u]); }
   return r;
 }
+
+// The row of v at element-vec4 offset b.
 fn row_v(b: u32) -> Row {
   var r: Row;
-  r.c0 = mat4x4<f32>(v4(v[b]), v4(v[b + 1u]), v4(v[b + 2u]), v4(v[b + 3u]));
-  if (CH > 1u) { r.c1 = mat4x4<f32>(v4(v[b + 4u]), v4(v[b + 5u]), v4(v[b + 6u]), v4(v[b + 7u])); }
-  if (CH > 2u) { r.c2 = mat4x4<f32>(v4(v[b + 8u]), v4(v[b + 9u]), v4(v[b + 10u]), v4(v[b + 11u])); }
-  if (CH > 3u) { r.c3 = mat4x4<f32>(v4(v[b + 12u]), v4(v[b + 13u]), v4(v[b + 14u]), v4(v[b + 15u])); }
-  if (CH > 4u) { r.c4 = mat4x4<f32>(v4(v[b + 16u]), v4(v[b + 17u]), v4(v[b + 18u]), v4(v[b + 19u])); }
-  if (CH > 5u) { r.c5 = mat4x4<f32>(v4(v[b + 20u]), v4(v[b + 21u]), v4(v[b + 22u]), v4(v[b + 23u])); }
-  if (CH > 6u) { r.c6 = mat4x4<f32>(v4(v[b + 24u]), v4(v[b + 25u]), v4(v[b + 26u]), v4(v[b + 27u])); }
-  if (CH > 7u) { r.c7 = mat4x4<f32>(v4(v[b + 28u]), v4(v[b + 29u]), v4(v[b + 30u]), v4(v[b + 31u])); }
+  r.c0 = chunk(v[b], v[b + 1u], v[b + 2u], v[b + 3u]);
+  if (CH > 1u) { r.c1 = chunk(v[b + 4u], v[b + 5u], v[b + 6u], v[b + 7u]); }
+  if (CH > 2u) { r.c2 = chunk(v[b + 8u], v[b + 9u], v[b + 10u], v[b + 11u]); }
+  if (CH > 3u) { r.c3 = chunk(v[b + 12u], v[b + 13u], v[b + 14u], v[b + 15u]); }
+  if (CH > 4u) { r.c4 = chunk(v[b + 16u], v[b + 17u], v[b + 18u], v[b + 19u]); }
+  if (CH > 5u) { r.c5 = chunk(v[b + 20u], v[b + 21u], v[b + 22u], v[b + 23u]); }
+  if (CH > 6u) { r.c6 = chunk(v[b + 24u], v[b + 25u], v[b + 26u], v[b + 27u]); }
+  if (CH > 7u) { r.c7 = chunk(v[b + 28u], v[b + 29u], v[b + 30u], v[b + 31u]); }
   return r;
 }
+
+// The row of dOut at element-vec4 offset b.
 fn row_dout(b: u32) -> Row {
   var r: Row;
-  r.c0 = mat4x4<f32>(v4(dout[b]), v4(dout[b + 1u]), v4(dout[b + 2u]), v4(dout[b + 3u]));
-  if (CH > 1u) { r.c1 = mat4x4<f32>(v4(dout[b + 4u]), v4(dout[b + 5u]), v4(dout[b + 6u]), v4(dout[b + 7u])); }
-  if (CH > 2u) { r.c2 = mat4x4<f32>(v4(dout[b + 8u]), v4(dout[b + 9u]), v4(dout[b + 10u]), v4(dout[b + 11u])); }
-  if (CH > 3u) { r.c3 = mat4x4<f32>(v4(dout[b + 12u]), v4(dout[b + 13u]), v4(dout[b + 14u]), v4(dout[b + 15u])); }
-  if (CH > 4u) { r.c4 = mat4x4<f32>(v4(dout[b + 16u]), v4(dout[b + 17u]), v4(dout[b + 18u]), v4(dout[b + 19u])); }
-  if (CH > 5u) { r.c5 = mat4x4<f32>(v4(dout[b + 20u]), v4(dout[b + 21u]), v4(dout[b + 22u]), v4(dout[b + 23u])); }
-  if (CH > 6u) { r.c6 = mat4x4<f32>(v4(dout[b + 24u]), v4(dout[b + 25u]), v4(dout[b + 26u]), v4(dout[b + 27u])); }
-  if (CH > 7u) { r.c7 = mat4x4<f32>(v4(dout[b + 28u]), v4(dout[b + 29u]), v4(dout[b + 30u]), v4(dout[b + 31u])); }
+  r.c0 = chunk(dout[b], dout[b + 1u], dout[b + 2u], dout[b + 3u]);
+  if (CH > 1u) { r.c1 = chunk(dout[b + 4u], dout[b + 5u], dout[b + 6u], dout[b + 7u]); }
+  if (CH > 2u) { r.c2 = chunk(dout[b + 8u], dout[b + 9u], dout[b + 10u], dout[b + 11u]); }
+  if (CH > 3u) { r.c3 = chunk(dout[b + 12u], dout[b + 13u], dout[b + 14u], dout[b + 15u]); }
+  if (CH > 4u) { r.c4 = chunk(dout[b + 16u], dout[b + 17u], dout[b + 18u], dout[b + 19u]); }
+  if (CH > 5u) { r.c5 = chunk(dout[b + 20u], dout[b + 21u], dout[b + 22u], dout[b + 23u]); }
+  if (CH > 6u) { r.c6 = chunk(dout[b + 24u], dout[b + 25u], dout[b + 26u], dout[b + 27u]); }
+  if (CH > 7u) { r.c7 = chunk(dout[b + 28u], dout[b + 29u], dout[b + 30u], dout[b + 31u]); }
   return r;
 }
+
+// out[b..] = s·r (one chunk of 16 floats at a time).
+fn put_out(b: u32, m: mat4x4<f32>) {
+  out[b] = el(m[0]);
+  out[b + 1u] = el(m[1]);
+  out[b + 2u] = el(m[2]);
+  out[b + 3u] = el(m[3]);
+}
+
 fn store_out(b: u32, r: Row, s: f32) {
-  out[b + 0u] = el(r.c0[0] * s); out[b + 1u] = el(r.c0[1] * s); out[b + 2u] = el(r.c0[2] * s); out[b + 3u] = el(r.c0[3] * s);
-  if (CH > 1u) { out[b + 4u] = el(r.c1[0] * s); out[b + 5u] = el(r.c1[1] * s); out[b + 6u] = el(r.c1[2] * s); out[b + 7u] = el(r.c1[3] * s); }
-  if (CH > 2u) { out[b + 8u] = el(r.c2[0] * s); out[b + 9u] = el(r.c2[1] * s); out[b + 10u] = el(r.c2[2] * s); out[b + 11u] = el(r.c2[3] * s); }
-  if (CH > 3u) { out[b + 12u] = el(r.c3[0] * s); out[b + 13u] = el(r.c3[1] * s); out[b + 14u] = el(r.c3[2] * s); out[b + 15u] = el(r.c3[3] * s); }
-  if (CH > 4u) { out[b + 16u] = el(r.c4[0] * s); out[b + 17u] = el(r.c4[1] * s); out[b + 18u] = el(r.c4[2] * s); out[b + 19u] = el(r.c4[3] * s); }
-  if (CH > 5u) { out[b + 20u] = el(r.c5[0] * s); out[b + 21u] = el(r.c5[1] * s); out[b + 22u] = el(r.c5[2] * s); out[b + 23u] = el(r.c5[3] * s); }
-  if (CH > 6u) { out[b + 24u] = el(r.c6[0] * s); out[b + 25u] = el(r.c6[1] * s); out[b + 26u] = el(r.c6[2] * s); out[b + 27u] = el(r.c6[3] * s); }
-  if (CH > 7u) { out[b + 28u] = el(r.c7[0] * s); out[b + 29u] = el(r.c7[1] * s); out[b + 30u] = el(r.c7[2] * s); out[b + 31u] = el(r.c7[3] * s); }
+  put_out(b, r.c0 * s);
+  if (CH > 1u) { put_out(b + 4u, r.c1 * s); }
+  if (CH > 2u) { put_out(b + 8u, r.c2 * s); }
+  if (CH > 3u) { put_out(b + 12u, r.c3 * s); }
+  if (CH > 4u) { put_out(b + 16u, r.c4 * s); }
+  if (CH > 5u) { put_out(b + 20u, r.c5 * s); }
+  if (CH > 6u) { put_out(b + 24u, r.c6 * s); }
+  if (CH > 7u) { put_out(b + 28u, r.c7 * s); }
 }
+
+// dq[b..] = s·r (one chunk of 16 floats at a time).
+fn put_dq(b: u32, m: mat4x4<f32>) {
+  dq[b] = el(m[0]);
+  dq[b + 1u] = el(m[1]);
+  dq[b + 2u] = el(m[2]);
+  dq[b + 3u] = el(m[3]);
+}
+
 fn store_dq(b: u32, r: Row, s: f32) {
-  dq[b + 0u] = el(r.c0[0] * s); dq[b + 1u] = el(r.c0[1] * s); dq[b + 2u] = el(r.c0[2] * s); dq[b + 3u] = el(r.c0[3] * s);
-  if (CH > 1u) { dq[b + 4u] = el(r.c1[0] * s); dq[b + 5u] = el(r.c1[1] * s); dq[b + 6u] = el(r.c1[2] * s); dq[b + 7u] = el(r.c1[3] * s); }
-  if (CH > 2u) { dq[b + 8u] = el(r.c2[0] * s); dq[b + 9u] = el(r.c2[1] * s); dq[b + 10u] = el(r.c2[2] * s); dq[b + 11u] = el(r.c2[3] * s); }
-  if (CH > 3u) { dq[b + 12u] = el(r.c3[0] * s); dq[b + 13u] = el(r.c3[1] * s); dq[b + 14u] = el(r.c3[2] * s); dq[b + 15u] = el(r.c3[3] * s); }
-  if (CH > 4u) { dq[b + 16u] = el(r.c4[0] * s); dq[b + 17u] = el(r.c4[1] * s); dq[b + 18u] = el(r.c4[2] * s); dq[b + 19u] = el(r.c4[3] * s); }
-  if (CH > 5u) { dq[b + 20u] = el(r.c5[0] * s); dq[b + 21u] = el(r.c5[1] * s); dq[b + 22u] = el(r.c5[2] * s); dq[b + 23u] = el(r.c5[3] * s); }
-  if (CH > 6u) { dq[b + 24u] = el(r.c6[0] * s); dq[b + 25u] = el(r.c6[1] * s); dq[b + 26u] = el(r.c6[2] * s); dq[b + 27u] = el(r.c6[3] * s); }
-  if (CH > 7u) { dq[b + 28u] = el(r.c7[0] * s); dq[b + 29u] = el(r.c7[1] * s); dq[b + 30u] = el(r.c7[2] * s); dq[b + 31u] = el(r.c7[3] * s); }
+  put_dq(b, r.c0 * s);
+  if (CH > 1u) { put_dq(b + 4u, r.c1 * s); }
+  if (CH > 2u) { put_dq(b + 8u, r.c2 * s); }
+  if (CH > 3u) { put_dq(b + 12u, r.c3 * s); }
+  if (CH > 4u) { put_dq(b + 16u, r.c4 * s); }
+  if (CH > 5u) { put_dq(b + 20u, r.c5 * s); }
+  if (CH > 6u) { put_dq(b + 24u, r.c6 * s); }
+  if (CH > 7u) { put_dq(b + 28u, r.c7 * s); }
 }
+
+// dk[b..] = s·r (one chunk of 16 floats at a time).
+fn put_dk(b: u32, m: mat4x4<f32>) {
+  dk[b] = el(m[0]);
+  dk[b + 1u] = el(m[1]);
+  dk[b + 2u] = el(m[2]);
+  dk[b + 3u] = el(m[3]);
+}
+
 fn store_dk(b: u32, r: Row, s: f32) {
-  dk[b + 0u] = el(r.c0[0] * s); dk[b + 1u] = el(r.c0[1] * s); dk[b + 2u] = el(r.c0[2] * s); dk[b + 3u] = el(r.c0[3] * s);
-  if (CH > 1u) { dk[b + 4u] = el(r.c1[0] * s); dk[b + 5u] = el(r.c1[1] * s); dk[b + 6u] = el(r.c1[2] * s); dk[b + 7u] = el(r.c1[3] * s); }
-  if (CH > 2u) { dk[b + 8u] = el(r.c2[0] * s); dk[b + 9u] = el(r.c2[1] * s); dk[b + 10u] = el(r.c2[2] * s); dk[b + 11u] = el(r.c2[3] * s); }
-  if (CH > 3u) { dk[b + 12u] = el(r.c3[0] * s); dk[b + 13u] = el(r.c3[1] * s); dk[b + 14u] = el(r.c3[2] * s); dk[b + 15u] = el(r.c3[3] * s); }
-  if (CH > 4u) { dk[b + 16u] = el(r.c4[0] * s); dk[b + 17u] = el(r.c4[1] * s); dk[b + 18u] = el(r.c4[2] * s); dk[b + 19u] = el(r.c4[3] * s); }
-  if (CH > 5u) { dk[b + 20u] = el(r.c5[0] * s); dk[b + 21u] = el(r.c5[1] * s); dk[b + 22u] = el(r.c5[2] * s); dk[b + 23u] = el(r.c5[3] * s); }
-  if (CH > 6u) { dk[b + 24u] = el(r.c6[0] * s); dk[b + 25u] = el(r.c6[1] * s); dk[b + 26u] = el(r.c6[2] * s); dk[b + 27u] = el(r.c6[3] * s); }
-  if (CH > 7u) { dk[b + 28u] = el(r.c7[0] * s); dk[b + 29u] = el(r.c7[1] * s); dk[b + 30u] = el(r.c7[2] * s); dk[b + 31u] = el(r.c7[3] * s); }
+  put_dk(b, r.c0 * s);
+  if (CH > 1u) { put_dk(b + 4u, r.c1 * s); }
+  if (CH > 2u) { put_dk(b + 8u, r.c2 * s); }
+  if (CH > 3u) { put_dk(b + 12u, r.c3 * s); }
+  if (CH > 4u) { put_dk(b + 16u, r.c4 * s); }
+  if (CH > 5u) { put_dk(b + 20u, r.c5 * s); }
+  if (CH > 6u) { put_dk(b + 24u, r.c6 * s); }
+  if (CH > 7u) { put_dk(b + 28u, r.c7 * s); }
 }
+
+// dv[b..] = s·r (one chunk of 16 floats at a time).
+fn put_dv(b: u32, m: mat4x4<f32>) {
+  dv[b] = el(m[0]);
+  dv[b + 1u] = el(m[1]);
+  dv[b + 2u] = el(m[2]);
+  dv[b + 3u] = el(m[3]);
+}
+
 fn store_dv(b: u32, r: Row, s: f32) {
-  dv[b + 0u] = el(r.c0[0] * s); dv[b + 1u] = el(r.c0[1] * s); dv[b + 2u] = el(r.c0[2] * s); dv[b + 3u] = el(r.c0[3] * s);
-  if (CH > 1u) { dv[b + 4u] = el(r.c1[0] * s); dv[b + 5u] = el(r.c1[1] * s); dv[b + 6u] = el(r.c1[2] * s); dv[b + 7u] = el(r.c1[3] * s); }
-  if (CH > 2u) { dv[b + 8u] = el(r.c2[0] * s); dv[b + 9u] = el(r.c2[1] * s); dv[b + 10u] = el(r.c2[2] * s); dv[b + 11u] = el(r.c2[3] * s); }
-  if (CH > 3u) { dv[b + 12u] = el(r.c3[0] * s); dv[b + 13u] = el(r.c3[1] * s); dv[b + 14u] = el(r.c3[2] * s); dv[b + 15u] = el(r.c3[3] * s); }
-  if (CH > 4u) { dv[b + 16u] = el(r.c4[0] * s); dv[b + 17u] = el(r.c4[1] * s); dv[b + 18u] = el(r.c4[2] * s); dv[b + 19u] = el(r.c4[3] * s); }
-  if (CH > 5u) { dv[b + 20u] = el(r.c5[0] * s); dv[b + 21u] = el(r.c5[1] * s); dv[b + 22u] = el(r.c5[2] * s); dv[b + 23u] = el(r.c5[3] * s); }
-  if (CH > 6u) { dv[b + 24u] = el(r.c6[0] * s); dv[b + 25u] = el(r.c6[1] * s); dv[b + 26u] = el(r.c6[2] * s); dv[b + 27u] = el(r.c6[3] * s); }
-  if (CH > 7u) { dv[b + 28u] = el(r.c7[0] * s); dv[b + 29u] = el(r.c7[1] * s); dv[b + 30u] = el(r.c7[2] * s); dv[b + 31u] = el(r.c7[3] * s); }
+  put_dv(b, r.c0 * s);
+  if (CH > 1u) { put_dv(b + 4u, r.c1 * s); }
+  if (CH > 2u) { put_dv(b + 8u, r.c2 * s); }
+  if (CH > 3u) { put_dv(b + 12u, r.c3 * s); }
+  if (CH > 4u) { put_dv(b + 16u, r.c4 * s); }
+  if (CH > 5u) { put_dv(b + 20u, r.c5 * s); }
+  if (CH > 6u) { put_dv(b + 24u, r.c6 * s); }
+  if (CH > 7u) { put_dv(b + 28u, r.c7 * s); }
 }
+
 // Online softmax state of one query row.
 struct Soft {
   m: f32,
