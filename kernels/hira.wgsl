@@ -938,10 +938,14 @@ fn grad_cpu(
   let ob1 = min(ob0 + gp.blocks_per_seg, blocks);
   for (var ob = ob0; ob < ob1; ob++) {
     let o0 = ob * 16u;
-    var g00: mat4x4<f32>; var g01: mat4x4<f32>; var g02: mat4x4<f32>; var g03: mat4x4<f32>;
-    var g10: mat4x4<f32>; var g11: mat4x4<f32>; var g12: mat4x4<f32>; var g13: mat4x4<f32>;
-    var g20: mat4x4<f32>; var g21: mat4x4<f32>; var g22: mat4x4<f32>; var g23: mat4x4<f32>;
-    var g30: mat4x4<f32>; var g31: mat4x4<f32>; var g32: mat4x4<f32>; var g33: mat4x4<f32>;
+    // Explicit zeros: Naga (Deno's WGSL compiler) zeroes a `var` declared without an initializer
+    // once per invocation, not on each pass of the loop that declares it, so these would start
+    // each row block from the previous block's M.
+    let z = mat4x4<f32>();
+    var g00 = z; var g01 = z; var g02 = z; var g03 = z;
+    var g10 = z; var g11 = z; var g12 = z; var g13 = z;
+    var g20 = z; var g21 = z; var g22 = z; var g23 = z;
+    var g30 = z; var g31 = z; var g32 = z; var g33 = z;
     // Whole 4-token steps through addresses that advance by a constant (no masks), then the
     // ragged last step through the masked loads.
     var d0 = g_dy_offsets(o0);

@@ -129,6 +129,25 @@ Deno.test("fused forward, dX and dA/dB match the f64 reference (both variants)",
   }
 });
 
+Deno.test("CPU fused gradients: workgroups that walk several 16-row blocks of out", async () => {
+  const gpu = await testGpu();
+  // out 300 is 19 blocks (the last ragged) in one column tile (in 40): 10 segments of 2 blocks.
+  // Each block's G accumulators must start from zero, which caught a loop-local `var` that Naga
+  // zeroes only once per invocation.
+  const d: AdapterDims = { n: 9, inFeatures: 40, outFeatures: 300, r: 4 };
+  const c = makeCase(gpu, d, 4242);
+  const ref = hiraBackwardRef(c.x, c.w0, c.a, c.b, c.dy, d);
+  const ga = gpu.zeros([d.r, d.inFeatures]);
+  const gb = gpu.zeros([d.outFeatures, d.r]);
+  await hiraWeightGradsFused(gpu, c.t.x, c.t.dy, c.t.w0, c.t.a, c.t.b, ga, gb, { variant: "cpu" });
+  const [rga, rgb] = await gpu.readMany([ga, gb]);
+  assertClose(rga, ref.dA, { ...TOL, label: "dA" });
+  assertClose(rgb, ref.dB, { ...TOL, label: "dB" });
+  ga.release();
+  gb.release();
+  freeCase(c);
+});
+
 Deno.test("CPU fused product: per-block and strip kernels match the reference", async () => {
   const gpu = await testGpu();
   // Ragged shapes (scalar loads), vec4 shapes whose K is not a whole number of strip chunks
