@@ -545,6 +545,31 @@ fn attn_bwd_dkdv_rows4(
   if (j0 + 3u < p.n) { store_dk(b3, dk3, p.scale); store_dv(b3, dv3, 1.0); }
 }
 
+// attn_decode with the query row and its accumulator in Row chunks (D % 16 == 0, D <= 128): no
+// loops over D, so one invocation's loop count is its cache length alone (llvmpipe ends an
+// invocation's loops after 65,535 iterations in all; the loops over D of attn_decode count
+// against that where Mesa does not unroll them, from D = 100 up).
+@compute @workgroup_size(ROWS_WG)
+fn attn_decode_rows4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let row = gid.x + gid.y * nwg.x * ROWS_WG;
+  if (row >= pd.nb * pd.h) { return; }
+  let b = row / pd.h;
+  let kvh = (row % pd.h) / (pd.h / pd.hkv);
+  let len = min(lens[b], pd.tmax);
+  let qr = row_scale(row_q(row * DW), pd.scale);
+  var acc: Row;
+  var st = Soft(NEG_BIG, 0.0);
+  for (var j = 0u; j < len; j++) {
+    let kb = ((b * pd.tmax + j) * pd.hkv + kvh) * DW;
+    let e = soft_step(&st, &acc, row_dot(qr, row_k(kb)), true);
+    acc = row_axpy(acc, e, row_v(kb));
+  }
+  store_out(row * DW, acc, select(0.0, 1.0 / st.l, st.l > 0.0));
+}
+
 @compute @workgroup_size(TW)
 fn attn_fwd_tiled(
   @builtin(workgroup_id) wid: vec3<u32>,

@@ -24,6 +24,7 @@ import {
   hiraDeltaWeight,
   hiraEffectiveWeight,
   hiraForwardFused,
+  hiraFusedFits,
   hiraInputGradFused,
   type HiraVariant,
   hiraWeightGradsFused,
@@ -245,13 +246,27 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
    * per 512-row segment and round-trips the output once per 64 k; materialising forms W_eff once
    * per call). The backward materialises at every length on a CPU rasterizer: since narrow
    * matmuls run transposed, dA/dB through dYᵀ·X and two rank-r products beat the fused gradient
-   * kernel at 8 to 1,024 tokens (64 tokens: dA/dB 10.3 vs 13.1 ms, dX 9.6 vs 10.1).
+   * kernel at 8 to 1,024 tokens (64 tokens: dA/dB 10.3 vs 13.1 ms, dX 9.6 vs 10.1). A fused
+   * call whose loops would run past llvmpipe's loop budget ({@linkcode hiraFusedFits}: e.g. a
+   * 14336-wide input) materialises instead.
    */
   kernelFor(tokens: number, pass: "forward" | "backward" = "forward"): HiraKernelResolved {
     if (this.kernel === "auto") {
       if (!this.gpu.isCpuAdapter) return "fused";
       if (pass === "backward") return "materialized";
-      return tokens <= cpuFusedMaxTokens(this.gpu.description) ? "fused" : "materialized";
+      const short = tokens <= cpuFusedMaxTokens(this.gpu.description);
+      return short &&
+          hiraFusedFits(
+            this.gpu,
+            tokens,
+            this.outFeatures,
+            this.inFeatures,
+            this.r,
+            "forward",
+            this.variant,
+          )
+        ? "fused"
+        : "materialized";
     }
     if (!["fused", "materialized", "peft"].includes(this.kernel)) {
       throw new Error(`HiRA: unknown kernel ${this.kernel}`);

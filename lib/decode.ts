@@ -137,7 +137,7 @@ export class KvCacheDecoder implements Stepper {
     for (let l = 0; l < cfg.numLayers; l++) {
       this.#k.push(g.empty(cacheShape));
       this.#v.push(g.empty(cacheShape));
-      const out = await this.#layer(l, x, pos, rows, { cu });
+      const out = await this.#layer(l, x, pos, rows, { cu, maxSeqLen: Math.max(...lens) });
       x.release();
       x = out;
     }
@@ -238,7 +238,7 @@ export class KvCacheDecoder implements Stepper {
     x: Tensor,
     pos: Tensor,
     rows: Tensor,
-    mode: { cu: Tensor } | { lens: Tensor; seqs: number },
+    mode: { cu: Tensor; maxSeqLen: number } | { lens: Tensor; seqs: number },
   ): Promise<Tensor> {
     const m = this.model, g = m.gpu, cfg = m.config, lw = m.weights.layers[l];
     const n = x.shape[0];
@@ -257,7 +257,10 @@ export class KvCacheDecoder implements Stepper {
     await kvScatter(g, k, v, rows, this.#k[l], this.#v[l]);
     let attn: Tensor;
     if ("cu" in mode) {
-      const r = await attentionForward(g, q, k, v.reshape([n, Hkv, D]), mode.cu, { scale });
+      const r = await attentionForward(g, q, k, v.reshape([n, Hkv, D]), mode.cu, {
+        scale,
+        maxSeqLen: mode.maxSeqLen,
+      });
       r.lse.release();
       attn = r.out;
     } else {

@@ -272,6 +272,11 @@ export class Gpu {
   readonly hasSubgroups: boolean;
   /** True for CPU rasterizers (llvmpipe, lavapipe, SwiftShader), which want other kernels. */
   readonly isCpuAdapter: boolean;
+  /**
+   * Loop iterations one invocation may run in all (see {@linkcode loopBudget}): 65,535 on
+   * llvmpipe, unlimited elsewhere. Kernels whose loops could run longer check it first.
+   */
+  readonly loopBudget: number;
   /** Number of dispatches recorded since creation (for tests and benchmarks). */
   dispatches = 0;
   /** Number of submits since creation. */
@@ -312,6 +317,7 @@ export class Gpu {
     const desc = `${info?.description ?? ""} ${info?.device ?? ""}`.toLowerCase();
     this.isCpuAdapter = (info as { isFallbackAdapter?: boolean })?.isFallbackAdapter === true ||
       /llvmpipe|lavapipe|swiftshader/.test(desc);
+    this.loopBudget = loopBudget(desc);
     device.lost.then((info) => {
       this.#lost = info;
     });
@@ -699,6 +705,38 @@ export function grid(n: number, max = 65535): [number, number] {
   if (n <= max) return [n, 1];
   const y = Math.ceil(n / max);
   return [Math.ceil(n / y), y];
+}
+
+/** Loop iterations per invocation after which llvmpipe ends every loop of the invocation. */
+export const LLVMPIPE_LOOP_LIMIT = 65535;
+
+/**
+ * Loop iterations one shader invocation may run in all on the adapter described by
+ * `adapterDescription`. llvmpipe (Mesa's CPU driver behind lavapipe and GL) counts the iterations
+ * of every loop of an invocation against one budget of {@linkcode LLVMPIPE_LOOP_LIMIT} (gallivm's
+ * loop limiter, against shaders that never end) and, once it is spent, leaves each loop after
+ * its current pass: the kernel carries on with partial sums and no error is raised. Loops that
+ * Mesa unrolls do not count. Other adapters: unlimited.
+ */
+export function loopBudget(adapterDescription: string): number {
+  return /llvmpipe|lavapipe/i.test(adapterDescription) ? LLVMPIPE_LOOP_LIMIT : Infinity;
+}
+
+/**
+ * Error for a kernel launch whose loops would run past the adapter's {@linkcode loopBudget}:
+ * `what` names the call, `iterations` is the estimate per invocation, `instead` what to use.
+ */
+export function loopBudgetError(
+  what: string,
+  iterations: number,
+  budget: number,
+  instead: string,
+): Error {
+  return new Error(
+    `${what}: one invocation would run about ${Math.round(iterations).toLocaleString("en-US")} ` +
+      `loop iterations, over this adapter's limit of ${budget.toLocaleString("en-US")} ` +
+      `(llvmpipe ends longer loops early and the result would be wrong); ${instead}`,
+  );
 }
 
 /** Ceiling division. */

@@ -73,12 +73,21 @@ interface LayerActs {
   m?: Tensor;
 }
 
+/** Tokens in the longest sequence of a packed batch's boundaries. */
+export function maxSeqLen(cuSeqlens: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 1; i < cuSeqlens.length; i++) m = Math.max(m, cuSeqlens[i] - cuSeqlens[i - 1]);
+  return m;
+}
+
 /** Per-batch tensors shared by every layer. */
 interface BatchCtx {
   n: number;
   ids: Tensor;
   positions: Tensor;
   cu: Tensor;
+  /** Tokens in the longest sequence (for the attention kernels' loop-budget check). */
+  maxSeqLen: number;
 }
 
 /** Gradients of the base weights, present only for full fine-tuning. */
@@ -247,6 +256,7 @@ export class LlamaModel {
       ids: g.upload(tokens, [n], "i32"),
       positions: g.upload(positionsFor(cuSeqlens), [n], "u32"),
       cu: g.upload(cuSeqlens, [cuSeqlens.length], "u32"),
+      maxSeqLen: maxSeqLen(cuSeqlens),
     };
   }
 
@@ -329,6 +339,7 @@ export class LlamaModel {
     k0.release();
     const attn = await attentionForward(g, q, k, v.reshape([n, Hkv, D]), c.cu, {
       scale: 1 / Math.sqrt(D),
+      maxSeqLen: c.maxSeqLen,
     });
     t(attn.out);
     t(attn.lse);
@@ -399,7 +410,7 @@ export class LlamaModel {
       a.attn!,
       dAttn.reshape([n, H, D]),
       c.cu,
-      { scale: 1 / Math.sqrt(D) },
+      { scale: 1 / Math.sqrt(D), maxSeqLen: c.maxSeqLen },
     );
     dAttn.release();
     this.#free(a.attn!.out, a.attn!.lse, a.q, a.k);

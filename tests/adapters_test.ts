@@ -10,7 +10,7 @@ import {
 } from "../lib/adapters.ts";
 import type { HiraVariant } from "../lib/ops/hira.ts";
 import type { PeftType } from "../lib/peft.ts";
-import { bf16ToF32, type Gpu, type Tensor } from "../lib/gpu.ts";
+import { bf16ToF32, type Gpu, loopBudget, type Tensor } from "../lib/gpu.ts";
 import { matmul } from "../lib/ops/matmul.ts";
 import { Rng } from "../lib/rand.ts";
 import {
@@ -222,8 +222,18 @@ Deno.test("HiRA auto kernel: fused on GPUs; on CPU rasterizers a short fused for
     }) as HiraAdapter;
   const auto = hira();
   // The same adapter seen from a GPU and from CPU rasterizers (kernelFor reads only these).
-  const on = (description: string, isCpuAdapter: boolean) =>
-    Object.create(auto, { gpu: { value: { description, isCpuAdapter } } }) as HiraAdapter;
+  const view = (ad: HiraAdapter, description: string, isCpuAdapter: boolean) =>
+    Object.create(ad, {
+      gpu: {
+        value: {
+          description,
+          isCpuAdapter,
+          limits: gpu.limits,
+          loopBudget: loopBudget(description),
+        },
+      },
+    }) as HiraAdapter;
+  const on = (description: string, isCpuAdapter: boolean) => view(auto, description, isCpuAdapter);
   const lavapipe = on("llvmpipe (LLVM 15.0.6, 256 bits)", true);
   assertEquals(lavapipe.kernelFor(128), "fused");
   assertEquals(lavapipe.kernelFor(129), "materialized");
@@ -235,6 +245,17 @@ Deno.test("HiRA auto kernel: fused on GPUs; on CPU rasterizers a short fused for
   const gpuAdapter = on("nvidia", false);
   assertEquals(gpuAdapter.kernelFor(100_000), "fused");
   assertEquals(gpuAdapter.kernelFor(100_000, "backward"), "fused");
+  // A layer whose fused forward would outrun llvmpipe's loop budget materialises even when short
+  // (a Llama-3-8B down_proj input, 14336 wide: ~115,000 iterations per invocation at 16 tokens).
+  const wide = createAdapter(gpu, "HIRA", {
+    inFeatures: 14336,
+    outFeatures: 8,
+    r: 32,
+    rng: new Rng(4),
+  }) as HiraAdapter;
+  assertEquals(view(wide, "llvmpipe (LLVM 15.0.6, 256 bits)", true).kernelFor(16), "materialized");
+  assertEquals(view(wide, "nvidia", false).kernelFor(16), "fused");
+  wide.release();
   // A forced kernel is used as it is, whatever the adapter and pass.
   const forced = hira("fused");
   assertEquals(forced.kernelFor(4096, "backward"), "fused");

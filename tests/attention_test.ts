@@ -157,7 +157,8 @@ Deno.test("attention reference backward matches central finite differences in f6
 
 Deno.test("attentionDecode matches the forward's last-token rows", async () => {
   const gpu = await testGpu();
-  for (const [h, hkv, d] of [[6, 2, 12], [4, 1, 6]]) {
+  // D = 32: the CPU adapters' Row-chunk decode kernel; 12 and 6 the one-row kernel.
+  for (const [h, hkv, d] of [[6, 2, 12], [4, 1, 6], [4, 2, 32]]) {
     const lens = [5, 1, 13];
     const cu = cuOf(lens);
     const n = cu[cu.length - 1];

@@ -9,7 +9,7 @@
  * uses all 8 storage bindings a browser allows.
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
+import { cdiv, type Gpu, grid, type KernelSpec, loopBudgetError, type Tensor } from "../gpu.ts";
 
 /**
  * Kernel family: "cpu" (CPU rasterizers) runs the blocked rows kernels where the head size is a
@@ -29,6 +29,12 @@ export interface AttentionOptions {
    * back to "cpu" beyond that; "cpu" is "rows" where D is not a multiple of 16 up to 128.
    */
   variant?: AttentionVariant;
+  /**
+   * Tokens in the longest sequence of `cuSeqlens` (default: all N), for the check against the
+   * adapter's loop budget ({@linkcode Gpu.loopBudget}: llvmpipe ends an invocation's loops after
+   * 65,535 iterations in all, and the kernels loop over a sequence per row).
+   */
+  maxSeqLen?: number;
 }
 
 /** What the forward returns and the backward needs. */
@@ -136,6 +142,52 @@ function pickKernels(gpu: Gpu, g: number, d: number, v: AttentionVariant = "auto
   return family;
 }
 
+/**
+ * Loop iterations one invocation of `kind`'s `pass` kernel runs on sequences of up to L tokens
+ * (for {@linkcode Gpu.loopBudget}). Mesa unrolls the *_rows loops over D up to D/4 = 16 (D = 64
+ * ran right on 2,000 tokens at 4 query heads per KV head) but not from 25 (D = 100 and 128 went
+ * wrong past ~250 queries per key); from 17 they are counted. The *_rows4 kernels loop over the
+ * sequence only.
+ */
+function attnIterations(
+  kind: Kernels | "decode" | "decode_rows4",
+  pass: "fwd" | "dq" | "dkdv",
+  x: Dims,
+  L: number,
+): number {
+  const dw = x.d % 4 === 0 ? x.d / 4 : x.d;
+  const perD = dw <= 16 ? 0 : dw;
+  const g = x.h / x.hkv;
+  if (kind === "rows4" || kind === "decode_rows4") return pass === "dkdv" ? L * (g + 1) + 8 : L + 8;
+  const rows = pass === "dkdv"
+    ? L * (1 + g * (2 + 2 * perD)) + 4 * perD
+    : L * (1 + (pass === "dq" ? 2 : 3) * perD) + 3 * perD;
+  // The tiled kernels add their tile loads (a few passes per tile of BT rows).
+  return kind === "tiled" ? 1.1 * rows + L * g : rows;
+}
+
+/** Throws where `kind`'s `pass` would outrun the adapter's loop budget. */
+function checkLoops(
+  gpu: Gpu,
+  op: string,
+  kind: Kernels | "decode" | "decode_rows4",
+  pass: "fwd" | "dq" | "dkdv",
+  x: Dims,
+  L: number,
+): void {
+  const iterations = attnIterations(kind, pass, x, L);
+  if (iterations <= 0.9 * gpu.loopBudget) return;
+  throw loopBudgetError(
+    `${op} (${kind} kernels, ${pass}) on sequences of up to ${L} tokens, D = ${x.d}, ` +
+      `${x.h}/${x.hkv} heads`,
+    iterations,
+    gpu.loopBudget,
+    x.d % 16 === 0 && x.d <= 128
+      ? 'use variant "cpu" (its loops run once per token) or shorter sequences'
+      : "use shorter sequences (cutoff_len) or a GPU",
+  );
+}
+
 /** Workgroups of the query-row (forward, dq) and key-row (dk/dv) dispatches. */
 function groups(kind: Kernels, x: Dims): { rows: [number, number]; keys: [number, number] } {
   const g = x.h / x.hkv;
@@ -178,6 +230,7 @@ export async function attentionForward(
   const lse = gpu.empty([x.n, x.h]);
   if (x.n === 0) return { out, lse };
   const kind = pickKernels(gpu, x.h / x.hkv, x.d, opts.variant);
+  checkLoops(gpu, "attentionForward", kind, "fwd", x, opts.maxSeqLen ?? x.n);
   const kern = await gpu.kernel(spec(`attn_fwd_${kind}`, x.d, FWD));
   gpu.dispatch(
     kern,
@@ -214,6 +267,8 @@ export async function attentionBackward(
   const dv = gpu.empty(v.shape);
   if (x.n === 0) return { dq, dk, dv };
   const kind = pickKernels(gpu, x.h / x.hkv, x.d, opts.variant);
+  checkLoops(gpu, op, kind, "dq", x, opts.maxSeqLen ?? x.n);
+  checkLoops(gpu, op, kind, "dkdv", x, opts.maxSeqLen ?? x.n);
   const [prep, kdq, kdkdv] = await Promise.all([
     gpu.kernel(spec("attn_bwd_prep", x.d, PREP)),
     gpu.kernel(spec(`attn_bwd_dq_${kind}`, x.d, DQ)),
@@ -257,7 +312,17 @@ export async function attentionDecode(
   const scale = opts.scale ?? 1 / Math.sqrt(d);
   const out = gpu.empty([nb, h, d]);
   if (nb === 0) return out;
-  const kern = await gpu.kernel(spec("attn_decode", d, DECODE));
+  // CPU rasterizers: the Row-chunk kernel, whose loops run once per cached token.
+  const entry = gpu.isCpuAdapter && d % 16 === 0 && d <= 128 ? "attn_decode_rows4" : "attn_decode";
+  checkLoops(
+    gpu,
+    op,
+    entry === "attn_decode" ? "decode" : "decode_rows4",
+    "fwd",
+    { n: nb, h, hkv, d },
+    tmax,
+  );
+  const kern = await gpu.kernel(spec(entry, d, DECODE));
   gpu.dispatch(
     kern,
     [[nb, h, hkv, tmax, { f32: scale }], q, kCache, vCache, lens, out],

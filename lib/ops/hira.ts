@@ -19,7 +19,15 @@
  * f16 tensor (read as f32).
  * @module
  */
-import { type BufferWindow, cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
+import {
+  type BufferWindow,
+  cdiv,
+  type Gpu,
+  grid,
+  type KernelSpec,
+  loopBudgetError,
+  type Tensor,
+} from "../gpu.ts";
 import { matmul } from "./matmul.ts";
 
 /** Fused kernel family: "cpu" for CPU rasterizers, "tiled" (workgroup memory) for real GPUs. */
@@ -97,6 +105,19 @@ const CPU_MIN_WORKGROUPS = 4;
 /** Workgroups the tiled gradient kernel keeps at least when it grows its tile blocks. */
 const TILED_GRAD_WORKGROUPS = 512;
 
+/**
+ * Loop iterations per invocation of grad_cpu for n tokens (an upper estimate, as for the fused
+ * product; calibrated on llvmpipe: in 2048, out 1024, r 4 ran right at 3,600 tokens, an estimate
+ * of ~63,000, and wrong at 4,400, ~76,000).
+ */
+function gradIterations(n: number, outF: number, inF: number, r: number): number {
+  const lay = gradLayout("cpu", outF, inF);
+  const tokens = cdiv(n, 4) * (1 + (outF % 4 === 0 && inF % 4 === 0 ? 0 : 32));
+  const dA = (r / 4) * (1 + 4 * lay.cb + (r % 4 === 0 ? 0 : 64));
+  const dB = r * 17;
+  return r * (lay.cb + 1) + lay.blocksPerSeg * (tokens + 2 + dA + dB) + r * lay.cb * 5;
+}
+
 /** Grid and block sizes of the gradient kernels for W0 [out, in]. */
 function gradLayout(variant: "cpu" | "tiled", outF: number, inF: number, tileBlock?: number) {
   if (variant === "cpu") {
@@ -122,7 +143,10 @@ function gradLayout(variant: "cpu" | "tiled", outF: number, inF: number, tileBlo
 }
 
 /** The variant `v` resolves to on this GPU. */
-export function resolveHiraVariant(gpu: Gpu, v: HiraVariant = "auto"): "cpu" | "tiled" {
+export function resolveHiraVariant(
+  gpu: Pick<Gpu, "isCpuAdapter">,
+  v: HiraVariant = "auto",
+): "cpu" | "tiled" {
   if (v === "cpu" || v === "tiled") return v;
   if (v !== "auto") throw new Error(`hira: unknown kernel variant ${v}`);
   return gpu.isCpuAdapter ? "cpu" : "tiled";
@@ -336,10 +360,124 @@ function stripSegRows(M: number, tilesN: number, rb: number, wanted?: number): n
  * (KS/4·CB 4×4 blocks each) fill the adapter's workgroup memory (KS = 64 at CB = 4 with 32 KiB),
  * and no more than K needs.
  */
-function stripChunk(gpu: Gpu, cb: number, K: number): number {
+function stripChunk(gpu: Pick<Gpu, "limits">, cb: number, K: number): number {
   const blocks = Math.floor(gpu.limits.maxComputeWorkgroupStorageSize / (8 * 64 * cb));
   return Math.max(4, Math.min(4 * blocks, cdiv(K, 4) * 4));
 }
+
+/** How a fused product runs: kernel entry, register blocks, strip chunking and grid. */
+interface ProductPlan {
+  variant: "cpu" | "tiled";
+  entry: string;
+  rb: number;
+  cb: number;
+  strip: boolean;
+  ks: number;
+  segRows: number;
+  tilesN: number;
+  totalTiles: number;
+  /** Loop iterations one invocation runs (an upper estimate; 0 for the tiled kernel). */
+  iterations: number;
+}
+
+/**
+ * Loop iterations per invocation of the CPU fused product kernels (kernels/hira.wgsl's mm_cpu
+ * and mm_cpu_strip), for {@linkcode Gpu.loopBudget}: an estimate fitted to where llvmpipe's
+ * results went wrong, used with a 10% margin.
+ */
+function productIterations(
+  K: number,
+  r: number,
+  dx: boolean,
+  p: Pick<ProductPlan, "rb" | "cb" | "strip" | "ks" | "segRows">,
+  vec: { k: boolean; r: boolean; n: boolean },
+): number {
+  // Per 4 k: the factor's rank loop (dX: 4 ranks at a time through B's rows). Calibrated on
+  // llvmpipe at r = 32: the forward per-block kernel ran right at K = 7,300 and wrong at 7,600;
+  // the strip kernel on 64 rows right at 6,600 and wrong at 7,200, its dX on 130 rows right at
+  // 12,000 and wrong at 14,336.
+  const factor = dx ? (r / 4) * (1 + (vec.r ? 0 : 16)) + 1 : r + 2;
+  const act = vec.k ? 0 : 16 * p.rb;
+  const io = vec.n ? 0 : 32 * p.rb * p.cb;
+  const pre = r * (p.cb + 1);
+  if (!p.strip) return pre + (K / 4) * (factor + 1 + act) + io;
+  const rowBlocks = cdiv(p.segRows, 4 * p.rb);
+  return pre +
+    cdiv(K, p.ks) * ((p.ks / 4) * factor + rowBlocks * ((p.ks / 4) * (1 + act) + 2 + io));
+}
+
+function productPlan(
+  gpu: Pick<Gpu, "isCpuAdapter" | "description" | "limits">,
+  dx: boolean,
+  M: number,
+  outF: number,
+  inF: number,
+  r: number,
+  opts: Pick<HiraProductOptions, "variant" | "cpuStrip" | "cpuSegRows">,
+): ProductPlan {
+  const K = dx ? outF : inF;
+  const N = dx ? inF : outF;
+  const variant = resolveHiraVariant(gpu, opts.variant);
+  const rb = variant === "cpu" ? block(M) : 1;
+  // Columns per workgroup are 8 invocations × 4·CB: keep that within N's next multiple of 32.
+  const cb = variant === "cpu" ? (N > 64 ? 4 : N > 32 ? 2 : 1) : 1;
+  const strip = variant === "cpu" &&
+    (opts.cpuStrip ?? (M > CPU_FEW_ROWS && cpuStripSupported(gpu.description)));
+  const entry = variant === "tiled" ? "mm_tiled" : strip ? "mm_cpu_strip" : "mm_cpu";
+  const ks = strip ? stripChunk(gpu, cb, K) : 4;
+  const tileN = variant === "cpu" ? 32 * cb : TILE;
+  const tilesN = cdiv(N, tileN);
+  const segRows = strip ? stripSegRows(M, tilesN, rb, opts.cpuSegRows) : 0;
+  const tileM = strip ? segRows : variant === "cpu" ? 4 * rb : TILE;
+  const plan = {
+    variant,
+    entry,
+    rb,
+    cb,
+    strip,
+    ks,
+    segRows,
+    tilesN,
+    totalTiles: tilesN * cdiv(M, tileM),
+    iterations: 0,
+  };
+  if (variant === "cpu") {
+    plan.iterations = productIterations(K, r, dx, plan, {
+      k: K % 4 === 0,
+      r: r % 4 === 0,
+      n: N % 4 === 0,
+    });
+  }
+  return plan;
+}
+
+/**
+ * Whether HiRA's fused kernels run a layer [out, in] of rank r on `tokens` tokens within the
+ * adapter's loop budget ({@linkcode Gpu.loopBudget}; llvmpipe ends longer loops early):
+ * the forward, or the backward (dX and dA/dB). Always true on adapters without a budget and for
+ * the tiled kernels.
+ */
+export function hiraFusedFits(
+  gpu: Pick<Gpu, "isCpuAdapter" | "description" | "limits" | "loopBudget">,
+  tokens: number,
+  outF: number,
+  inF: number,
+  r: number,
+  pass: "forward" | "backward",
+  variant: HiraVariant = "auto",
+): boolean {
+  if (!Number.isFinite(gpu.loopBudget) || tokens === 0) return true;
+  const limit = LOOP_MARGIN * gpu.loopBudget;
+  if (pass === "forward") {
+    return productPlan(gpu, false, tokens, outF, inF, r, { variant }).iterations <= limit;
+  }
+  if (productPlan(gpu, true, tokens, outF, inF, r, { variant }).iterations > limit) return false;
+  const v = resolveHiraVariant(gpu, variant);
+  return v === "tiled" || gradIterations(tokens, outF, inF, r) <= limit;
+}
+
+/** Share of the loop budget the estimates may use (they are calibrated, not exact). */
+const LOOP_MARGIN = 0.9;
 
 async function fusedProduct(
   gpu: Gpu,
@@ -371,18 +509,22 @@ async function fusedProduct(
     out = gpu.empty([M, N]);
   }
   if (M === 0) return out;
-  const variant = resolveHiraVariant(gpu, opts.variant);
-  const rb = variant === "cpu" ? block(M) : 1;
-  // Columns per workgroup are 8 invocations × 4·CB: keep that within N's next multiple of 32.
-  const cb = variant === "cpu" ? (N > 64 ? 4 : N > 32 ? 2 : 1) : 1;
-  const strip = variant === "cpu" &&
-    (opts.cpuStrip ?? (M > CPU_FEW_ROWS && cpuStripSupported(gpu.description)));
-  const entry = variant === "tiled" ? "mm_tiled" : strip ? "mm_cpu_strip" : "mm_cpu";
   if (
     opts.cpuSegRows !== undefined && !(Number.isInteger(opts.cpuSegRows) && opts.cpuSegRows > 0)
   ) {
     throw new Error(`${what}: cpuSegRows must be a positive integer, got ${opts.cpuSegRows}`);
   }
+  const plan = productPlan(gpu, dx, M, outF, inF, r, opts);
+  if (plan.iterations > LOOP_MARGIN * gpu.loopBudget) {
+    if (!opts.out) out.release();
+    throw loopBudgetError(
+      `${what} [${M}, ${K}] × W0 [${outF}, ${inF}] r=${r}`,
+      plan.iterations,
+      gpu.loopBudget,
+      'use HiRA\'s "materialized" kernel for this shape ("auto" does)',
+    );
+  }
+  const { variant, entry, rb, cb, ks, segRows, tilesN, totalTiles } = plan;
   const kernel = await gpu.kernel(
     spec(entry, [
       "uniform",
@@ -397,7 +539,7 @@ async function fusedProduct(
       ACC: opts.accumulate ?? false,
       // The cpu entries preload per-rank values into an array sized by the rank.
       RANK: variant === "cpu" ? r : 1,
-      KS: strip ? stripChunk(gpu, cb, K) : 4,
+      KS: ks,
       RB: rb,
       CB: cb,
       VEC_K: K % 4 === 0,
@@ -406,11 +548,6 @@ async function fusedProduct(
       VEC_N: N % 4 === 0,
     }),
   );
-  const tileN = variant === "cpu" ? 32 * cb : TILE;
-  const tilesN = cdiv(N, tileN);
-  const segRows = strip ? stripSegRows(M, tilesN, rb, opts.cpuSegRows) : 0;
-  const tileM = strip ? segRows : variant === "cpu" ? 4 * rb : TILE;
-  const totalTiles = tilesN * cdiv(M, tileM);
   gpu.dispatch(kernel, [
     [M, N, K, outF, inF, r, tilesN, totalTiles, segRows],
     vec4Window(act),
@@ -483,6 +620,17 @@ export async function hiraWeightGradsFused(
   const variant = resolveHiraVariant(gpu, opts.variant);
   if (opts.tileBlock !== undefined && !(Number.isInteger(opts.tileBlock) && opts.tileBlock >= 1)) {
     throw new Error(`${what}: tileBlock must be a positive integer, got ${opts.tileBlock}`);
+  }
+  if (variant === "cpu") {
+    const iterations = gradIterations(n, outF, inF, r);
+    if (iterations > LOOP_MARGIN * gpu.loopBudget) {
+      throw loopBudgetError(
+        `${what} on ${n} tokens, W0 [${outF}, ${inF}] r=${r}`,
+        iterations,
+        gpu.loopBudget,
+        'use HiRA\'s "materialized" kernel for this shape ("auto" does on CPU adapters)',
+      );
+    }
   }
   const lay = gradLayout(variant, outF, inF, opts.tileBlock);
   const { cb, cols: colTiles, rows: segs } = lay;

@@ -7,7 +7,7 @@
  * blocks, passing each block's targets (a `rows()` view or a fresh tensor), and sum the losses.
  * @module
  */
-import { type Gpu, grid, type Tensor } from "../gpu.ts";
+import { type Gpu, grid, loopBudgetError, type Tensor } from "../gpu.ts";
 import { rowWorkgroupSize } from "./norm.ts";
 
 /** Options for {@linkcode crossEntropy}. */
@@ -52,7 +52,18 @@ export async function crossEntropy(
     throw new Error(`crossEntropy: logits ${logits.shape} for ${n} targets`);
   }
   const v = logits.size / n;
-  const wg = rowWorkgroupSize(gpu, opts.workgroupSize);
+  // Each invocation loops over V/WG logits twice: on llvmpipe, whose loop budget (Gpu.loopBudget)
+  // a 256k vocabulary would outrun at the CPU's 8 lanes, the workgroup grows instead.
+  let wg = rowWorkgroupSize(gpu, opts.workgroupSize);
+  while (opts.workgroupSize === undefined && wg < 256 && 2 * v / wg > 0.9 * gpu.loopBudget) wg *= 2;
+  if (2 * v / wg > 0.9 * gpu.loopBudget) {
+    throw loopBudgetError(
+      `crossEntropy over ${v} logits per row`,
+      2 * v / wg,
+      gpu.loopBudget,
+      "leave workgroupSize to the default",
+    );
+  }
   const loss = opts.loss ?? gpu.empty([n]);
   if (loss.size !== n) throw new Error(`crossEntropy: loss ${loss.shape} for ${n} targets`);
   const params = [n, v, { f32: opts.scale ?? 1 }];
