@@ -226,11 +226,11 @@ export async function attentionForward(
 ): Promise<AttentionSaved> {
   const x = dims("attentionForward", q, k, v, cuSeqlens);
   const scale = opts.scale ?? 1 / Math.sqrt(x.d);
+  const kind = pickKernels(gpu, x.h / x.hkv, x.d, opts.variant);
+  checkLoops(gpu, "attentionForward", kind, "fwd", x, opts.maxSeqLen ?? x.n);
   const out = gpu.empty([x.n, x.h, x.d]);
   const lse = gpu.empty([x.n, x.h]);
   if (x.n === 0) return { out, lse };
-  const kind = pickKernels(gpu, x.h / x.hkv, x.d, opts.variant);
-  checkLoops(gpu, "attentionForward", kind, "fwd", x, opts.maxSeqLen ?? x.n);
   const kern = await gpu.kernel(spec(`attn_fwd_${kind}`, x.d, FWD));
   gpu.dispatch(
     kern,
@@ -262,13 +262,13 @@ export async function attentionBackward(
   expectShape(op, "saved.lse", saved.lse, [x.n, x.h]);
   expectShape(op, "dOut", dOut, q.shape);
   const scale = opts.scale ?? 1 / Math.sqrt(x.d);
+  const kind = pickKernels(gpu, x.h / x.hkv, x.d, opts.variant);
+  checkLoops(gpu, op, kind, "dq", x, opts.maxSeqLen ?? x.n);
+  checkLoops(gpu, op, kind, "dkdv", x, opts.maxSeqLen ?? x.n);
   const dq = gpu.empty(q.shape);
   const dk = gpu.empty(k.shape);
   const dv = gpu.empty(v.shape);
   if (x.n === 0) return { dq, dk, dv };
-  const kind = pickKernels(gpu, x.h / x.hkv, x.d, opts.variant);
-  checkLoops(gpu, op, kind, "dq", x, opts.maxSeqLen ?? x.n);
-  checkLoops(gpu, op, kind, "dkdv", x, opts.maxSeqLen ?? x.n);
   const [prep, kdq, kdkdv] = await Promise.all([
     gpu.kernel(spec("attn_bwd_prep", x.d, PREP)),
     gpu.kernel(spec(`attn_bwd_dq_${kind}`, x.d, DQ)),
@@ -310,8 +310,6 @@ export async function attentionDecode(
   expectShape(op, "lens", lens, [nb], "u32");
   checkHeads(op, h, hkv, d);
   const scale = opts.scale ?? 1 / Math.sqrt(d);
-  const out = gpu.empty([nb, h, d]);
-  if (nb === 0) return out;
   // CPU rasterizers: the Row-chunk kernel, whose loops run once per cached token.
   const entry = gpu.isCpuAdapter && d % 16 === 0 && d <= 128 ? "attn_decode_rows4" : "attn_decode";
   checkLoops(
@@ -322,6 +320,8 @@ export async function attentionDecode(
     { n: nb, h, hkv, d },
     tmax,
   );
+  const out = gpu.empty([nb, h, d]);
+  if (nb === 0) return out;
   const kern = await gpu.kernel(spec(entry, d, DECODE));
   gpu.dispatch(
     kern,
