@@ -11,7 +11,9 @@ import { adapterTensors, attachAdapters } from "../lib/attach.ts";
 import type { LlamaModel } from "../lib/model.ts";
 import { refForward, refNll } from "../lib/ref/model.ts";
 import { hiraWeightRef, loraWeightRef } from "../lib/ref/adapters.ts";
-import { modulePath, PROJECTIONS, projectionShape } from "../lib/config.ts";
+import { modulePath, parseConfig, PROJECTIONS, projectionShape } from "../lib/config.ts";
+import { randomModel, readBaseWeights } from "../lib/load.ts";
+import { Rng } from "../lib/rand.ts";
 import { AdamW } from "../lib/ops/optim.ts";
 import { assertClose, testGpu } from "./_util.ts";
 import { packBatch } from "./_fixtures.ts";
@@ -296,4 +298,84 @@ Deno.test("per-token NLL of every position matches PyTorch's (HiRA adapter)", as
   const g = await golden("hira.logits.safetensors");
   const want = tk.tokens.flatMap((_, i) => [...g.get(`nll.${i}`)!]);
   assertClose(nll, want, { rtol: 1e-4, atol: 1e-5, label: "token NLL" });
+});
+
+Deno.test("a 300-token sequence at Llama-3's head shape (D = 128, 4 query heads per KV head): loss and HiRA gradients against the f64 CPU model", async () => {
+  // One layer, hidden 512 as 4 heads of 128 over 1 KV head: each early key is seen by ~1,200
+  // (query, head) pairs, so kernels that count loop passes per invocation (llvmpipe stops them at
+  // 65,535) are exercised at a length the fixtures never reach.
+  const gpu = await testGpu();
+  const cfg = parseConfig({
+    architectures: ["LlamaForCausalLM"],
+    hidden_size: 512,
+    intermediate_size: 96,
+    num_hidden_layers: 1,
+    num_attention_heads: 4,
+    num_key_value_heads: 1,
+    vocab_size: 48,
+    tie_word_embeddings: true,
+    initializer_range: 0.05,
+  });
+  const model = randomModel(gpu, cfg, 11);
+  const r = 2;
+  const targets = ["k_proj", "v_proj", "down_proj"] as const;
+  attachAdapters(model, {
+    peftType: "HIRA",
+    r,
+    targetModules: [...targets],
+    loraAlpha: 4,
+    loraDropout: 0,
+    baseModel: "",
+    keyStyle: "peft",
+  }, { seed: 5, initB: "gaussian" });
+  const rng = new Rng(3);
+  const seqs = [300, 37].map((n) => Array.from({ length: n }, () => rng.int(cfg.vocabSize)));
+  const batch = packBatch(seqs);
+  const lossSum = await model.trainStep(batch);
+  const named = model.trainable();
+  const [loss, ...grads] = await gpu.readMany([lossSum, ...named.map((p) => p.grad)]);
+  const base = new Map<string, Float64Array>();
+  for (const [n, t] of await readBaseWeights(model)) base.set(n, Float64Array.from(t.data));
+  const ad = new Map(
+    (await adapterTensors(model, "HIRA")).map((
+      t,
+    ) => [t.name, Float64Array.from(t.data as Float32Array)]),
+  );
+  const refLoss = () => {
+    const w = new Map(base);
+    for (const p of targets) {
+      const key = `base_model.model.${modulePath(0, p)}`;
+      const [o, i] = projectionShape(cfg, p);
+      const w0 = base.get(`${modulePath(0, p)}.weight`)!;
+      const a = ad.get(`${key}.hira_A`)!, b = ad.get(`${key}.hira_B`)!;
+      w.set(
+        `${modulePath(0, p)}.weight`,
+        hiraWeightRef(w0, a, b, { inFeatures: i, outFeatures: o, r }),
+      );
+    }
+    let sum = 0;
+    for (const seq of seqs) {
+      refNll(refForward(cfg, w, seq), seq, cfg.vocabSize).forEach((v) => sum += v);
+    }
+    return sum / batch.numCounted;
+  };
+  assertClose([loss[0] / batch.numCounted], [refLoss()], { rtol: 1e-5, atol: 1e-6, label: "loss" });
+  // k_proj's A reaches the loss through dK (the dk/dv kernel), v_proj's B through dV.
+  const h = 1e-5;
+  for (const [name, idx] of [["k_proj.hira_A", 5], ["v_proj.hira_B", 9], ["down_proj.hira_A", 3]]) {
+    const pi = named.findIndex((p) => p.name.endsWith(name as string));
+    const arr = ad.get(named[pi].name)!;
+    const orig = arr[idx as number];
+    arr[idx as number] = orig + h;
+    const lp = refLoss();
+    arr[idx as number] = orig - h;
+    const lm = refLoss();
+    arr[idx as number] = orig;
+    assertClose([grads[pi][idx as number]], [(lp - lm) / (2 * h)], {
+      rtol: 2e-3,
+      atol: 2e-6,
+      label: `${named[pi].name}[${idx}]`,
+    });
+  }
+  model.release();
 });
