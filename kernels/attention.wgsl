@@ -368,6 +368,35 @@ fn key_start(t: u32) -> u32 {
   return select(t + 1u, seq_bounds(min(t, p.n - 1u)).x, t < p.n);
 }
 
+// Query block `blk`: 4 consecutive tokens from t0 of head h (rows past N read token N − 1 and
+// are never stored), each row's first key and its row index in [N·H], and the keys jlo..=jhi the
+// block needs.
+struct QueryBlock {
+  h: u32,
+  kvh: u32,
+  t0: u32,
+  start: vec4<u32>,
+  row: vec4<u32>,
+  jlo: u32,
+  jhi: u32,
+}
+
+fn query_block(blk: u32) -> QueryBlock {
+  let h = blk % p.h;
+  let t0 = blk / p.h * 4u;
+  let t = vec4<u32>(t0, t0 + 1u, t0 + 2u, t0 + 3u);
+  let start = vec4<u32>(key_start(t.x), key_start(t.y), key_start(t.z), key_start(t.w));
+  return QueryBlock(
+    h,
+    h / (p.h / p.hkv),
+    t0,
+    start,
+    min(t, vec4(p.n - 1u)) * p.h + h,
+    min(min(start.x, start.y), min(start.z, start.w)),
+    min(t0 + 3u, p.n - 1u),
+  );
+}
+
 // Writes a finished query row (if the token exists).
 fn fwd_finish(t: u32, h: u32, acc: Row, st: Soft) {
   if (t >= p.n) { return; }
@@ -383,40 +412,31 @@ fn attn_fwd_rows4(
 ) {
   let blk = gid.x + gid.y * nwg.x * ROWS_WG;
   if (blk >= (p.n + 3u) / 4u * p.h) { return; }
-  let h = blk % p.h;
-  let t0 = blk / p.h * 4u;
-  let kvh = h / (p.h / p.hkv);
-  // Rows past N read token N − 1 and are never stored.
-  let last = p.n - 1u;
-  let s0 = key_start(t0);
-  let s1 = key_start(t0 + 1u);
-  let s2 = key_start(t0 + 2u);
-  let s3 = key_start(t0 + 3u);
-  let q0 = row_scale(row_q((min(t0, last) * p.h + h) * DW), p.scale);
-  let q1 = row_scale(row_q((min(t0 + 1u, last) * p.h + h) * DW), p.scale);
-  let q2 = row_scale(row_q((min(t0 + 2u, last) * p.h + h) * DW), p.scale);
-  let q3 = row_scale(row_q((min(t0 + 3u, last) * p.h + h) * DW), p.scale);
+  let b = query_block(blk);
+  let t0 = b.t0;
+  let q0 = row_scale(row_q(b.row.x * DW), p.scale);
+  let q1 = row_scale(row_q(b.row.y * DW), p.scale);
+  let q2 = row_scale(row_q(b.row.z * DW), p.scale);
+  let q3 = row_scale(row_q(b.row.w * DW), p.scale);
   var a0: Row; var a1: Row; var a2: Row; var a3: Row;
   var st0 = Soft(NEG_BIG, 0.0); var st1 = st0; var st2 = st0; var st3 = st0;
-  let jlo = min(min(s0, s1), min(s2, s3));
-  let jhi = min(t0 + 3u, last);
-  for (var j = jlo; j <= jhi; j++) {
-    let kb = (j * p.hkv + kvh) * DW;
+  for (var j = b.jlo; j <= b.jhi; j++) {
+    let kb = (j * p.hkv + b.kvh) * DW;
     let kr = row_k(kb);
-    let e0 = soft_step(&st0, &a0, row_dot(q0, kr), j >= s0 && j <= t0);
-    let e1 = soft_step(&st1, &a1, row_dot(q1, kr), j >= s1 && j <= t0 + 1u);
-    let e2 = soft_step(&st2, &a2, row_dot(q2, kr), j >= s2 && j <= t0 + 2u);
-    let e3 = soft_step(&st3, &a3, row_dot(q3, kr), j >= s3 && j <= t0 + 3u);
+    let e0 = soft_step(&st0, &a0, row_dot(q0, kr), j >= b.start.x && j <= t0);
+    let e1 = soft_step(&st1, &a1, row_dot(q1, kr), j >= b.start.y && j <= t0 + 1u);
+    let e2 = soft_step(&st2, &a2, row_dot(q2, kr), j >= b.start.z && j <= t0 + 2u);
+    let e3 = soft_step(&st3, &a3, row_dot(q3, kr), j >= b.start.w && j <= t0 + 3u);
     let vr = row_v(kb);
     a0 = row_axpy(a0, e0, vr);
     a1 = row_axpy(a1, e1, vr);
     a2 = row_axpy(a2, e2, vr);
     a3 = row_axpy(a3, e3, vr);
   }
-  fwd_finish(t0, h, a0, st0);
-  fwd_finish(t0 + 1u, h, a1, st1);
-  fwd_finish(t0 + 2u, h, a2, st2);
-  fwd_finish(t0 + 3u, h, a3, st3);
+  fwd_finish(t0, b.h, a0, st0);
+  fwd_finish(t0 + 1u, b.h, a1, st1);
+  fwd_finish(t0 + 2u, b.h, a2, st2);
+  fwd_finish(t0 + 3u, b.h, a3, st3);
 }
 
 // Adds query row q's share of dq for key row kr when `ok`: (exp(s − lse)·(dout·v − delta))·k.
@@ -432,46 +452,34 @@ fn attn_bwd_dq_rows4(
 ) {
   let blk = gid.x + gid.y * nwg.x * ROWS_WG;
   if (blk >= (p.n + 3u) / 4u * p.h) { return; }
-  let h = blk % p.h;
-  let t0 = blk / p.h * 4u;
-  let kvh = h / (p.h / p.hkv);
-  let last = p.n - 1u;
-  let s0 = key_start(t0);
-  let s1 = key_start(t0 + 1u);
-  let s2 = key_start(t0 + 2u);
-  let s3 = key_start(t0 + 3u);
-  let r0 = min(t0, last) * p.h + h;
-  let r1 = min(t0 + 1u, last) * p.h + h;
-  let r2 = min(t0 + 2u, last) * p.h + h;
-  let r3 = min(t0 + 3u, last) * p.h + h;
-  let q0 = row_scale(row_q(r0 * DW), p.scale);
-  let q1 = row_scale(row_q(r1 * DW), p.scale);
-  let q2 = row_scale(row_q(r2 * DW), p.scale);
-  let q3 = row_scale(row_q(r3 * DW), p.scale);
-  let d0 = row_dout(r0 * DW);
-  let d1 = row_dout(r1 * DW);
-  let d2 = row_dout(r2 * DW);
-  let d3 = row_dout(r3 * DW);
-  let c0 = ld[r0];
-  let c1 = ld[r1];
-  let c2 = ld[r2];
-  let c3 = ld[r3];
+  let b = query_block(blk);
+  let t0 = b.t0;
+  let q0 = row_scale(row_q(b.row.x * DW), p.scale);
+  let q1 = row_scale(row_q(b.row.y * DW), p.scale);
+  let q2 = row_scale(row_q(b.row.z * DW), p.scale);
+  let q3 = row_scale(row_q(b.row.w * DW), p.scale);
+  let d0 = row_dout(b.row.x * DW);
+  let d1 = row_dout(b.row.y * DW);
+  let d2 = row_dout(b.row.z * DW);
+  let d3 = row_dout(b.row.w * DW);
+  let c0 = ld[b.row.x];
+  let c1 = ld[b.row.y];
+  let c2 = ld[b.row.z];
+  let c3 = ld[b.row.w];
   var a0: Row; var a1: Row; var a2: Row; var a3: Row;
-  let jlo = min(min(s0, s1), min(s2, s3));
-  let jhi = min(t0 + 3u, last);
-  for (var j = jlo; j <= jhi; j++) {
-    let kb = (j * p.hkv + kvh) * DW;
+  for (var j = b.jlo; j <= b.jhi; j++) {
+    let kb = (j * p.hkv + b.kvh) * DW;
     let kr = row_k(kb);
     let vr = row_v(kb);
-    dq_step(&a0, q0, d0, c0, kr, vr, j >= s0 && j <= t0);
-    dq_step(&a1, q1, d1, c1, kr, vr, j >= s1 && j <= t0 + 1u);
-    dq_step(&a2, q2, d2, c2, kr, vr, j >= s2 && j <= t0 + 2u);
-    dq_step(&a3, q3, d3, c3, kr, vr, j >= s3 && j <= t0 + 3u);
+    dq_step(&a0, q0, d0, c0, kr, vr, j >= b.start.x && j <= t0);
+    dq_step(&a1, q1, d1, c1, kr, vr, j >= b.start.y && j <= t0 + 1u);
+    dq_step(&a2, q2, d2, c2, kr, vr, j >= b.start.z && j <= t0 + 2u);
+    dq_step(&a3, q3, d3, c3, kr, vr, j >= b.start.w && j <= t0 + 3u);
   }
-  if (t0 < p.n) { store_dq(r0 * DW, a0, p.scale); }
-  if (t0 + 1u < p.n) { store_dq(r1 * DW, a1, p.scale); }
-  if (t0 + 2u < p.n) { store_dq(r2 * DW, a2, p.scale); }
-  if (t0 + 3u < p.n) { store_dq(r3 * DW, a3, p.scale); }
+  if (t0 < p.n) { store_dq(b.row.x * DW, a0, p.scale); }
+  if (t0 + 1u < p.n) { store_dq(b.row.y * DW, a1, p.scale); }
+  if (t0 + 2u < p.n) { store_dq(b.row.z * DW, a2, p.scale); }
+  if (t0 + 3u < p.n) { store_dq(b.row.w * DW, a3, p.scale); }
 }
 
 // End (exclusive) of the queries that see key j: its sequence's end, or j (none) for padding and
