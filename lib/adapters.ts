@@ -262,7 +262,6 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
             this.outFeatures,
             this.inFeatures,
             this.r,
-            "forward",
             this.variant,
           )
         ? "fused"

@@ -116,7 +116,8 @@ export class KvCacheDecoder implements Stepper {
     const { tokens, cuSeqlens, lastRows } = pack(prompts);
     this.#checkTokens(tokens);
     const lens = prompts.map((p) => p.length);
-    const tmax = Math.max(...lens) + maxNewTokens;
+    const longest = Math.max(...lens);
+    const tmax = longest + maxNewTokens;
     const n = tokens.length, nseq = prompts.length;
     const positions = new Uint32Array(n), cacheRows = new Uint32Array(n);
     prompts.forEach((p, s) => {
@@ -137,7 +138,7 @@ export class KvCacheDecoder implements Stepper {
     for (let l = 0; l < cfg.numLayers; l++) {
       this.#k.push(g.empty(cacheShape));
       this.#v.push(g.empty(cacheShape));
-      const out = await this.#layer(l, x, pos, rows, { cu, maxSeqLen: Math.max(...lens) });
+      const out = await this.#layer(l, x, pos, rows, { cu, maxSeqLen: longest });
       x.release();
       x = out;
     }

@@ -719,7 +719,21 @@ export const LLVMPIPE_LOOP_LIMIT = 65535;
  * Mesa unrolls do not count. Other adapters: unlimited.
  */
 export function loopBudget(adapterDescription: string): number {
-  return /llvmpipe|lavapipe/i.test(adapterDescription) ? LLVMPIPE_LOOP_LIMIT : Infinity;
+  return isLlvmpipe(adapterDescription) ? LLVMPIPE_LOOP_LIMIT : Infinity;
+}
+
+/** Whether an adapter description names llvmpipe (lavapipe is its Vulkan driver). */
+export function isLlvmpipe(adapterDescription: string): boolean {
+  return /llvmpipe|lavapipe/i.test(adapterDescription);
+}
+
+/**
+ * Whether a kernel whose invocations run about `iterations` loop passes fits `budget`
+ * ({@linkcode loopBudget}): the estimates are fitted to where llvmpipe went wrong, not exact, so
+ * they may use 90% of it.
+ */
+export function withinLoopBudget(iterations: number, budget: number): boolean {
+  return iterations <= 0.9 * budget;
 }
 
 /**

@@ -9,7 +9,15 @@
  * uses all 8 storage bindings a browser allows.
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, loopBudgetError, type Tensor } from "../gpu.ts";
+import {
+  cdiv,
+  type Gpu,
+  grid,
+  type KernelSpec,
+  loopBudgetError,
+  type Tensor,
+  withinLoopBudget,
+} from "../gpu.ts";
 
 /**
  * Kernel family: "cpu" (CPU rasterizers) runs the blocked rows kernels where the head size is a
@@ -176,7 +184,7 @@ function checkLoops(
   L: number,
 ): void {
   const iterations = attnIterations(kind, pass, x, L);
-  if (iterations <= 0.9 * gpu.loopBudget) return;
+  if (withinLoopBudget(iterations, gpu.loopBudget)) return;
   throw loopBudgetError(
     `${op} (${kind} kernels, ${pass}) on sequences of up to ${L} tokens, D = ${x.d}, ` +
       `${x.h}/${x.hkv} heads`,

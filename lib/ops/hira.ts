@@ -24,9 +24,11 @@ import {
   cdiv,
   type Gpu,
   grid,
+  isLlvmpipe,
   type KernelSpec,
   loopBudgetError,
   type Tensor,
+  withinLoopBudget,
 } from "../gpu.ts";
 import { matmul } from "./matmul.ts";
 
@@ -75,7 +77,7 @@ export interface HiraGradOptions {
  * CPU adapters keep mm_cpu, which suits any number of rows but forms the factor per 16 of them.
  */
 export function cpuStripSupported(adapterDescription: string): boolean {
-  return /llvmpipe|lavapipe/i.test(adapterDescription);
+  return isLlvmpipe(adapterDescription);
 }
 
 /**
@@ -383,7 +385,7 @@ interface ProductPlan {
 /**
  * Loop iterations per invocation of the CPU fused product kernels (kernels/hira.wgsl's mm_cpu
  * and mm_cpu_strip), for {@linkcode Gpu.loopBudget}: an estimate fitted to where llvmpipe's
- * results went wrong, used with a 10% margin.
+ * results went wrong ({@linkcode withinLoopBudget} leaves a margin).
  */
 function productIterations(
   K: number,
@@ -452,10 +454,9 @@ function productPlan(
 }
 
 /**
- * Whether HiRA's fused kernels run a layer [out, in] of rank r on `tokens` tokens within the
- * adapter's loop budget ({@linkcode Gpu.loopBudget}; llvmpipe ends longer loops early):
- * the forward, or the backward (dX and dA/dB). Always true on adapters without a budget and for
- * the tiled kernels.
+ * Whether HiRA's fused forward runs a layer [out, in] of rank r on `tokens` tokens within the
+ * adapter's loop budget ({@linkcode Gpu.loopBudget}; llvmpipe ends longer loops early). Always
+ * true on adapters without a budget and for the tiled kernels.
  */
 export function hiraFusedFits(
   gpu: Pick<Gpu, "isCpuAdapter" | "description" | "limits" | "loopBudget">,
@@ -463,21 +464,12 @@ export function hiraFusedFits(
   outF: number,
   inF: number,
   r: number,
-  pass: "forward" | "backward",
   variant: HiraVariant = "auto",
 ): boolean {
-  if (!Number.isFinite(gpu.loopBudget) || tokens === 0) return true;
-  const limit = LOOP_MARGIN * gpu.loopBudget;
-  if (pass === "forward") {
-    return productPlan(gpu, false, tokens, outF, inF, r, { variant }).iterations <= limit;
-  }
-  if (productPlan(gpu, true, tokens, outF, inF, r, { variant }).iterations > limit) return false;
-  const v = resolveHiraVariant(gpu, variant);
-  return v === "tiled" || gradIterations(tokens, outF, inF, r) <= limit;
+  if (tokens === 0) return true;
+  const plan = productPlan(gpu, false, tokens, outF, inF, r, { variant });
+  return withinLoopBudget(plan.iterations, gpu.loopBudget);
 }
-
-/** Share of the loop budget the estimates may use (they are calibrated, not exact). */
-const LOOP_MARGIN = 0.9;
 
 async function fusedProduct(
   gpu: Gpu,
@@ -515,7 +507,7 @@ async function fusedProduct(
     throw new Error(`${what}: cpuSegRows must be a positive integer, got ${opts.cpuSegRows}`);
   }
   const plan = productPlan(gpu, dx, M, outF, inF, r, opts);
-  if (plan.iterations > LOOP_MARGIN * gpu.loopBudget) {
+  if (!withinLoopBudget(plan.iterations, gpu.loopBudget)) {
     if (!opts.out) out.release();
     throw loopBudgetError(
       `${what} [${M}, ${K}] × W0 [${outF}, ${inF}] r=${r}`,
@@ -623,7 +615,7 @@ export async function hiraWeightGradsFused(
   }
   if (variant === "cpu") {
     const iterations = gradIterations(n, outF, inF, r);
-    if (iterations > LOOP_MARGIN * gpu.loopBudget) {
+    if (!withinLoopBudget(iterations, gpu.loopBudget)) {
       throw loopBudgetError(
         `${what} on ${n} tokens, W0 [${outF}, ${inF}] r=${r}`,
         iterations,

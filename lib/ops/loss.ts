@@ -7,7 +7,7 @@
  * blocks, passing each block's targets (a `rows()` view or a fresh tensor), and sum the losses.
  * @module
  */
-import { type Gpu, grid, loopBudgetError, type Tensor } from "../gpu.ts";
+import { type Gpu, grid, loopBudgetError, type Tensor, withinLoopBudget } from "../gpu.ts";
 import { rowWorkgroupSize } from "./norm.ts";
 
 /** Options for {@linkcode crossEntropy}. */
@@ -55,8 +55,9 @@ export async function crossEntropy(
   // Each invocation loops over V/WG logits twice: on llvmpipe, whose loop budget (Gpu.loopBudget)
   // a 256k vocabulary would outrun at the CPU's 8 lanes, the workgroup grows instead.
   let wg = rowWorkgroupSize(gpu, opts.workgroupSize);
-  while (opts.workgroupSize === undefined && wg < 256 && 2 * v / wg > 0.9 * gpu.loopBudget) wg *= 2;
-  if (2 * v / wg > 0.9 * gpu.loopBudget) {
+  const fits = () => withinLoopBudget(2 * v / wg, gpu.loopBudget);
+  while (opts.workgroupSize === undefined && wg < 256 && !fits()) wg *= 2;
+  if (!fits()) {
     throw loopBudgetError(
       `crossEntropy over ${v} logits per row`,
       2 * v / wg,

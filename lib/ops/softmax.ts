@@ -2,7 +2,15 @@
  * Row-wise softmax and its backward on GPU tensors (kernels/softmax.wgsl).
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, loopBudgetError, type Tensor } from "../gpu.ts";
+import {
+  cdiv,
+  type Gpu,
+  grid,
+  type KernelSpec,
+  loopBudgetError,
+  type Tensor,
+  withinLoopBudget,
+} from "../gpu.ts";
 
 /**
  * Kernel family: "cpu" runs one invocation per row (no barriers, for CPU rasterizers),
@@ -37,7 +45,7 @@ function pickVariant(gpu: Gpu, cols: number, v: SoftmaxVariant = "auto"): "cpu" 
   if (v !== "auto") return v;
   // The per-row kernel loops over the row three times in one invocation: past the adapter's loop
   // budget (Gpu.loopBudget: llvmpipe ends longer loops early) the workgroup kernel splits it.
-  if (3 * cols > 0.9 * gpu.loopBudget) return "workgroup";
+  if (!withinLoopBudget(3 * cols, gpu.loopBudget)) return "workgroup";
   // A workgroup per row only pays off when the row has enough columns to fill its lanes.
   return gpu.isCpuAdapter || cols < 128 ? "cpu" : "workgroup";
 }
@@ -55,7 +63,7 @@ async function run(
   if (o.size !== a.size) throw new Error(`${entry}: out has ${o.size} elements, need ${a.size}`);
   if (rows === 0 || cols === 0) return o;
   const variant = pickVariant(gpu, cols, opts.variant);
-  if (variant === "cpu" && 3 * cols > 0.9 * gpu.loopBudget) {
+  if (variant === "cpu" && !withinLoopBudget(3 * cols, gpu.loopBudget)) {
     throw loopBudgetError(
       `${entry} over rows of ${cols}`,
       3 * cols,
