@@ -13,6 +13,7 @@
  * This module uses no `Deno.*` API so that it also runs in a browser.
  * @module
  */
+import { HiraError } from "./errors.ts";
 
 /** Element types a GPU tensor can hold. */
 export type DType = "f32" | "f16" | "i32" | "u32";
@@ -738,16 +739,19 @@ export function withinLoopBudget(iterations: number, budget: number): boolean {
 
 /**
  * Error for a kernel launch whose loops would run past the adapter's {@linkcode loopBudget}:
- * `what` names the call, `iterations` is the estimate per invocation, `instead` what to use.
+ * `what` names the call, `iterations` is the estimate per invocation, `instead` what to use. A
+ * {@linkcode HiraError}: the input's size is what the user can change, so entrypoints print it
+ * as one line.
  */
 export function loopBudgetError(
   what: string,
   iterations: number,
   budget: number,
   instead: string,
-): Error {
-  return new Error(
-    `${what}: one invocation would run about ${Math.round(iterations).toLocaleString("en-US")} ` +
+): HiraError {
+  return new HiraError(
+    what,
+    `one invocation would run about ${Math.round(iterations).toLocaleString("en-US")} ` +
       `loop iterations, over this adapter's limit of ${budget.toLocaleString("en-US")} ` +
       `(llvmpipe ends longer loops early and the result would be wrong); ${instead}`,
   );
