@@ -41,9 +41,18 @@ export interface LlamaConfig {
   maxPositionEmbeddings: number;
   /** dtype the checkpoint was saved in ("bfloat16", "float16", "float32"). */
   torchDtype: string;
+  /**
+   * Which config.json layout the file uses: "transformers5" (`rope_parameters`, `dtype`) or
+   * "transformers4" (top-level `rope_theta` / `rope_scaling`, `torch_dtype`). Merged exports
+   * write the layout they read.
+   */
+  layout: ConfigLayout;
   /** The parsed config.json, kept so merged exports can write it back. */
   raw: Record<string, unknown>;
 }
+
+/** config.json layouts: transformers ≥ 5 and the 4.x one before it. */
+export type ConfigLayout = "transformers5" | "transformers4";
 
 const SUPPORTED = ["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"];
 
@@ -113,36 +122,8 @@ export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
   if (c.sliding_window != null && c.use_sliding_window !== false && modelType === "mistral") {
     throw new HiraError(file, "sliding-window attention is not supported");
   }
-  let ropeScaling: RopeScaling | null = null;
-  const rs = c.rope_scaling as Record<string, unknown> | null | undefined;
-  if (rs != null) {
-    const type = rs.rope_type ?? rs.type;
-    if (type === "default") ropeScaling = null;
-    else if (type !== "llama3") {
-      throw new HiraError(
-        file,
-        `rope_scaling type ${preview(type)} is not supported (llama3 or none)`,
-      );
-    } else {
-      for (
-        const k of [
-          "factor",
-          "low_freq_factor",
-          "high_freq_factor",
-          "original_max_position_embeddings",
-        ]
-      ) {
-        if (typeof rs[k] !== "number") throw new HiraError(file, `rope_scaling.${k} is missing`);
-      }
-      ropeScaling = {
-        rope_type: "llama3",
-        factor: rs.factor as number,
-        low_freq_factor: rs.low_freq_factor as number,
-        high_freq_factor: rs.high_freq_factor as number,
-        original_max_position_embeddings: rs.original_max_position_embeddings as number,
-      };
-    }
-  }
+  const rope = readRope(c, file);
+  const ropeScaling = rope.scaling;
   const eos = c.eos_token_id;
   const eosTokenIds = Array.isArray(eos)
     ? eos.filter((e): e is number => typeof e === "number")
@@ -162,7 +143,7 @@ export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
     numKvHeads,
     headDim,
     rmsNormEps: num("rms_norm_eps", 1e-6),
-    ropeTheta: num("rope_theta", 10000),
+    ropeTheta: rope.theta,
     ropeScaling,
     tieWordEmbeddings: c.tie_word_embeddings === true,
     biasProjections: arch === "Qwen2ForCausalLM" || modelType === "qwen2"
@@ -174,7 +155,8 @@ export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
     bosTokenId: typeof c.bos_token_id === "number" ? c.bos_token_id : null,
     eosTokenIds,
     maxPositionEmbeddings: int("max_position_embeddings", 2048),
-    torchDtype: str(c.torch_dtype) || "float32",
+    torchDtype: readDtype(c, file),
+    layout: "rope_parameters" in c || "dtype" in c ? "transformers5" : "transformers4",
     raw: c,
   };
 }
@@ -215,4 +197,104 @@ export function baseParameterCount(cfg: LlamaConfig): number {
   n += cfg.numLayers * 2 * cfg.hiddenSize;
   for (const p of cfg.biasProjections) n += cfg.numLayers * projectionShape(cfg, p)[0];
   return n;
+}
+
+const LLAMA3_FIELDS = [
+  "factor",
+  "low_freq_factor",
+  "high_freq_factor",
+  "original_max_position_embeddings",
+] as const;
+
+/**
+ * RoPE theta and scaling from either layout. transformers ≥ 5 writes `rope_parameters`
+ * ({rope_type, rope_theta, ...the type's fields}); 4.x wrote top-level `rope_theta` and
+ * `rope_scaling` ({rope_type or type, ...fields}, or null). Both may appear (a 5.x config
+ * edited by hand, or one converted by a tool): then they must agree, and a contradiction is an
+ * error rather than a silent choice, since either reading changes every logit.
+ */
+function readRope(
+  c: Record<string, unknown>,
+  file: string,
+): { theta: number; scaling: RopeScaling | null } {
+  const obj = (key: string): Record<string, unknown> | null => {
+    const v = c[key];
+    if (v == null) return null;
+    if (typeof v !== "object" || Array.isArray(v)) {
+      throw new HiraError(file, `${key} must be an object, got ${preview(v)}`);
+    }
+    return v as Record<string, unknown>;
+  };
+  const scalingOf = (rs: Record<string, unknown> | null, where: string): RopeScaling | null => {
+    if (rs == null) return null;
+    const type = rs.rope_type ?? rs.type ?? "default";
+    if (type === "default") return null;
+    if (type !== "llama3") {
+      throw new HiraError(
+        file,
+        `${where} type ${preview(type)} is not supported (llama3 or default)`,
+      );
+    }
+    for (const k of LLAMA3_FIELDS) {
+      if (typeof rs[k] !== "number" || !(rs[k] as number > 0)) {
+        throw new HiraError(file, `${where}.${k} is missing or not a positive number`);
+      }
+    }
+    return {
+      rope_type: "llama3",
+      factor: rs.factor as number,
+      low_freq_factor: rs.low_freq_factor as number,
+      high_freq_factor: rs.high_freq_factor as number,
+      original_max_position_embeddings: rs.original_max_position_embeddings as number,
+    };
+  };
+  const theta = (v: unknown, where: string): number | null => {
+    if (v == null) return null;
+    if (typeof v !== "number" || !(v > 0) || !Number.isFinite(v)) {
+      throw new HiraError(file, `${where} must be a positive number, got ${preview(v)}`);
+    }
+    return v;
+  };
+  const rp = obj("rope_parameters");
+  const old = {
+    theta: theta(c.rope_theta, "rope_theta"),
+    scaling: scalingOf(obj("rope_scaling"), "rope_scaling"),
+  };
+  if (rp == null) return { theta: old.theta ?? 10000, scaling: old.scaling };
+  const now = {
+    theta: theta(rp.rope_theta, "rope_parameters.rope_theta"),
+    scaling: scalingOf(rp, "rope_parameters"),
+  };
+  if (old.theta !== null && now.theta !== null && old.theta !== now.theta) {
+    throw new HiraError(
+      file,
+      `rope_parameters.rope_theta (${now.theta}) contradicts rope_theta (${old.theta})`,
+    );
+  }
+  if (c.rope_scaling != null && JSON.stringify(old.scaling) !== JSON.stringify(now.scaling)) {
+    throw new HiraError(file, "rope_parameters contradicts rope_scaling");
+  }
+  return { theta: now.theta ?? old.theta ?? 10000, scaling: now.scaling };
+}
+
+const DTYPES = ["float32", "float16", "bfloat16"];
+
+/**
+ * The checkpoint's dtype: `dtype` (transformers ≥ 5) or `torch_dtype` (4.x); both agreeing is
+ * fine, both disagreeing is an error. Missing means float32, as transformers assumes.
+ */
+function readDtype(c: Record<string, unknown>, file: string): string {
+  const read = (key: string): string | null => {
+    const v = c[key];
+    if (v == null) return null;
+    if (typeof v !== "string" || !DTYPES.includes(v)) {
+      throw new HiraError(file, `${key} ${preview(v)} is not supported (${DTYPES.join(", ")})`);
+    }
+    return v;
+  };
+  const now = read("dtype"), old = read("torch_dtype");
+  if (now !== null && old !== null && now !== old) {
+    throw new HiraError(file, `dtype "${now}" contradicts torch_dtype "${old}"`);
+  }
+  return now ?? old ?? "float32";
 }

@@ -15,7 +15,7 @@
  */
 import type { Gpu, Tensor } from "./gpu.ts";
 import { type LinearAdapter, LoraAdapter, unmergeHira } from "./adapters.ts";
-import { modulePath, type Projection, PROJECTIONS } from "./config.ts";
+import { type ConfigLayout, modulePath, type Projection, PROJECTIONS } from "./config.ts";
 import type { LlamaModel } from "./model.ts";
 import { readBaseWeights } from "./load.ts";
 import { matmul } from "./ops/matmul.ts";
@@ -143,9 +143,24 @@ export function exportTensors(
   return [...weights].map(([name, t]) => ({ name, dtype: st, shape: t.shape, data: t.data }));
 }
 
-/** The merged model's config.json text: the base's fields with torch_dtype set to the export's. */
-export function exportConfigJson(raw: Record<string, unknown>, dtype: ExportDtype): string {
-  return JSON.stringify({ ...raw, torch_dtype: torchDtypeName(dtype) }, null, 2) + "\n";
+/**
+ * The merged model's config.json text: the base's fields with the dtype key of its layout
+ * (`dtype` for transformers 5, `torch_dtype` for 4.x) set to the export's.
+ */
+export function exportConfigJson(
+  raw: Record<string, unknown>,
+  dtype: ExportDtype,
+  layout: ConfigLayout = (("dtype" in raw) || ("rope_parameters" in raw))
+    ? "transformers5"
+    : "transformers4",
+): string {
+  // One dtype key, the one of the layout the base was read in: a transformers-5 config that
+  // also said torch_dtype would contradict itself after a dtype change.
+  const out: Record<string, unknown> = { ...raw };
+  delete out.dtype;
+  delete out.torch_dtype;
+  out[layout === "transformers5" ? "dtype" : "torch_dtype"] = torchDtypeName(dtype);
+  return JSON.stringify(out, null, 2) + "\n";
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -431,7 +431,7 @@ Deno.test("merged weight reproduces the adapter output; HiRA unmerge restores W0
   }
 });
 
-const GOLDEN = new URL("../../shared/fixtures/pytorch-golden/", import.meta.url);
+const GOLDEN = new URL("./fixtures/golden/", import.meta.url);
 
 /** A minimal safetensors reader (F32 and BF16 only) so this test depends on no loader. */
 async function readSafetensors(

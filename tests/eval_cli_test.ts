@@ -6,9 +6,10 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
 import { join } from "@std/path";
 import { assertClose } from "./_util.ts";
+import { openSafetensors } from "../lib/safetensors_deno.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
-const FIX = new URL("../../shared/fixtures/pytorch-golden/", import.meta.url).pathname;
+const FIX = new URL("./fixtures/golden/", import.meta.url).pathname;
 
 interface Run {
   code: number;
@@ -115,7 +116,13 @@ Deno.test("perplexity prints JSON; merge writes once and refuses to overwrite; r
   const json = JSON.parse(p.stdout.trim().split("\n").at(-1)!);
   assertEquals(Object.keys(json), ["mean_nll", "perplexity", "tokens", "per_sequence"]);
   assertEquals(json.tokens, 41);
-  assertClose([json.mean_nll], [6.16986083], { rtol: 1e-5 });
+  // transformers' next-token NLL of every position of the three sequences, averaged.
+  const golden = await openSafetensors(`${FIX}golden/base.logits.safetensors`);
+  const nll: number[] = [];
+  for (let i = 0; i < 3; i++) nll.push(...(await golden.read(`nll.${i}`, "f32")));
+  golden.close();
+  assertEquals(nll.length, 41);
+  assertClose([json.mean_nll], [nll.reduce((a, b) => a + b, 0) / nll.length], { rtol: 1e-5 });
   const tmp = await Deno.makeTempDir({ prefix: "hira-cli-" });
   const args = [
     "merge",

@@ -53,7 +53,7 @@ import { writeMergedModelDir } from "../lib/merge_deno.ts";
 import { isHiraError } from "../lib/errors.ts";
 import { assertClose, testGpu } from "./_util.ts";
 
-const FIX = new URL("../../shared/fixtures/pytorch-golden/", import.meta.url).pathname;
+const FIX = new URL("./fixtures/golden/", import.meta.url).pathname;
 const TINY = new URL("../data_file/tiny/", import.meta.url).pathname;
 const BOOLQ = new URL("../data_file/llm_adapt/boolq/test.json", import.meta.url).pathname;
 

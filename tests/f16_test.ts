@@ -20,7 +20,7 @@ import { mergeAdaptersInPlace } from "../lib/merge.ts";
 import { assertClose, maxAbsDiff, randn, testGpu } from "./_util.ts";
 import { packBatch } from "./_fixtures.ts";
 
-const FIX = new URL("../../shared/fixtures/pytorch-golden/", import.meta.url).pathname;
+const FIX = new URL("./fixtures/golden/", import.meta.url).pathname;
 
 const gpu = await testGpu();
 const ignore = !gpu.hasF16;

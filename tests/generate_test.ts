@@ -20,7 +20,7 @@ import type { LlamaModel } from "../lib/model.ts";
 import { Rng } from "../lib/rand.ts";
 import { assertClose, testGpu } from "./_util.ts";
 
-const FIX = new URL("../../shared/fixtures/pytorch-golden/", import.meta.url).pathname;
+const FIX = new URL("./fixtures/golden/", import.meta.url).pathname;
 
 // ---------------------------------------------------------------------------------------------
 // Log-prob tables

@@ -14,7 +14,7 @@ import { openModelWeights, writeSafetensorsFile } from "../lib/safetensors_deno.
 import { assertClose, testGpu } from "./_util.ts";
 import { packBatch } from "./_fixtures.ts";
 
-const FIX = new URL("../../shared/fixtures/pytorch-golden/", import.meta.url).pathname;
+const FIX = new URL("./fixtures/golden/", import.meta.url).pathname;
 
 const BASE = {
   architectures: ["LlamaForCausalLM"],

@@ -102,7 +102,7 @@ Deno.test("crossEntropy reference backward matches central finite differences", 
 
 // ---- golden values from PyTorch: next-token NLL of the fixture model's logits ----
 
-const GOLDEN = new URL("../../shared/fixtures/pytorch-golden/", import.meta.url);
+const GOLDEN = new URL("./fixtures/golden/", import.meta.url);
 
 function readF32Safetensors(bytes: Uint8Array): Map<string, Float32Array> {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);

@@ -18,7 +18,7 @@ import { AdamW } from "../lib/ops/optim.ts";
 import { assertClose, testGpu } from "./_util.ts";
 import { packBatch } from "./_fixtures.ts";
 
-const FIX = new URL("../../shared/fixtures/pytorch-golden/", import.meta.url).pathname;
+const FIX = new URL("./fixtures/golden/", import.meta.url).pathname;
 
 interface Tokens {
   tokens: number[][];

@@ -22,7 +22,7 @@ import {
   writeSafetensorsFile,
 } from "../lib/safetensors_deno.ts";
 
-const FIXTURES = new URL("../../shared/fixtures/pytorch-golden/", import.meta.url);
+const FIXTURES = new URL("./fixtures/golden/", import.meta.url);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: a plain hand decoder (independent of the module) and hand-built files.
