@@ -89,7 +89,10 @@ export async function writeMergedModelDir(
     await writeSafetensorsFile(join(tmp, "model.safetensors"), exportTensors(weights, dtype), {
       format: "pt",
     });
-    await writeFileAtomic(join(tmp, "config.json"), exportConfigJson(model.config.raw, dtype, model.config.layout));
+    await writeFileAtomic(
+      join(tmp, "config.json"),
+      exportConfigJson(model.config.raw, dtype, model.config.layout),
+    );
     if (opts.sideFilesDir) {
       for (const f of MODEL_SIDE_FILES) {
         const src = join(opts.sideFilesDir, f);
