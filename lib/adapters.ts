@@ -97,6 +97,8 @@ export interface AdapterOptions {
   rng: Rng;
   /** LoRA α (scale α/r); PEFT's default 8. Ignored by HiRA, whose reference never scales. */
   loraAlpha?: number;
+  /** LoRA's scale when it is not α/r (rsLoRA: α/√r); from {@linkcode loraScale}. */
+  loraScale?: number;
   /** LoRA dropout probability in [0, 1); default 0. Ignored by HiRA (dead in the reference). */
   loraDropout?: number;
   /** LoRA dropout mask seed (u32); drawn from `rng` after A's init when absent and p > 0. */
@@ -365,7 +367,7 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
  */
 export class LoraAdapter extends AdapterBase implements LinearAdapter {
   readonly peftType = "LORA" as const;
-  /** α/r. */
+  /** α/r (α/√r under use_rslora): the factor on B·A. */
   readonly scale: number;
   /** Next dropout mask id; save it with the checkpoint to resume the same mask stream. */
   dropoutCounter = 0;
@@ -379,8 +381,9 @@ export class LoraAdapter extends AdapterBase implements LinearAdapter {
   readonly seed: number;
 
   /**
-   * Creates A ~ U(−1/√in, 1/√in) from `rng` and B = 0; α defaults to 8 (PEFT), dropout to 0,
-   * and the mask seed to a u32 drawn from `rng` after A (only when dropout > 0).
+   * Creates A ~ U(−1/√in, 1/√in) from `rng` and B = 0; α defaults to 8 (PEFT), the scale to
+   * α/r (pass `scale` for rsLoRA's α/√r), dropout to 0, and the mask seed to a u32 drawn from
+   * `rng` after A (only when dropout > 0).
    */
   constructor(
     gpu: Gpu,
@@ -388,13 +391,13 @@ export class LoraAdapter extends AdapterBase implements LinearAdapter {
     outFeatures: number,
     r: number,
     rng: Rng,
-    opts: { alpha?: number; dropout?: number; seed?: number } = {},
+    opts: { alpha?: number; dropout?: number; seed?: number; scale?: number } = {},
   ) {
     super(gpu, inFeatures, outFeatures, r, rng);
     this.alpha = opts.alpha ?? 8;
     this.dropout = opts.dropout ?? 0;
     dropoutThreshold(this.dropout); // validates 0 <= p < 1
-    this.scale = this.alpha / r;
+    this.scale = opts.scale ?? this.alpha / r;
     this.seed = (opts.seed ?? (this.dropout > 0 ? rng.nextU32() : 0)) >>> 0;
   }
 
@@ -548,6 +551,7 @@ export function createAdapter(gpu: Gpu, type: PeftType, opts: AdapterOptions): L
       alpha: opts.loraAlpha,
       dropout: opts.loraDropout,
       seed: opts.seed,
+      scale: opts.loraScale,
     });
   }
   throw new Error(`unknown peft type ${type}`);

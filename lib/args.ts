@@ -49,8 +49,10 @@ export interface TrainArgs {
   // Beyond the reference.
   max_steps: number;
   resume: string | null;
+  init_adapter: string | null;
   data_root: string;
   lora_alpha: number;
+  use_rslora: boolean;
   lora_dropout: number;
   eval_accuracy: boolean;
   eval_limit: number;
@@ -169,6 +171,19 @@ export const TRAIN_FLAGS: readonly FlagDoc[] = [
     type: "string",
     def: null,
     help: "run folder (or checkpoint folder) to continue exactly where it stopped",
+  },
+  {
+    name: "init_adapter",
+    type: "string",
+    def: null,
+    help: "PEFT adapter folder (HiRA or LoRA, as --peft_type) to start from, with a fresh " +
+      "optimizer; its r, target_modules, alpha and patterns are the run's",
+  },
+  {
+    name: "use_rslora",
+    type: "boolean",
+    def: false,
+    help: "LoRA scale alpha / sqrt(r) (rank-stabilised LoRA, PEFT's use_rslora)",
   },
   {
     name: "lora_alpha",

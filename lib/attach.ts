@@ -12,7 +12,10 @@ import {
   type AdapterConfig,
   adapterKey,
   checkAdapterKeys,
+  loraScale,
   matchTargets,
+  moduleAlpha,
+  moduleRank,
   type PeftType,
 } from "./peft.ts";
 import { Rng } from "./rand.ts";
@@ -47,12 +50,14 @@ export function attachAdapters(
   const rng = new Rng(opts.seed);
   for (const m of modules) {
     const [outF, inF] = projectionShape(cfg, m.proj);
+    const r = moduleRank(ac, m.path);
     const ad = createAdapter(gpu, ac.peftType, {
       inFeatures: inF,
       outFeatures: outF,
-      r: ac.r,
+      r,
       rng,
-      loraAlpha: ac.loraAlpha,
+      loraAlpha: moduleAlpha(ac, m.path),
+      loraScale: ac.peftType === "LORA" ? loraScale(ac, m.path) : undefined,
       loraDropout: ac.loraDropout,
     });
     for (const [which, init] of [["A", opts.initA], ["B", opts.initB]] as const) {
@@ -63,7 +68,7 @@ export function attachAdapters(
       const data = init === "zero"
         ? new Float32Array(n)
         : init === "gaussian"
-        ? rng.normalArray(n, 1 / ac.r)
+        ? rng.normalArray(n, 1 / r)
         : rng.uniformArray(n, -1 / Math.sqrt(p.param.shape[1]), 1 / Math.sqrt(p.param.shape[1]));
       gpu.write(p.param, data);
     }

@@ -559,10 +559,8 @@ async function rankCommand(a: EvalArgs): Promise<void> {
     const { modules } = await readAdapterModules(ck.dir, cfg, modelDir, { layers: a.layers });
     const label = ac.peftType === "HIRA" ? "HiRA" : "LoRA";
     reports.push(
-      adapterRanks(label, ac.peftType, modules, {
-        threshold: a.threshold,
-        loraScale: ac.loraAlpha / ac.r,
-      }),
+      // Each module carries its own LoRA scale (rank_pattern, alpha_pattern, use_rslora).
+      adapterRanks(label, ac.peftType, modules, { threshold: a.threshold }),
     );
   }
   if (reports.length === 2 && reports[0].label === reports[1].label) {

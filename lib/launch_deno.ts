@@ -45,9 +45,9 @@ async function readJsonObject(file: string): Promise<Record<string, unknown> | n
  * Every task may read the project's kernels/ (the WGSL sources) and data_file/ (the embedded
  * model and data); beyond that:
  *
- * - train: reads --data_root, --model and --output_folder and writes only --output_folder; with
- *   --resume, reads and writes only the run folder and reads the model and data_root its
- *   args.json names.
+ * - train: reads --data_root, --model, --init_adapter and --output_folder and writes only
+ *   --output_folder; with --resume, reads and writes only the run folder and reads the model
+ *   and data_root its args.json names.
  * - eval: reads --data_root, --model, --tokenizer, --ckpt, --ckpt2, --tokens, --text,
  *   --predictions and the base model an adapter's config names; writes only the output folder:
  *   --out, else the run folder given as --ckpt (its eval/ and report), `{ckpt}/eval` (rank:
@@ -113,6 +113,7 @@ async function planTrain(
   }
   plan.read.push(abs(a.data_root), abs(a.output_folder));
   if (a.model) plan.read.push(abs(a.model));
+  if (a.init_adapter) plan.read.push(abs(a.init_adapter));
   plan.write.push(abs(a.output_folder));
 }
 

@@ -22,7 +22,7 @@ import {
   PROJECTIONS,
   projectionShape,
 } from "./config.ts";
-import { matchTargets, parseTargetList } from "./peft.ts";
+import { matchTargets, parseTargetFlag, type TargetModules, targetText } from "./peft.ts";
 import { frozenWeightDtype, resolveWeightDtype, type WeightDtype } from "./load.ts";
 import type { TrainArgs } from "./args.ts";
 import { isDatasetName, maxNewTokens, maxTokenLength, type TrainExample } from "./data.ts";
@@ -49,7 +49,7 @@ export interface MemoryOptions {
   /** Adapter rank. */
   r: number;
   /** --target_modules entries (module suffixes, e.g. "q_proj", or "all-linear"). */
-  targets: readonly string[];
+  targets: Readonly<TargetModules>;
   /** Sequences per micro-batch. */
   batch: number;
   /** Tokens per sequence (the longest a batch can hold; packed batches have no padding). */
@@ -452,7 +452,7 @@ export function memoryOptionsOf(
   return {
     peftType: args.peft_type,
     r: args.r_ab,
-    targets: parseTargetList(args.target_modules),
+    targets: parseTargetFlag(args.target_modules),
     batch: args.batch,
     seqLen,
     counted,
@@ -534,7 +534,7 @@ export function dryRunReport(
   const budget = args.memory_limit > 0 ? args.memory_limit * 2 ** 30 : undefined;
   const problems = checkMemory(est, limits, budget);
   const title = `memory estimate: ${modelName}, ${args.peft_type}${
-    full ? "" : ` r=${args.r_ab} on ${parseTargetList(args.target_modules).join(",")}`
+    full ? "" : ` r=${args.r_ab} on ${targetText(parseTargetFlag(args.target_modules))}`
   }, batch ${args.batch} × ${est.tokens / args.batch} tokens, weights ${wdt}${
     !device && args.weight_dtype === "auto" ? " (auto without a GPU)" : ""
   }, gradient checkpointing ${args.enable_grad_ckpt ? "on" : "off"}`;

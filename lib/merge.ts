@@ -175,6 +175,8 @@ export interface AdapterModule {
   outFeatures: number;
   inFeatures: number;
   r: number;
+  /** LoRA's factor on B·A (α/r, or α/√r under use_rslora); 1 for HiRA. */
+  scale?: number;
   /** A [r, in]. */
   a: Float32Array;
   /** B [out, r]. */
@@ -233,7 +235,7 @@ export function adapterRanks(
       m.a,
       m.b,
       { inFeatures: m.inFeatures, outFeatures: m.outFeatures, r: m.r },
-      opts.loraScale ?? 1,
+      m.scale ?? opts.loraScale ?? 1,
     );
     const sv = singularValues(dw, m.outFeatures, m.inFeatures);
     const st = rankStats(sv, { threshold, shape: [m.outFeatures, m.inFeatures], topK: 1 });

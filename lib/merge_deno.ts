@@ -9,7 +9,14 @@ import { HiraError } from "./errors.ts";
 import type { LlamaConfig } from "./config.ts";
 import { projectionShape } from "./config.ts";
 import type { LlamaModel } from "./model.ts";
-import { type AdapterConfig, adapterKey, checkAdapterKeys, matchTargets } from "./peft.ts";
+import {
+  type AdapterConfig,
+  adapterKey,
+  checkAdapterKeys,
+  loraScale,
+  matchTargets,
+  moduleRank,
+} from "./peft.ts";
 import { openAdapterDir } from "./peft_deno.ts";
 import { openModelWeights, writeFileAtomic, writeSafetensorsFile } from "./safetensors_deno.ts";
 import {
@@ -151,7 +158,8 @@ export async function readAdapterModules(
           proj: m.proj,
           outFeatures: o,
           inFeatures: i,
-          r: ac.r,
+          r: moduleRank(ac, m.path),
+          scale: ac.peftType === "LORA" ? loraScale(ac, m.path) : 1,
           a: await ad.weights.read(adapterKey(m.path, ac.peftType, "A", style), "f32"),
           b: await ad.weights.read(adapterKey(m.path, ac.peftType, "B", style), "f32"),
           w0: base ? await base.read(`${m.path}.weight`, "f32") : null,

@@ -44,11 +44,12 @@ import {
   type AdapterConfig,
   checkRank,
   matchTargets,
-  parseTargetList,
+  parseTargetFlag,
   runAdapterConfig,
+  targetText,
   trainableShare,
 } from "./peft.ts";
-import { loadAdapterDir, writeAdapterDir } from "./peft_deno.ts";
+import { loadAdapterDir, openAdapterDir, writeAdapterDir } from "./peft_deno.ts";
 import { DeviceLostAtStepError, NonFiniteError, type StepReport, Trainer } from "./trainer.ts";
 import { totalSteps } from "./schedule.ts";
 import {
@@ -72,6 +73,8 @@ export interface TrainerStateFile {
   evals_without_improvement: number;
   /** LoRA dropout counters per module, so resumed masks continue the same stream. */
   dropout_counters: Record<string, number>;
+  /** The adapter folder the run started from (--init_adapter, real path); null for a new one. */
+  init_adapter?: string | null;
   log_history: Record<string, unknown>[];
 }
 
@@ -301,10 +304,49 @@ function adapterConfigOf(args: TrainArgs, modelDir: string): AdapterConfig {
   return runAdapterConfig(
     args.peft_type === "hira" ? "hira" : "lora",
     args.r_ab,
-    parseTargetList(args.target_modules),
-    { alpha: args.lora_alpha, dropout: args.lora_dropout },
+    parseTargetFlag(args.target_modules),
+    { alpha: args.lora_alpha, dropout: args.lora_dropout, useRslora: args.use_rslora },
     modelDir,
   );
+}
+
+/**
+ * The adapter config of `--init_adapter=DIR`, checked against the run's flags: the method must
+ * be --peft_type's, and r, target_modules, lora_alpha and use_rslora, when given as flags, must
+ * agree with the folder's (the folder's are used: its tensors have those shapes and scales).
+ * Returns the config and the flags rewritten to the folder's values, so args.json and the run
+ * name say what runs.
+ */
+async function initAdapterConfig(
+  args: TrainArgs,
+): Promise<{ ac: AdapterConfig; args: TrainArgs }> {
+  const dir = args.init_adapter!;
+  if (args.peft_type === "full") {
+    throw new HiraError("--init_adapter", "needs --peft_type=hira or lora (full fine-tuning)");
+  }
+  const ad = await openAdapterDir(dir);
+  const ac = ad.config;
+  ad.close();
+  const file = join(dir, "adapter_config.json");
+  const want = args.peft_type === "hira" ? "HIRA" : "LORA";
+  if (ac.peftType !== want) {
+    throw new HiraError(file, `holds a ${ac.peftType} adapter, but --peft_type=${args.peft_type}`);
+  }
+  const fromDir: Partial<TrainArgs> = {
+    r_ab: ac.r,
+    target_modules: targetText(ac.targetModules),
+    ...(ac.peftType === "LORA" ? { lora_alpha: ac.loraAlpha, use_rslora: ac.useRslora } : {}),
+  };
+  for (const [k, v] of Object.entries(fromDir)) {
+    const given = (args as unknown as Record<string, unknown>)[k];
+    const same = k === "target_modules"
+      ? targetText(parseTargetFlag(String(given))) === v
+      : given === v;
+    if (args.given.has(k) && !same) {
+      throw new HiraError(`--${k}`, `${given} contradicts ${file}, which says ${v}`);
+    }
+  }
+  return { ac, args: { ...args, ...fromDir, init_adapter: await Deno.realPath(dir) } };
 }
 
 /** Throws NonFiniteError naming `name` when `data` holds a NaN or an infinity. */
@@ -355,7 +397,7 @@ async function saveCheckpoint(
   runDir: string,
   model: LlamaModel,
   trainer: Trainer,
-  args: TrainArgs,
+  ac: AdapterConfig | null,
   modelDir: string,
   state: TrainerStateFile,
   pauseMs = 0,
@@ -365,9 +407,7 @@ async function saveCheckpoint(
   const tmp = join(runDir, `.${name}.tmp-${crypto.randomUUID().slice(0, 8)}`);
   // An update can overflow the weights while the step's loss and gradient were still finite
   // (a huge --lr): such a checkpoint is refused, so the last good one stays the newest.
-  const adapter = args.peft_type === "full"
-    ? null
-    : await adapterTensors(model, adapterConfigOf(args, modelDir).peftType);
+  const adapter = ac === null ? null : await adapterTensors(model, ac.peftType);
   const opt = await trainer.opt.readState();
   for (const t of adapter ?? []) refuseNonFinite(t.name, t.data, state.global_step);
   for (const m of opt.moments) {
@@ -378,7 +418,7 @@ async function saveCheckpoint(
   if (adapter === null) {
     await writeModelDir(model, tmp, modelDir, state.global_step);
   } else {
-    await writeAdapterDir(tmp, adapterConfigOf(args, modelDir), adapter);
+    await writeAdapterDir(tmp, ac!, adapter);
   }
   if (pauseMs > 0) await new Promise((r) => setTimeout(r, pauseMs));
   const moments: TensorToWrite[] = opt.moments.flatMap((m) => [
@@ -515,9 +555,11 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
       `has ${tok.vocabSize} ids but config.json's vocab_size is ${cfg.vocabSize}`,
     );
   }
+  let initAc: AdapterConfig | null = null;
+  if (args.init_adapter && !resume) ({ ac: initAc, args } = await initAdapterConfig(args));
   const data = await loadDatasets(args, tok);
-  if (args.peft_type !== "full" && !resume) {
-    checkRank(cfg, matchTargets(cfg, parseTargetList(args.target_modules)), args.r_ab);
+  if (args.peft_type !== "full" && !resume && !initAc) {
+    checkRank(cfg, matchTargets(cfg, parseTargetFlag(args.target_modules)), args.r_ab);
   }
   if (!resume && !args.dataset_analysis) await checkOutputFolder(args.output_folder);
   if (args.dataset_analysis) {
@@ -554,7 +596,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   if (tooBig) throw new HiraError("memory", tooBig);
   const peftType = args.peft_type === "hira" ? "HIRA" : args.peft_type === "lora" ? "LORA" : null;
   const adapted = new Set(
-    peftType ? matchTargets(cfg, parseTargetList(args.target_modules)).map((m) => m.path) : [],
+    peftType ? matchTargets(cfg, parseTargetFlag(args.target_modules)).map((m) => m.path) : [],
   );
   const loadOpts = {
     weightDtype,
@@ -567,6 +609,9 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   else model = await loadModelDir(gpu, modelDir, loadOpts);
   model.gradCheckpointing = args.enable_grad_ckpt;
   const base = baseParameterCount(cfg);
+  // The adapter config every checkpoint writes: the flags', or the folder's a run started from
+  // or resumes (those may carry rank and alpha patterns no flag expresses).
+  let runAc: AdapterConfig | null = null;
   if (args.peft_type === "full") model.enableBaseGrads();
   else {
     const ac = adapterConfigOf(args, modelDir);
@@ -582,8 +627,21 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
       trainA: args.train_ab[0] === "y",
       trainB: args.train_ab[1] === "y",
     };
-    if (resume) await loadAdapterDir(model, resume.ckpt, attach);
-    else attachAdapters(model, ac, attach);
+    const own = (c: AdapterConfig): AdapterConfig => ({
+      ...c,
+      baseModel: modelDir,
+      keyStyle: "peft",
+      loraDropout: args.lora_dropout,
+    });
+    if (resume) runAc = own(await loadAdapterDir(model, resume.ckpt, attach));
+    else if (initAc) {
+      await loadAdapterDir(model, args.init_adapter!, attach);
+      runAc = own(initAc);
+      log(`starting from adapter ${args.init_adapter} (${initAc.peftType} r=${initAc.r})`);
+    } else {
+      attachAdapters(model, ac, attach);
+      runAc = ac;
+    }
     model.adapterTrain = { A: args.train_ab[0] === "y", B: args.train_ab[1] === "y" };
   }
   const trainable = args.peft_type === "full" ? base : adapterParameterCount(model);
@@ -632,6 +690,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
       best_model_checkpoint: null,
       evals_without_improvement: 0,
       dropout_counters: {},
+      init_adapter: args.init_adapter ?? null,
       log_history: [],
     };
   }
@@ -739,7 +798,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
       runDir,
       model,
       trainer,
-      args,
+      runAc,
       modelDir,
       state,
       opts.checkpointPauseMs,

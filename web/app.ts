@@ -15,7 +15,7 @@ import type { MatmulVariant } from "../lib/ops/matmul.ts";
 import { lineChart } from "../lib/svg.ts";
 import type { AccuracySummary } from "../lib/evaluate.ts";
 import { baseParameterCount } from "../lib/config.ts";
-import type { AdapterConfig } from "../lib/peft.ts";
+import { type AdapterConfig, targetText } from "../lib/peft.ts";
 import type { TrainExample } from "../lib/data.ts";
 import {
   entriesOfFileList,
@@ -426,7 +426,7 @@ async function runTraining(): Promise<void> {
     const ac = await attachForRun(lm, settings);
     if (state.adapterEntries?.length) showAdapterSettings(ac);
     log(
-      `${ac.peftType} r=${ac.r} on ${ac.targetModules.join(",")}: ` +
+      `${ac.peftType} r=${ac.r} on ${targetText(ac.targetModules)}: ` +
         `${S.trainableCount(lm.model).toLocaleString("en-US")} trainable parameters`,
     );
     const examples = await trainingData(lm);
