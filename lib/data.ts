@@ -116,6 +116,11 @@ export interface ParseOptions {
    * {@linkcode fieldsFor} on the dataset name instead.
    */
   fields?: "alpaca" | "metamath";
+  /**
+   * Every record must carry `answer` (gsm8k's test set is scored against it): a record without
+   * one is an error naming the file and the record, not a silent 0%.
+   */
+  requireAnswer?: boolean;
 }
 
 /** The field layout of a dataset's files. */
@@ -164,6 +169,9 @@ export function parseRecords(text: string, file: string, opts: ParseOptions = {}
       output: rec[outField] as string,
     };
     if ("answer" in rec) record.answer = rec.answer;
+    else if (opts.requireAnswer) {
+      throw new HiraError(file, `record ${i}: missing field 'answer' (the number it is scored by)`);
+    }
     out[i] = record;
   }
   return out;

@@ -276,7 +276,10 @@ export async function readTestRecords(
       basename(DATASET_FOLDERS[name])
     }/test.json: a JSON array of {instruction, input, output, answer}; see the README's "Datasets")`;
   const text = await readTextFile(file, what);
-  const records = parseRecords(text, file, { fields: fieldsFor(name) });
+  const records = parseRecords(text, file, {
+    fields: fieldsFor(name),
+    requireAnswer: dataset === "gsm8k",
+  });
   return { file, records: limit > 0 ? records.slice(0, limit) : records };
 }
 

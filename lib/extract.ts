@@ -129,11 +129,36 @@ export function cleanPrediction(text: string, specials: PredictionSpecials): str
 }
 
 const GSM8K_MARKER = "The answer is: ";
-const GSM8K_NUMBER = /[\-+]?\d*[\.,/]?\d+/;
+// Python's `\d` on str patterns is any Unicode decimal digit (category Nd), not just 0-9:
+// "５７６" (fullwidth) or "٥٧٦" (Arabic-Indic) is a number to the reference.
+const GSM8K_NUMBER = /[\-+]?\p{Nd}*[\.,/]?\p{Nd}+/u;
 
-// Python's float() literal syntax (decimal only; underscores between digits allowed).
+// Python's float() literal syntax (decimal only; underscores between digits allowed), with
+// float()'s digits: every Unicode decimal digit.
 const PY_FLOAT =
-  /^[+-]?(?:(?:\d(?:_?\d)*)?\.?\d(?:_?\d)*(?:[eE][+-]?\d(?:_?\d)*)?|\d(?:_?\d)*\.|inf(?:inity)?|nan)$/i;
+  /^[+-]?(?:(?:\p{Nd}(?:_?\p{Nd})*)?\.?\p{Nd}(?:_?\p{Nd})*(?:[eE][+-]?\p{Nd}(?:_?\p{Nd})*)?|\p{Nd}(?:_?\p{Nd})*\.|inf(?:inity)?|nan)$/iu;
+
+const ND = /\p{Nd}/u;
+
+/**
+ * The value 0-9 of a Unicode decimal digit. Unicode encodes every Nd digit in contiguous runs of
+ * ten, 0 to 9 in order (a stability guarantee), and adjacent runs each start at 0, so the offset
+ * from the start of its run of Nd characters, mod 10, is its value.
+ */
+function digitValue(ch: string): number {
+  let cp = ch.codePointAt(0)!;
+  let n = 0;
+  while (ND.test(String.fromCodePoint(cp - 1))) {
+    cp--;
+    n++;
+  }
+  return n % 10;
+}
+
+/** ASCII digits for every Unicode decimal digit (what Python's float() reads them as). */
+export function asciiDigits(s: string): string {
+  return s.replace(/\p{Nd}/gu, (d) => (d >= "0" && d <= "9" ? d : String(digitValue(d))));
+}
 
 /** Python's `float(s)`, or null where Python would raise ValueError. */
 export function pyFloat(s: string): number | null {
@@ -143,7 +168,7 @@ export function pyFloat(s: string): number | null {
   const sign = lower.startsWith("-") ? -1 : 1;
   if (lower.includes("inf")) return sign * Infinity;
   if (lower.includes("nan")) return NaN;
-  return Number(t.replace(/_/g, ""));
+  return Number(asciiDigits(t).replace(/_/g, ""));
 }
 
 /** Python 3's `round(x)` to an integer: ties go to the even integer. */

@@ -472,3 +472,22 @@ Deno.test("a missing test set says which file to put where", async () => {
   );
   assertEquals(records.length, 3);
 });
+
+Deno.test("a gsm8k test record without 'answer' is a one-line error naming the file and record", async () => {
+  const root = await Deno.makeTempDir({ prefix: "hira-gsm8k-" });
+  const dir = join(root, "llm_adapt", "gsm8k");
+  await Deno.mkdir(dir, { recursive: true });
+  const rec = { instruction: "2+2?", input: "", output: "4. The answer is: 4" };
+  await Deno.writeTextFile(
+    join(dir, "test.json"),
+    JSON.stringify([{ ...rec, answer: "4" }, rec]),
+  );
+  const e = await assertRejects(() => readTestRecords(root, "gsm8k"));
+  assertEquals(
+    (e as Error).message,
+    `${join(dir, "test.json")}: record 1: missing field 'answer' (the number it is scored by)`,
+  );
+  await Deno.writeTextFile(join(dir, "test.json"), JSON.stringify([{ ...rec, answer: "4" }]));
+  assertEquals((await readTestRecords(root, "gsm8k")).records[0].answer, "4");
+  await Deno.remove(root, { recursive: true });
+});

@@ -125,3 +125,33 @@ Deno.test("pyFloat and pyRound follow Python", () => {
   assertEquals(pyFloat("1__0"), null);
   assertEquals([0.5, 1.5, 2.5, -0.5, -1.5, 2.4, 2.6].map(pyRound), [0, 2, 2, 0, -2, 2, 3]);
 });
+
+interface Gsm8kUnicode {
+  digits: string;
+  values: number[];
+  predictions: { pred: string; number: number | null }[];
+  answers: { answer: string; value: number }[];
+}
+
+const UNICODE: Gsm8kUnicode = JSON.parse(
+  await Deno.readTextFile(new URL("./fixtures/gsm8k_unicode.json", import.meta.url)),
+);
+
+Deno.test("gsm8k: every Unicode decimal digit reads as Python reads it", () => {
+  const digits = [...UNICODE.digits];
+  assertEquals(digits.length, UNICODE.values.length);
+  digits.forEach((d, i) => assertEquals([d, pyFloat(d)], [d, UNICODE.values[i]]));
+  // Digits outside 0-9 were what the old rule missed.
+  assertEquals(extractGsm8kNumber("The answer is: ５７６"), 576);
+  assertEquals(gsm8kCorrect("The answer is: ５７６", "576"), true);
+  assertEquals(gsm8kGold("٥٧٦"), 576);
+});
+
+Deno.test("gsm8k: predictions and answers with non-ASCII digits match Python's re and float()", () => {
+  for (const p of UNICODE.predictions) {
+    assertEquals([p.pred, extractGsm8kNumber(p.pred)], [p.pred, p.number]);
+  }
+  for (const a of UNICODE.answers) {
+    assertEquals([a.answer, gsm8kGold(a.answer)], [a.answer, a.value]);
+  }
+});
