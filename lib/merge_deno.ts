@@ -11,6 +11,7 @@ import { projectionShape } from "./config.ts";
 import type { LlamaModel } from "./model.ts";
 import {
   type AdapterConfig,
+  adapterConfigFileOf,
   adapterKey,
   checkAdapterKeys,
   loraScale,
@@ -138,7 +139,7 @@ export async function readAdapterModules(
     const shapes = new Map<string, readonly number[]>();
     for (const n of ad.weights.names) shapes.set(n, ad.weights.info(n).shape);
     const style = checkAdapterKeys(cfg, ac, shapes, ad.weights.name);
-    let mods = matchTargets(cfg, ac.targetModules, ad.weights.name);
+    let mods = matchTargets(cfg, ac.targetModules, adapterConfigFileOf(ad.weights.name));
     if (opts.layers) {
       for (const l of opts.layers) {
         if (l >= cfg.numLayers) {

@@ -127,8 +127,14 @@ export function patternKey(
   return null;
 }
 
-/** The rank of module `path`: its rank_pattern entry, else r. */
+/**
+ * The rank of module `path`: its rank_pattern entry, else r. HiRA keeps r everywhere: PEFT 0.21
+ * reads HiraConfig.rank_pattern but its layer factory (`dispatch_default`) builds every layer
+ * with `hira_config.r`, so PEFT's own HiRA files have rank r throughout and load that way
+ * (tests/fixtures/golden/adapter-hira-rank shows it); the pattern is kept and written back.
+ */
 export function moduleRank(ac: AdapterConfig, path: string): number {
+  if (ac.peftType === "HIRA") return ac.r;
   const k = patternKey(ac.rankPattern, path);
   return k === null ? ac.r : ac.rankPattern![k];
 }
@@ -398,6 +404,11 @@ export function parseAdapterConfig(json: unknown, file = "adapter_config.json"):
   };
 }
 
+/** The adapter_config.json beside an adapter_model.safetensors path (else the path itself). */
+export function adapterConfigFileOf(weightsFile: string): string {
+  return weightsFile.replace(/adapter_model\.safetensors$/, "adapter_config.json");
+}
+
 /**
  * Checks a weights file's keys against the model and config: every expected key present with
  * its shape, nothing extra. Returns the key style found ("peft" or "reference" for HiRA).
@@ -409,7 +420,8 @@ export function checkAdapterKeys(
   shapes: Map<string, readonly number[]>,
   file: string,
 ): "peft" | "reference" {
-  const modules = matchTargets(cfg, ac.targetModules, file);
+  // Which modules are adapted is the config's say: a target that matches nothing names it.
+  const modules = matchTargets(cfg, ac.targetModules, adapterConfigFileOf(file));
   let style: "peft" | "reference" = ac.keyStyle;
   if (ac.peftType === "HIRA" && modules.length > 0) {
     const first = adapterKey(modules[0].path, "HIRA", "A", "peft");
