@@ -19,7 +19,7 @@ import type { LlamaModel } from "../lib/model.ts";
 import {
   type AdapterConfig,
   adapterConfigJson,
-  LoraAdapter,
+  type LoraAdapter,
   matchTargets,
   parseAdapterConfig,
   parseTargetFlag,
