@@ -13,7 +13,7 @@ import { adapterTensors, attachAdapters, loadAdapters } from "../lib/attach.ts";
 import { type AdapterConfig, adapterKey, matchTargets } from "../lib/peft.ts";
 import { HiraError } from "../lib/errors.ts";
 import { loadModelDir } from "../lib/model_deno.ts";
-import { writeSafetensorsFile } from "../lib/safetensors_deno.ts";
+import { openSafetensors, writeSafetensorsFile } from "../lib/safetensors_deno.ts";
 import { testGpu } from "./_util.ts";
 
 const TINY = new URL("../data_file/tiny/", import.meta.url).pathname;
@@ -262,3 +262,70 @@ Deno.test("flags: reference defaults, fixed bugs, and one-line errors for nonsen
     });
   }
 });
+
+Deno.test("--init_adapter starts a run from an existing PEFT folder with a fresh optimizer", async () => {
+  const gpu = await testGpu();
+  const modelDir = await tinyModelDir();
+  const out = await Deno.makeTempDir({ prefix: "hira-init-" });
+  const lora = ["--peft_type=lora", "--use_rslora", "--lora_alpha=16", "--lora_dropout=0"];
+  const first = await runTraining(args([...lora, "--max_steps=2"], modelDir, join(out, "a")), {
+    gpu,
+    quiet: true,
+  });
+  const init = join(first.runDir, "adapter");
+  const initCfg = JSON.parse(await Deno.readTextFile(join(init, "adapter_config.json")));
+  assertEquals([initCfg.use_rslora, initCfg.lora_alpha, initCfg.r], [true, 16, 4]);
+  // --warmup=5 makes step 1's learning rate 0 (HF's schedule), so checkpoint-1 holds the
+  // starting adapter exactly: the run began from the folder's tensors, not a fresh init.
+  const second = await runTraining(
+    args(
+      ["--peft_type=lora", `--init_adapter=${init}`, "--max_steps=1", "--warmup=5"],
+      modelDir,
+      join(out, "b"),
+    ),
+    { gpu, quiet: true },
+  );
+  const ck = join(second.runDir, "checkpoint-1");
+  assertEquals(await adapterBytes(ck), await adapterBytes(init));
+  const state = JSON.parse(await Deno.readTextFile(join(ck, "trainer_state.json")));
+  assertEquals(state.init_adapter, await Deno.realPath(init));
+  // The folder's alpha and rsLoRA, not the flags' defaults (32, false), are the run's.
+  const cfg = JSON.parse(await Deno.readTextFile(join(ck, "adapter_config.json")));
+  assertEquals([cfg.use_rslora, cfg.lora_alpha], [true, 16]);
+  const saved = JSON.parse(await Deno.readTextFile(join(second.runDir, "args.json")));
+  assertEquals([saved.lora_alpha, saved.use_rslora, saved.init_adapter], [
+    16,
+    true,
+    state.init_adapter,
+  ]);
+  // A fresh optimizer: its step count starts again.
+  const opt = await openSafetensorsMeta(join(ck, "optimizer.safetensors"));
+  assertEquals(opt.step, "1");
+  // Another method, or a flag that contradicts the folder, is one line before anything runs.
+  for (
+    const [extra, msg] of [
+      [["--peft_type=hira"], "holds a LORA adapter, but --peft_type=hira"],
+      [["--peft_type=lora", "--r_ab=8"], "--r_ab: 8 contradicts"],
+      [["--peft_type=full"], "--init_adapter: needs --peft_type=hira or lora"],
+    ] as const
+  ) {
+    const e = await assertRejects(
+      () =>
+        runTraining(args([...extra, `--init_adapter=${init}`], modelDir, join(out, "c")), {
+          gpu,
+          quiet: true,
+        }),
+      HiraError,
+    );
+    assert(e.message.includes(msg), e.message);
+  }
+  await Deno.remove(out, { recursive: true });
+  await Deno.remove(modelDir, { recursive: true });
+});
+
+async function openSafetensorsMeta(file: string): Promise<Record<string, string>> {
+  const f = await openSafetensors(file);
+  const meta = { ...f.header.metadata };
+  f.close();
+  return meta;
+}
