@@ -76,7 +76,7 @@ export interface EvalArgs {
   tokens: string | null;
   /** perplexity: raw text, one document per line, or a JSON array of strings. */
   text: string | null;
-  /** merge: storage dtype of model.safetensors; null = the base config's torch_dtype. */
+  /** merge: storage dtype of model.safetensors; null = the base config's dtype. */
   dtype: "f32" | "f16" | "bf16" | null;
   /** merge: overwrite a non-empty output folder. */
   force: boolean;
@@ -153,7 +153,7 @@ const EVAL_FLAGS: readonly EvalFlag[] = [
     name: "dtype",
     type: "string",
     def: null,
-    help: "merge: f32 | f16 | bf16 (default: the base model's torch_dtype)",
+    help: "merge: f32 | f16 | bf16 (default: the base model's dtype or torch_dtype)",
   },
   { name: "force", type: "boolean", def: false, help: "merge: overwrite a non-empty --out" },
   { name: "ckpt2", type: "string", def: null, help: "rank: a second adapter to compare" },

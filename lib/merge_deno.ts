@@ -59,7 +59,7 @@ export async function checkOutputDir(dir: string, force: boolean): Promise<boole
 
 /** Options of {@linkcode writeMergedModelDir}. */
 export interface MergedDirOptions {
-  /** Storage dtype; default the base config's torch_dtype. */
+  /** Storage dtype; default the base config's dtype (`dtype` or `torch_dtype`). */
   dtype?: ExportDtype | null;
   /** Folder whose tokenizer/generation files are copied (usually the base model's). */
   sideFilesDir?: string | null;
@@ -74,7 +74,7 @@ export function mergePartialDir(outDir: string): string {
 
 /**
  * Writes `model` with its adapters merged in as a complete Hugging Face model folder:
- * config.json (torch_dtype updated), model.safetensors in the export dtype, and the base's
+ * config.json (its dtype key updated), model.safetensors in the export dtype, and the base's
  * tokenizer files. The folder is built under a temporary name beside `outDir` and renamed into
  * place, so a crash never leaves a half-written model; an existing non-empty `outDir` is
  * refused unless `force`. Returns the dtype written.

@@ -60,6 +60,7 @@ import {
 } from "./safetensors_deno.ts";
 import type { TensorToWrite } from "./safetensors.ts";
 import { writeRunReport } from "./report_deno.ts";
+import { exportConfigJson } from "./merge.ts";
 import { bestCheckpointName } from "./permissions.ts";
 
 /** What a run folder's trainer_state.json holds. */
@@ -376,8 +377,11 @@ export async function writeModelDir(
     data: t.data,
   }));
   await writeSafetensorsFile(join(dir, "model.safetensors"), tensors, { format: "pt" });
-  const raw = { ...model.config.raw, torch_dtype: "float32" };
-  await writeFileAtomic(join(dir, "config.json"), JSON.stringify(raw, null, 2) + "\n");
+  // F32 master weights, said with the dtype key of the layout the base config was read in.
+  await writeFileAtomic(
+    join(dir, "config.json"),
+    exportConfigJson(model.config.raw, "f32", model.config.layout),
+  );
   if (tokenizerDir) {
     for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
       const src = join(tokenizerDir, f);
