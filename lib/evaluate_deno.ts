@@ -15,7 +15,7 @@ import type { Tokenizer } from "./tokenizer.ts";
 import { loadTokenizer } from "./tokenizer_deno.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "./model_deno.ts";
 import { resolveWeightDtype } from "./load.ts";
-import type { AdapterConfig } from "./peft.ts";
+import { type AdapterConfig, loraScale } from "./peft.ts";
 import { openAdapterDir } from "./peft_deno.ts";
 import { loadAdapters } from "./attach.ts";
 import { listCheckpoints } from "./train_deno.ts";
@@ -562,8 +562,11 @@ async function rankCommand(a: EvalArgs): Promise<void> {
     const { modules } = await readAdapterModules(ck.dir, cfg, modelDir, { layers: a.layers });
     const label = ac.peftType === "HIRA" ? "HiRA" : "LoRA";
     reports.push(
-      // Each module carries its own LoRA scale (rank_pattern, alpha_pattern, use_rslora).
-      adapterRanks(label, ac.peftType, modules, { threshold: a.threshold }),
+      // Each module has its own LoRA scale (rank_pattern, alpha_pattern, use_rslora).
+      adapterRanks(label, ac.peftType, modules, {
+        threshold: a.threshold,
+        loraScale: (path) => loraScale(ac, path),
+      }),
     );
   }
   if (reports.length === 2 && reports[0].label === reports[1].label) {

@@ -175,8 +175,6 @@ export interface AdapterModule {
   outFeatures: number;
   inFeatures: number;
   r: number;
-  /** LoRA's factor on B·A (α/r, or α/√r under use_rslora); 1 for HiRA. */
-  scale?: number;
   /** A [r, in]. */
   a: Float32Array;
   /** B [out, r]. */
@@ -222,7 +220,11 @@ export function adapterRanks(
   label: string,
   peftType: "HIRA" | "LORA",
   modules: readonly AdapterModule[],
-  opts: { threshold?: number; loraScale?: number } = {},
+  opts: {
+    threshold?: number;
+    /** LoRA's factor on B·A: one for all, or per module path (rank/alpha patterns, rsLoRA). */
+    loraScale?: number | ((path: string) => number);
+  } = {},
 ): RankReport {
   const threshold = opts.threshold ?? 0.005;
   const out: ModuleRank[] = modules.map((m) => {
@@ -235,7 +237,7 @@ export function adapterRanks(
       m.a,
       m.b,
       { inFeatures: m.inFeatures, outFeatures: m.outFeatures, r: m.r },
-      m.scale ?? opts.loraScale ?? 1,
+      typeof opts.loraScale === "function" ? opts.loraScale(m.path) : opts.loraScale ?? 1,
     );
     const sv = singularValues(dw, m.outFeatures, m.inFeatures);
     const st = rankStats(sv, { threshold, shape: [m.outFeatures, m.inFeatures], topK: 1 });

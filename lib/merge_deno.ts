@@ -14,7 +14,6 @@ import {
   adapterConfigFileOf,
   adapterKey,
   checkAdapterKeys,
-  loraScale,
   matchTargets,
   moduleRank,
 } from "./peft.ts";
@@ -160,7 +159,6 @@ export async function readAdapterModules(
           outFeatures: o,
           inFeatures: i,
           r: moduleRank(ac, m.path),
-          scale: ac.peftType === "LORA" ? loraScale(ac, m.path) : 1,
           a: await ad.weights.read(adapterKey(m.path, ac.peftType, "A", style), "f32"),
           b: await ad.weights.read(adapterKey(m.path, ac.peftType, "B", style), "f32"),
           w0: base ? await base.read(`${m.path}.weight`, "f32") : null,

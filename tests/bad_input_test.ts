@@ -496,8 +496,7 @@ const CASES: Case[] = [
         j.target_modules = ["c_attn"];
       }),
     run: { cli: "eval", args: (f) => perplexityArgs(f, [`--ckpt=${f.adapter}`]) },
-    message:
-      /adapter_model\.safetensors: target module 'c_attn' matches no linear layer of the model/,
+    message: /adapter_config\.json: target module 'c_attn' matches no linear layer of the model/,
   },
   {
     name: "adapter_config.json missing",
