@@ -1,6 +1,7 @@
 /**
  * ConvAI2 dialogue scoring as the reference's convai2_eval.py does it through HF `evaluate`
- * (shared/reference/hira-reference.md §4.6): record grouping, prediction cleaning, corpus BLEU
+ * (evaluate 0.4.1, nltk 3.8.1, rouge-score 0.1.2; docs/metrics.md says what each step is and
+ * where the reference goes wrong): record grouping, prediction cleaning, corpus BLEU
  * (evaluate "bleu" = tensorflow/nmt compute_bleu on tokenizer_13a tokens), ROUGE-L (rouge_score),
  * METEOR (nltk meteor_score on nltk word_tokenize tokens), token F1 and distinct-n.
  *
@@ -12,29 +13,14 @@
  * @module
  */
 
-// ---------------------------------------------------------------------------------------------
-// Python string helpers
+import { PY_S, PY_W, pyLen, pySplit, pyStrip } from "./pystr.ts";
+import { sentTokenize } from "./punkt.ts";
 
-/** Python's str.isspace() set; JS `\s` lacks \x1c-\x1f and \x85 and adds \ufeff. */
-const PY_WS = "\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f" +
-  "\\u205f\\u3000";
-const S = `[${PY_WS}]`;
-const NS = `[^${PY_WS}]`;
-/** Python's Unicode `\w` (str.isalnum() or "_"). */
-const W = "[\\p{L}\\p{N}_]";
-const PY_SPLIT_RE = new RegExp(`${S}+`, "u");
-const PY_LSTRIP_RE = new RegExp(`^${S}+`, "u");
-const PY_RSTRIP_RE = new RegExp(`${S}+$`, "u");
+export { sentTokenize };
 
-/** Python `s.split()`: split on runs of whitespace, dropping empty strings. */
-function pySplit(s: string): string[] {
-  return s.split(PY_SPLIT_RE).filter((t) => t.length > 0);
-}
-
-/** Python `s.strip()`. */
-function pyStrip(s: string): string {
-  return s.replace(PY_LSTRIP_RE, "").replace(PY_RSTRIP_RE, "");
-}
+// Local short names for the Python-semantics regex pieces.
+const S = PY_S;
+const W = PY_W;
 
 function checkCorpus(name: string, preds: readonly string[], refs: readonly unknown[]): void {
   if (preds.length !== refs.length) {
@@ -233,6 +219,7 @@ export function corpusBleu(
  */
 export function rougeTokenize(text: string, stem = false): string[] {
   let tokens = text.toLowerCase().replace(/[^a-z0-9]+/g, " ").split(/\s+/);
+  // Tokens are [a-z0-9]+ here, so code units are code points.
   if (stem) tokens = tokens.map((t) => (t.length > 3 ? porterStem(t) : t));
   return tokens.filter((t) => /^[a-z0-9]+$/.test(t));
 }
@@ -326,10 +313,16 @@ const PORTER_IRREGULAR: Record<string, string> = {
 
 type PorterRule = [suffix: string, replacement: string, cond: ((stem: string) => boolean) | null];
 
+/**
+ * nltk's PorterStemmer. Python indexes and measures a word in code points, so every index and
+ * length here does too: a word is split with `Array.from` before any position is used (an emoji
+ * is one "consonant", as in Python, not two). Suffixes are ASCII, so cutting one off the end of
+ * the string is the same in code units and code points.
+ */
 class Porter {
   constructor(readonly mode: PorterMode) {}
 
-  isConsonant(w: string, i: number): boolean {
+  isConsonant(w: readonly string[], i: number): boolean {
     const c = w[i];
     if (c === "a" || c === "e" || c === "i" || c === "o" || c === "u") return false;
     if (c === "y") return i === 0 ? true : !this.isConsonant(w, i - 1);
@@ -338,9 +331,10 @@ class Porter {
 
   /** m in [C](VC)^m[V]: the number of "vc" transitions. */
   measure(stem: string): number {
+    const a = Array.from(stem);
     let m = 0;
-    for (let i = 0; i + 1 < stem.length; i++) {
-      if (!this.isConsonant(stem, i) && this.isConsonant(stem, i + 1)) m++;
+    for (let i = 0; i + 1 < a.length; i++) {
+      if (!this.isConsonant(a, i) && this.isConsonant(a, i + 1)) m++;
     }
     return m;
   }
@@ -348,28 +342,32 @@ class Porter {
   positive = (stem: string): boolean => this.measure(stem) > 0;
 
   containsVowel(stem: string): boolean {
-    for (let i = 0; i < stem.length; i++) if (!this.isConsonant(stem, i)) return true;
+    const a = Array.from(stem);
+    for (let i = 0; i < a.length; i++) if (!this.isConsonant(a, i)) return true;
     return false;
   }
 
   endsDoubleConsonant(w: string): boolean {
-    const n = w.length;
-    return n >= 2 && w[n - 1] === w[n - 2] && this.isConsonant(w, n - 1);
+    const a = Array.from(w);
+    const n = a.length;
+    return n >= 2 && a[n - 1] === a[n - 2] && this.isConsonant(a, n - 1);
   }
 
   endsCvc(w: string): boolean {
-    const n = w.length;
-    return (n >= 3 && this.isConsonant(w, n - 3) && !this.isConsonant(w, n - 2) &&
-      this.isConsonant(w, n - 1) && !"wxy".includes(w[n - 1])) ||
-      (this.mode === "NLTK_EXTENSIONS" && n === 2 && !this.isConsonant(w, 0) &&
-        this.isConsonant(w, 1));
+    const a = Array.from(w);
+    const n = a.length;
+    return (n >= 3 && this.isConsonant(a, n - 3) && !this.isConsonant(a, n - 2) &&
+      this.isConsonant(a, n - 1) && !"wxy".includes(a[n - 1])) ||
+      (this.mode === "NLTK_EXTENSIONS" && n === 2 && !this.isConsonant(a, 0) &&
+        this.isConsonant(a, 1));
   }
 
   /** The first rule whose suffix matches decides, whether or not its condition holds. */
   applyRules(w: string, rules: readonly PorterRule[]): string {
     for (const [suffix, replacement, cond] of rules) {
       if (suffix === "*d" && this.endsDoubleConsonant(w)) {
-        const stem = w.slice(0, -2);
+        // The doubled consonant may be any character, an emoji too: drop two code points.
+        const stem = Array.from(w).slice(0, -2).join("");
         return cond === null || cond(stem) ? stem + replacement : w;
       }
       if (w.endsWith(suffix)) {
@@ -381,7 +379,7 @@ class Porter {
   }
 
   step1a(w: string): string {
-    if (this.mode === "NLTK_EXTENSIONS" && w.endsWith("ies") && w.length === 4) {
+    if (this.mode === "NLTK_EXTENSIONS" && w.endsWith("ies") && pyLen(w) === 4) {
       return w.slice(0, -3) + "ie";
     }
     return this.applyRules(w, [["sses", "ss", null], ["ies", "i", null], ["ss", "ss", null], [
@@ -393,7 +391,7 @@ class Porter {
 
   step1b(w: string): string {
     if (this.mode === "NLTK_EXTENSIONS" && w.endsWith("ied")) {
-      return w.slice(0, -3) + (w.length === 4 ? "ie" : "i");
+      return w.slice(0, -3) + (pyLen(w) === 4 ? "ie" : "i");
     }
     if (w.endsWith("eed")) {
       const stem = w.slice(0, -3);
@@ -410,7 +408,7 @@ class Porter {
       }
     }
     if (inter === null) return w;
-    const last = inter[inter.length - 1];
+    const last = Array.from(inter).pop()!;
     return this.applyRules(inter, [
       ["at", "ate", null],
       ["bl", "ble", null],
@@ -422,7 +420,10 @@ class Porter {
 
   step1c(w: string): string {
     const cond = this.mode === "NLTK_EXTENSIONS"
-      ? (stem: string) => stem.length > 1 && this.isConsonant(stem, stem.length - 1)
+      ? (stem: string) => {
+        const a = Array.from(stem);
+        return a.length > 1 && this.isConsonant(a, a.length - 1);
+      }
       : (stem: string) => this.containsVowel(stem);
     return this.applyRules(w, [["y", "i", cond]]);
   }
@@ -492,6 +493,7 @@ class Porter {
       ["ement", "", gt1],
       ["ment", "", gt1],
       ["ent", "", gt1],
+      // The stem's last character is ASCII "s" or "t" in code units exactly when in code points.
       ["ion", "", (stem) => this.measure(stem) > 1 && "st".includes(stem[stem.length - 1])],
       ["ou", "", gt1],
       ["ism", "", gt1],
@@ -523,7 +525,7 @@ class Porter {
     if (this.mode === "NLTK_EXTENSIONS" && Object.hasOwn(PORTER_IRREGULAR, word)) {
       return PORTER_IRREGULAR[stem];
     }
-    if (this.mode !== "ORIGINAL_ALGORITHM" && word.length <= 2) return stem;
+    if (this.mode !== "ORIGINAL_ALGORITHM" && pyLen(word) <= 2) return stem;
     stem = this.step1a(stem);
     stem = this.step1b(stem);
     stem = this.step1c(stem);
@@ -623,177 +625,9 @@ export function treebankTokenize(text: string): string[] {
 }
 
 /**
- * Abbreviations that do not end a sentence, standing in for the trained abbreviation list of
- * nltk's English Punkt model (which is data, not code, and not available offline).
- */
-export const PUNKT_ABBREVIATIONS: ReadonlySet<string> = new Set(
-  ("mr mrs ms dr prof st jr sr vs e.g i.e u.s a.m p.m inc corp ltd jan feb mar apr jun jul " +
-    "aug sep sept oct nov dec gen gov sen lt capt mt ft").split(" "),
-);
-
-const PUNKT_WORD_START = `[^("\`{\\[:;&#*@)}\\]\\-,]`;
-const PUNKT_NON_WORD = `[)";}\\]*:@'({\\[?!]`;
-const PUNKT_MULTI = `(?:-{2,}|\\.{2,}|(?:\\.${S}){2,}\\.)`;
-const PUNKT_WORD_RE = new RegExp(
-  `${PUNKT_MULTI}|(?=${PUNKT_WORD_START})${NS}+?(?=${S}|$|${PUNKT_NON_WORD}|${PUNKT_MULTI}|` +
-    `,(?=$|${S}|${PUNKT_NON_WORD}|${PUNKT_MULTI}))|${NS}`,
-  "gu",
-);
-const PUNKT_PERIOD_CONTEXT_RE = new RegExp(
-  `[.?!](?=(?<after>${PUNKT_NON_WORD}|${S}+(?<next>${NS}+)))`,
-  "gu",
-);
-const PUNKT_NUMERIC_RE = /^-?[.,]?\p{Nd}[\p{Nd},.-]*\.?$/u;
-const PUNKT_INITIAL_RE = /^[\p{L}\p{Nl}\p{No}_]\.$/u;
-const PUNKT_ELLIPSIS_RE = /^\.\.+$/;
-const PUNKT_REALIGN_RE = new RegExp(`^["')\\]}]+?(?:${S}+|(?=--)|$)`, "u");
-
-interface PunktToken {
-  tok: string;
-  type: string;
-  periodFinal: boolean;
-  sentbreak: boolean;
-  abbr: boolean;
-  ellipsis: boolean;
-}
-
-function punktToken(tok: string): PunktToken {
-  const lower = tok.toLowerCase();
-  return {
-    tok,
-    type: PUNKT_NUMERIC_RE.test(lower) ? "##number##" : lower,
-    periodFinal: tok.endsWith("."),
-    sentbreak: false,
-    abbr: false,
-    ellipsis: false,
-  };
-}
-
-/**
- * Punkt's orthographic heuristic with an empty orthographic table: punctuation and lowercase
- * words are never sentence starters; anything else is unknown.
- */
-function punktOrthoHeuristic(t: PunktToken): boolean | "unknown" {
-  if (";:,.!?".includes(t.tok) && t.tok.length === 1) return false;
-  if (/^\p{Ll}/u.test(t.tok)) return false;
-  return "unknown";
-}
-
-/** Punkt `text_contains_sentbreak`: a break on any token that is not the context's last. */
-function punktContainsBreak(text: string, abbrevs: ReadonlySet<string>): boolean {
-  const toks: PunktToken[] = [];
-  for (const line of text.split("\n")) {
-    if (pyStrip(line) === "") continue;
-    for (const m of line.matchAll(PUNKT_WORD_RE)) toks.push(punktToken(m[0]));
-  }
-  for (const t of toks) {
-    // First pass: type-based decisions.
-    if (t.tok === "." || t.tok === "?" || t.tok === "!") t.sentbreak = true;
-    else if (PUNKT_ELLIPSIS_RE.test(t.tok)) t.ellipsis = true;
-    else if (t.periodFinal && !t.tok.endsWith("..")) {
-      const w = t.tok.slice(0, -1).toLowerCase();
-      if (abbrevs.has(w) || abbrevs.has(w.split("-").pop()!)) t.abbr = true;
-      else t.sentbreak = true;
-    }
-  }
-  for (let i = 0; i + 1 < toks.length; i++) {
-    // Second pass (collocations, sentence starters and orthographic context are empty).
-    const t = toks[i];
-    if (!t.periodFinal) continue;
-    const typ = t.type.length > 1 && t.type.endsWith(".") ? t.type.slice(0, -1) : t.type;
-    const initial = PUNKT_INITIAL_RE.test(t.tok);
-    if (initial || typ === "##number##") {
-      const starter = punktOrthoHeuristic(toks[i + 1]);
-      if (
-        starter === false || (starter === "unknown" && initial && /^\p{Lu}/u.test(toks[i + 1].tok))
-      ) {
-        t.sentbreak = false;
-        t.abbr = true;
-      }
-    }
-  }
-  for (let i = 0; i + 1 < toks.length; i++) if (toks[i].sentbreak) return true;
-  return false;
-}
-
-/** Index of the last ASCII whitespace character (Python string.whitespace), 0 if none. */
-function lastWhitespaceIndex(text: string): number {
-  for (let i = text.length - 1; i >= 0; i--) if (" \t\n\r\v\f".includes(text[i])) return i;
-  return 0;
-}
-
-/**
- * nltk `sent_tokenize` (PunktSentenceTokenizer.tokenize with boundary realignment), using the
- * Punkt algorithm with {@link PUNKT_ABBREVIATIONS} in place of the trained English model's
- * parameters: a period, "?" or "!" followed by whitespace ends a sentence unless it ends a known
- * abbreviation, an ellipsis, an initial, or a number followed by a lowercase word. The trained
- * model also knows collocations and orthographic statistics, so rare cases can split differently.
- */
-export function sentTokenize(
-  text: string,
-  abbrevs: ReadonlySet<string> = PUNKT_ABBREVIATIONS,
-): string[] {
-  // _match_potential_end_contexts: candidate breaks with the word before and the token after.
-  const candidates: { end: number; nextStart: number | null; context: string }[] = [];
-  let prevSlice: [number, number] = [0, 0];
-  let prev: RegExpExecArray | null = null;
-  const emit = (m: RegExpExecArray, slice: [number, number]) => {
-    const after = m.groups!.after;
-    const next = m.groups!.next;
-    candidates.push({
-      end: m.index + 1,
-      nextStart: next !== undefined ? m.index + 1 + after.length - next.length : null,
-      context: text.slice(slice[0], slice[1]) + m[0] + after,
-    });
-  };
-  for (const m of text.matchAll(PUNKT_PERIOD_CONTEXT_RE) as IterableIterator<RegExpExecArray>) {
-    const before = text.slice(prevSlice[1], m.index);
-    let start = lastWhitespaceIndex(before);
-    start = start ? start + prevSlice[1] + 1 : prevSlice[0];
-    const wordSlice: [number, number] = [start, m.index];
-    if (prev !== null && prevSlice[1] <= wordSlice[0]) emit(prev, prevSlice);
-    prev = m;
-    prevSlice = wordSlice;
-  }
-  if (prev !== null) emit(prev, prevSlice);
-
-  const slices: [number, number][] = [];
-  let lastBreak = 0;
-  for (const c of candidates) {
-    if (punktContainsBreak(c.context, abbrevs)) {
-      slices.push([lastBreak, c.end]);
-      lastBreak = c.nextStart ?? c.end;
-    }
-  }
-  slices.push([lastBreak, text.replace(PY_RSTRIP_RE, "").length]);
-
-  // _realign_boundaries: closing quotes/brackets after the break belong to the sentence before.
-  const out: string[] = [];
-  let realign = 0;
-  for (let i = 0; i < slices.length; i++) {
-    const s1: [number, number] = [slices[i][0] + realign, slices[i][1]];
-    const piece = text.slice(s1[0], s1[1]);
-    if (i + 1 === slices.length) {
-      if (piece) out.push(piece);
-      continue;
-    }
-    const s2 = slices[i + 1];
-    const m = PUNKT_REALIGN_RE.exec(text.slice(s2[0], s2[1]));
-    if (m !== null) {
-      out.push(text.slice(s1[0], s2[0] + m[0].replace(PY_RSTRIP_RE, "").length));
-      realign = m[0].length;
-    } else {
-      realign = 0;
-      if (piece) out.push(piece);
-    }
-  }
-  return out;
-}
-
-/**
- * nltk `word_tokenize(text)`: {@link sentTokenize} then {@link treebankTokenize} per sentence.
- * The Treebank part is exact; the sentence split approximates the trained Punkt model (see
- * {@link sentTokenize}), which only matters for periods inside a text.
+ * nltk 3.8.1's `word_tokenize(text)`: {@link sentTokenize} (Punkt with the trained English
+ * model) then {@link treebankTokenize} on each sentence, so a period is split off wherever Punkt
+ * ends a sentence and stays on an abbreviation ("ok.", "u.s.a.") where it does not.
  */
 export function wordTokenize(text: string): string[] {
   return sentTokenize(text).flatMap(treebankTokenize);
@@ -878,7 +712,7 @@ export function singleMeteor(
  * Corpus METEOR as HF evaluate's "meteor": every text goes through {@link wordTokenize}, each
  * prediction scores the max of {@link singleMeteor} over its references (nltk `meteor_score`),
  * and the result is the mean over predictions (0 for an empty corpus). No WordNet synonyms (see
- * {@link singleMeteor}), and the Punkt sentence split is approximated (see {@link sentTokenize}).
+ * {@link singleMeteor}); otherwise nltk 3.8.1's value (tests/meteor_test.ts checks it to 1e-9).
  */
 export function meteor(
   preds: readonly string[],
