@@ -289,6 +289,8 @@ interface DriveResult {
   };
   /** Every (body[data-phase], phase line) pair shown during the first run, in order. */
   phases: [string, string][];
+  /** The example-prompt buttons of the Ask box. */
+  examples: string[];
   /** Mid-run: the settings and buttons that were still enabled (none should be). */
   locked: { enabled: string[]; stopEnabled: boolean; checked: number };
   /** Whether the settings were editable again after the run. */
@@ -586,6 +588,16 @@ Deno.test({
       assert(/^Write an instruction first/.test(r.emptyPrompt.error), r.emptyPrompt.error);
       assertEquals(r.emptyPrompt.answer, r.beamAnswerText.trim(), "an empty prompt is not run");
       assert(r.vocabWarning.includes("“frog”"), r.vocabWarning);
+      assertEquals(r.examples, [
+        "BoolQ",
+        "PIQA",
+        "Social IQa",
+        "HellaSwag",
+        "WinoGrande",
+        "ARC-Easy",
+        "ARC-Challenge",
+        "OpenBookQA",
+      ]);
 
       // A bad adapter: its error beside the adapter control, in words, and nothing lost.
       assertEquals(
@@ -746,6 +758,9 @@ async function drive(url: string, outDir: string): Promise<void> {
       { timeout: 60_000 },
     );
     mark("page ready");
+    // Example prompts: one test question per set, named by the set.
+    await page.waitForSelector("#examples:not([hidden])", { timeout: 30_000 });
+    const examples = await page.$$eval("#examples button", (bs) => bs.map((b) => b.textContent));
     await shot("ready");
     // The subgroup matmul kernel, which Deno's adapter here cannot run (no subgroups feature).
     const matmulCheck = await page.evaluate(() =>
@@ -1090,6 +1105,7 @@ async function drive(url: string, outDir: string): Promise<void> {
       serverChecks,
       state,
       phases,
+      examples,
       locked,
       unlockedAfter,
       layout,

@@ -361,8 +361,8 @@ async function initGpu(): Promise<void> {
   }
   if (!adapter) {
     return fail(
-      `This browser has WebGPU but offers no graphics adapter for it, so nothing can be ` +
-        `trained here. The GPU may be blocked by the browser. ${advice}`,
+      `This browser has WebGPU but no graphics adapter for it (it may block this GPU), so ` +
+        `nothing can be trained here. ${advice}`,
       "navigator.gpu.requestAdapter() returned null; on a machine without a GPU, start " +
         "Chromium with --enable-unsafe-webgpu.",
     );
