@@ -40,6 +40,7 @@ import type { LlamaModel } from "../lib/model.ts";
 import type { Tokenizer } from "../lib/tokenizer.ts";
 import * as S from "../web/session.ts";
 import { folderSummary, plainMessage } from "../web/messages.ts";
+import { lossChart } from "../web/chart.ts";
 import { COMMONSENSE_TASKS } from "../lib/extract.ts";
 import { splitPath } from "../lib/data.ts";
 import { resolveRequestPath } from "../serve.ts";
@@ -253,6 +254,38 @@ Deno.test("web messages: a non-safetensors adapter reads as one, without its hug
     folderSummary("adapter", ["adapter_config.json", "adapter_model.safetensors"], "dropped"),
     "Adapter folder (2 files, dropped): Load model and Train start from it.",
   );
+});
+
+Deno.test("web chart: drawn at its pixel size, ticks inside the plot on linear and log axes", () => {
+  const losses = [6.2, 4.1, 3.3, 2.2, 1.9, 1.4, 1.35, 1.2].map((l, i) => [i + 1, l] as const);
+  for (const logY of [false, true]) {
+    const svg = lossChart({
+      width: 320,
+      height: 240,
+      xMax: 10,
+      logY,
+      series: [
+        { name: "training loss", color: "#000", points: losses },
+        { name: "validation loss", color: "#f00", points: [[0, 6.5], [8, 1.3]], dashed: true },
+      ],
+    });
+    assert(svg.includes('width="320" height="240" viewBox="0 0 320 240"'), "1 unit = 1 px");
+    assert(svg.includes('font-size="13"') && !/font-size="(?!13")/.test(svg), "one font size");
+    // y tick labels: right-aligned texts left of the axis, at y positions inside the plot.
+    const ticks = [
+      ...svg.matchAll(/<text x="[\d.]+" y="([\d.]+)" text-anchor="end"[^>]*>([^<]+)</g),
+    ]
+      .map((m) => ({ y: Number(m[1]), v: Number(m[2]) }));
+    assert(ticks.length >= 3, `${logY ? "log" : "linear"} y ticks: ${JSON.stringify(ticks)}`);
+    for (const t of ticks) {
+      assert(Number.isFinite(t.v) && (!logY || t.v > 0), `tick value ${t.v}`);
+      assert(t.y > 20 && t.y < 240 - 20, `tick at y=${t.y}`);
+    }
+    // Higher values are drawn higher up.
+    const sorted = [...ticks].sort((a, b) => a.v - b.v);
+    for (let i = 1; i < sorted.length; i++) assert(sorted[i].y < sorted[i - 1].y);
+    assert(svg.includes("(loss on a log scale)") === logY);
+  }
 });
 
 Deno.test("web session: the vocabulary warning flags words the tiny model never saw", async () => {

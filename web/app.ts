@@ -157,6 +157,7 @@ const state = {
   loaded: null as S.LoadedModel | null,
   loadedKey: "",
   modelEntries: null as FolderEntry[] | null,
+  modelSource: "chosen" as FileSource,
   adapterEntries: null as FolderEntry[] | null,
   /**
    * The last adapter that was trained (at least one step) or loaded on the current model:
@@ -556,11 +557,19 @@ function renderChart(): void {
     return;
   }
   const width = Math.max(240, Math.floor(ui.lossChart.clientWidth));
+  // The x axis runs to the run's last step, so the line fills it as training goes; a long run
+  // grows it instead (else the first steps are a sliver), and a stopped run ends at its step.
+  const total = state.totalSteps, done = state.losses.length;
+  const xMax = state.phase === "stopped"
+    ? Math.max(1, done)
+    : total > 200
+    ? Math.min(total, Math.max(20, Math.ceil(done * 1.5)))
+    : total;
   const height = Math.round(Math.min(380, Math.max(240, width * 0.5)));
   ui.lossChart.innerHTML = lossChart({
     width,
     height,
-    xMax: state.totalSteps,
+    xMax,
     logY: ui.logScale.checked,
     series: [
       {
@@ -1068,9 +1077,7 @@ function setAdapterEntries(entries: FolderEntry[] | null, source: FileSource = "
   state.adapterEntries = entries;
   const text = entries
     ? folderSummary("adapter", entries.map((e) => e.path), source)
-    : state.good
-    ? `No adapter folder: training starts fresh (the model keeps ${state.good.what} until then).`
-    : "No adapter: training starts fresh.";
+    : "No adapter folder: training starts fresh.";
   say(ui.adapterStatus, text);
   // A dropped folder replaces a picked one: the input must not keep showing the old pick.
   if (source === "dropped") ui.adapterFolder.value = "";
@@ -1079,6 +1086,7 @@ function setAdapterEntries(entries: FolderEntry[] | null, source: FileSource = "
 
 function setModelEntries(entries: FolderEntry[] | null, source: FileSource = "chosen"): void {
   state.modelEntries = entries;
+  state.modelSource = source;
   if (entries) ui.modelLocal.checked = true;
   if (source === "dropped") ui.modelFolder.value = "";
   say(
@@ -1160,6 +1168,16 @@ ui.adapterClear.addEventListener("click", () => {
 for (const r of [ui.modelEmbedded, ui.modelLocal]) {
   r.addEventListener("change", () => {
     say(ui.modelInfo, "");
+    const e = state.modelEntries;
+    if (e) {
+      const summary = folderSummary("model", e.map((x) => x.path), state.modelSource);
+      say(
+        ui.modelFolderStatus,
+        ui.modelEmbedded.checked
+          ? `${summary.split(":")[0]}: not used while the embedded model is selected.`
+          : summary,
+      );
+    }
     updateVocabWarning();
   });
 }

@@ -87,7 +87,9 @@ export function lossChart(opts: LossChartOptions): string {
   // Layout: legend row on top, y tick labels on the left, x ticks and label at the bottom.
   const charW = fs * CHAR_EM;
   const left = Math.ceil(Math.max(...yLabels.map((l) => l.length), 1) * charW) + 12;
-  const right = width - 12;
+  const xLabelMax = fmt(xsMax).length + 1;
+  // Half of the widest x tick label hangs past the last tick.
+  const right = width - Math.max(12, Math.ceil((xLabelMax * charW) / 2) + 4);
   const top = fs * 2 + 10;
   const bottom = height - (fs * 2 + 14);
   const px = (x: number) => left + (x / xsMax) * (right - left);
