@@ -955,7 +955,9 @@ async function drive(url: string, outDir: string): Promise<void> {
         await shot(String(width));
         if (width < 400) {
           // Full-page shots of a phone-width page are too tall to read: the two busiest parts.
-          for (const id of ["progress-section", "accuracy-section"]) {
+          for (
+            const id of ["model-section", "train-section", "progress-section", "accuracy-section"]
+          ) {
             await page.locator(`#${id}`).screenshot({
               path: join(shots, `browser-${width}-${id.split("-")[0]}.png`),
             });

@@ -893,6 +893,7 @@ function finish(ms: number): void {
     );
     ui.runNote.textContent = notes.join(" ");
     ui.runNote.hidden = false;
+    renderChart();
     log(`stopped: ${notes.join(" ")}`);
   } else {
     const a = state.before?.average, b = state.after?.average;
