@@ -341,6 +341,8 @@ interface DriveResult {
     tableRows: number;
     rowNames: string[];
   }[];
+  /** The chart's text with the log-scale box checked. */
+  logScaleLabel: string;
   answerText: string;
   beamAnswerText: string;
   /** The Ask box's message and answer after Answer with a blank prompt. */
@@ -617,6 +619,8 @@ Deno.test({
         ]);
       }
 
+      assert(r.logScaleLabel.includes("step (loss on a log scale)"), r.logScaleLabel);
+
       // Guidance in the Ask box.
       assert(/^Write an instruction first/.test(r.emptyPrompt.error), r.emptyPrompt.error);
       assertEquals(r.emptyPrompt.answer, r.beamAnswerText.trim(), "an empty prompt is not run");
@@ -882,6 +886,7 @@ async function drive(url: string, outDir: string): Promise<void> {
     let localPhase = "";
     let dropStatus = "";
     const layout: DriveResult["layout"] = [];
+    let logScaleLabel = "";
     let badAdapter: DriveResult["badAdapter"] = {
       chosen: "",
       status: "",
@@ -964,7 +969,13 @@ async function drive(url: string, outDir: string): Promise<void> {
           }
         }
       }
-      await page.setViewportSize({ width: 1280, height: 800 });
+      // The log-scale switch redraws the chart with a log y axis.
+      await page.check("#log-scale");
+      logScaleLabel = (await page.textContent("#loss-chart svg")) ?? "";
+      await page.locator("#progress-section").screenshot({
+        path: join(shots, "browser-log-scale.png"),
+      });
+      await page.uncheck("#log-scale");
       mark("layout at 360, 390, 1280 px");
       await page.click("#ask-button");
       await idle();
@@ -1144,6 +1155,7 @@ async function drive(url: string, outDir: string): Promise<void> {
       locked,
       unlockedAfter,
       layout,
+      logScaleLabel,
       answerText,
       beamAnswerText,
       emptyPrompt,
