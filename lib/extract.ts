@@ -28,6 +28,22 @@ export const COMMONSENSE_TASKS: readonly CommonsenseTask[] = [
   "obqa",
 ];
 
+/**
+ * The sets' published names, for display (the short names above are the reference's file and
+ * result keys): siqa is Social IQa, hellas HellaSwag, winog WinoGrande, arce/arcc the easy and
+ * challenge sets of ARC, obqa OpenBookQA.
+ */
+export const COMMONSENSE_TITLES: Readonly<Record<CommonsenseTask, string>> = {
+  boolq: "BoolQ",
+  piqa: "PIQA",
+  siqa: "Social IQa",
+  hellas: "HellaSwag",
+  winog: "WinoGrande",
+  arce: "ARC-Easy",
+  arcc: "ARC-Challenge",
+  obqa: "OpenBookQA",
+};
+
 const ANSWER_N = /answer1|answer2|answer3|answer4|answer5/;
 
 /**

@@ -39,6 +39,10 @@ import { isHiraError } from "../lib/errors.ts";
 import type { LlamaModel } from "../lib/model.ts";
 import type { Tokenizer } from "../lib/tokenizer.ts";
 import * as S from "../web/session.ts";
+import { folderSummary, plainMessage } from "../web/messages.ts";
+import { lossChart } from "../web/chart.ts";
+import { COMMONSENSE_TASKS } from "../lib/extract.ts";
+import { splitPath } from "../lib/data.ts";
 import { resolveRequestPath } from "../serve.ts";
 
 const ROOT = fromFileUrl(new URL("../", import.meta.url));
@@ -174,9 +178,21 @@ Deno.test("web session: Blob-loaded model, trained adapter, PEFT bytes round tri
     join(ROOT, "data_file/llm_adapt/commonsense_170k/train.json"),
   );
   const examples = S.trainingExamples(text, "train.json", web.tok).slice(0, 8);
-  const run = await S.trainAdapters(web.model, examples, settings, {}, examples.slice(0, 2));
+  // The page compiles the kernels with one discarded pass first: training must not notice.
+  await S.compileKernels(web.model, examples, settings.batch);
+  const seen: number[] = [];
+  const run = await S.trainAdapters(web.model, examples, settings, {
+    validateEvery: 1,
+    onValidation: (step) => seen.push(step),
+  }, examples.slice(0, 2));
   assertEquals(run.steps, 2);
   assert(run.losses.every(Number.isFinite) && Number.isFinite(run.validationAfter));
+  assertEquals(seen, [0, 1, 2], "validation before, every step, and after the last");
+  assertEquals(run.validation.map(([s]) => s), [0, 1, 2]);
+  S.attachFresh(deno, settings, "");
+  const plain = await S.trainAdapters(deno, examples, settings, {}, examples.slice(0, 2));
+  assertEquals(plain.losses, run.losses, "compileKernels changes nothing in training");
+  assertEquals(plain.validationAfter, run.validationAfter);
   const trained = await S.promptLogits(web.model, web.tok, prompt);
   assert(maxAbsDiff(trained.logits, a.logits) > 1e-4, "training changed the logits");
 
@@ -190,6 +206,98 @@ Deno.test("web session: Blob-loaded model, trained adapter, PEFT bytes round tri
   await S.attachLoaded(deno, await readAdapterFolder(dir), 0);
   const loaded = await nextTokenLogits(deno, tok, prompt);
   assertEquals(maxAbsDiff(loaded.logits, trained.logits), 0, "adapter round trip");
+});
+
+Deno.test("web messages: a non-safetensors adapter reads as one, without its huge number", async () => {
+  const gpu = await testGpu();
+  const web = await S.loadModelFolder(
+    gpu,
+    fileFolder(await folderEntries(EMBEDDED_MODEL_DIR, "model/")),
+    "",
+  );
+  S.attachFresh(web.model, S.DEFAULT_SETTINGS, "");
+  const good = await S.adapterFiles(web.model, S.adapterConfigFor(S.DEFAULT_SETTINGS, ""));
+  // "This is " read as a little-endian u64 is 2338328219631577204, the issue's example.
+  const bad = fileFolder([
+    { path: "ad/adapter_config.json", file: new Blob([good.configJson]) },
+    { path: "ad/adapter_model.safetensors", file: new Blob(["This is not a safetensors file"]) },
+  ]);
+  const err = await readAdapterFolder(bad).then((ad) => S.attachLoaded(web.model, ad, 0)).then(
+    () => null,
+    (e) => e as Error,
+  );
+  if (!err) throw new Error("a text file as adapter weights must be refused");
+  assert(/header length \d{19} bytes/.test(err.message), `lib/ keeps the number: ${err.message}`);
+  const shown = plainMessage(err.message);
+  assert(shown.includes("is not a safetensors file"), shown);
+  assert(!/\d{10,}/.test(shown), shown);
+  assert(shown.startsWith("ad/adapter_model.safetensors is not"), `names the file: ${shown}`);
+  const cut = plainMessage(
+    "w.safetensors: header length 1000 runs past the end of the file (20 bytes): truncated, " +
+      "or not a safetensors file",
+  );
+  assertEquals(
+    cut,
+    "w.safetensors is truncated or not a safetensors file (its header would end past the " +
+      "file's 20 bytes)",
+  );
+  // One wording for chosen and dropped folders.
+  assertEquals(
+    folderSummary(
+      "adapter",
+      ["run/adapter_config.json", "run/adapter_model.safetensors"],
+      "chosen",
+    ),
+    "Adapter folder “run” (2 files, chosen): Load model and Train start from it.",
+  );
+  assertEquals(
+    folderSummary("adapter", ["adapter_config.json", "adapter_model.safetensors"], "dropped"),
+    "Adapter folder (2 files, dropped): Load model and Train start from it.",
+  );
+});
+
+Deno.test("web chart: drawn at its pixel size, ticks inside the plot on linear and log axes", () => {
+  const losses = [6.2, 4.1, 3.3, 2.2, 1.9, 1.4, 1.35, 1.2].map((l, i) => [i + 1, l] as const);
+  for (const logY of [false, true]) {
+    const svg = lossChart({
+      width: 320,
+      height: 240,
+      xMax: 10,
+      logY,
+      series: [
+        { name: "training loss", color: "#000", points: losses },
+        { name: "validation loss", color: "#f00", points: [[0, 6.5], [8, 1.3]], dashed: true },
+      ],
+    });
+    assert(svg.includes('width="320" height="240" viewBox="0 0 320 240"'), "1 unit = 1 px");
+    assert(svg.includes('font-size="13"') && !/font-size="(?!13")/.test(svg), "one font size");
+    // y tick labels: right-aligned texts left of the axis, at y positions inside the plot.
+    const ticks = [
+      ...svg.matchAll(/<text x="[\d.]+" y="([\d.]+)" text-anchor="end"[^>]*>([^<]+)</g),
+    ]
+      .map((m) => ({ y: Number(m[1]), v: Number(m[2]) }));
+    assert(ticks.length >= 3, `${logY ? "log" : "linear"} y ticks: ${JSON.stringify(ticks)}`);
+    for (const t of ticks) {
+      assert(Number.isFinite(t.v) && (!logY || t.v > 0), `tick value ${t.v}`);
+      assert(t.y > 20 && t.y < 240 - 20, `tick at y=${t.y}`);
+    }
+    // Higher values are drawn higher up.
+    const sorted = [...ticks].sort((a, b) => a.v - b.v);
+    for (let i = 1; i < sorted.length; i++) assert(sorted[i].y < sorted[i - 1].y);
+    assert(svg.includes("(loss on a log scale)") === logY);
+  }
+});
+
+Deno.test("web session: the vocabulary warning flags words the tiny model never saw", async () => {
+  const tok = await loadTokenizer(EMBEDDED_MODEL_DIR);
+  assertEquals(S.wordsOutsideVocabulary(tok, "is the frog green?"), ["frog"]);
+  // None of the test questions (the page's example prompts) gets a warning.
+  for (const d of COMMONSENSE_TASKS) {
+    const recs = JSON.parse(
+      await Deno.readTextFile(splitPath(d, "test", join(ROOT, "data_file"))),
+    ) as { instruction: string }[];
+    for (const r of recs) assertEquals(S.wordsOutsideVocabulary(tok, r.instruction), [], d);
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -212,8 +320,35 @@ interface DriveResult {
     downloads: number;
     adapterConfig: { peftType: string } | null;
   };
+  /** Every (body[data-phase], phase line) pair shown during the first run, in order. */
+  phases: [string, string][];
+  /** The example-prompt buttons of the Ask box. */
+  examples: string[];
+  /** Mid-run: the settings and buttons that were still enabled (none should be). */
+  locked: { enabled: string[]; stopEnabled: boolean; checked: number };
+  /** Whether the settings were editable again after the run. */
+  unlockedAfter: boolean;
+  /** Per viewport width, after the first run (chart and accuracy table on the page). */
+  layout: {
+    width: number;
+    scrollWidth: number;
+    clientWidth: number;
+    chartTexts: number;
+    /** Smallest rendered font size in the chart: computed size × the SVG's screen scale. */
+    minChartFont: number;
+    tableRight: number;
+    boxRight: number;
+    tableRows: number;
+    rowNames: string[];
+  }[];
+  /** The chart's text with the log-scale box checked. */
+  logScaleLabel: string;
   answerText: string;
   beamAnswerText: string;
+  /** The Ask box's message and answer after Answer with a blank prompt. */
+  emptyPrompt: { error: string; answer: string };
+  /** The warning under the prompt for "is the frog green?". */
+  vocabWarning: string;
   prompt: string;
   logits: { ids: number[]; logits: number[] };
   /** Phase and logits after loading the tiny model (folder input) and the adapter (dropped). */
@@ -221,6 +356,30 @@ interface DriveResult {
   localLogits: { ids: number[]; logits: number[] };
   /** The drop zone's message after the adapter's files were dropped on it. */
   dropStatus: string;
+  /** Load with an adapter folder whose weights are a text file. */
+  badAdapter: {
+    /** The adapter control's message once the folder was chosen. */
+    chosen: string;
+    status: string;
+    kind: string;
+    formError: string;
+    modelInfo: string;
+    /** The model's logits equal those with the adapter loaded before (bit for bit). */
+    logitsKept: boolean;
+    /** The adapter control's message after "Forget the adapter". */
+    afterForget: string;
+  };
+  /** Stop during the accuracy-before pass of a fresh run. */
+  stopBefore: {
+    phase: string;
+    step: number;
+    beforeRows: number;
+    after: boolean;
+    peftType: string;
+    downloadEnabled: boolean;
+    note: string;
+    logitsKept: boolean;
+  };
   /** The Stop button on a long LoRA run. */
   stopped: {
     phase: string;
@@ -232,8 +391,7 @@ interface DriveResult {
   downloads: string[];
   unlabeled: string[];
   focusOutline: string;
-  narrowOverflow: number;
-  noGpu: { phase: string; message: string; trainDisabled: boolean };
+  noGpu: { phase: string; message: string; plain: string; trainDisabled: boolean };
   /** window.hiraTest.matmulCheck() (the subgroup matmul kernel), or why it failed. */
   matmulCheck: S.MatmulCheckReport | { error: string };
   console: string[];
@@ -396,11 +554,112 @@ Deno.test({
       assert(maxAbsDiff(base.logits, mine.logits) > 1e-3, "the adapter changes the logits");
 
       // Loaded back from File objects in the page (folder input, drop): the same logits, bit for
-      // bit.
-      assert(r.dropStatus.startsWith("Adapter"), `drop: ${r.dropStatus}`);
+      // bit. Dropped and chosen folders are described in one wording.
+      assertEquals(
+        r.dropStatus,
+        "Adapter folder (2 files, dropped): Load model and Train start from it.",
+      );
       assertEquals(r.localPhase, "ready", `local folders: ${r.localPhase}${ctx}`);
       assertEquals(r.localLogits.ids, r.logits.ids);
       assertEquals(maxAbsDiff(r.localLogits.logits, r.logits.logits), 0, "local folder reload");
+
+      // The phase line went through every phase of a run, in order, in the CLI's words.
+      const seen = r.phases.map(([p]) => p).filter((p, i, a) => p !== a[i - 1]);
+      const want: [string, RegExp][] = [
+        ["loading", /^Loading /],
+        ["compiling", /^Compiling GPU kernels/],
+        ["evaluating-before", /^Held-out accuracy before training: BoolQ \(1 of 8\)/],
+        ["validating", /^Validation loss before training/],
+        ["training", /^Training: step \d+\/12$/],
+        ["validating", /^Validation loss \(eval_loss\) at step \d+\/12/],
+        ["evaluating-after", /^Held-out accuracy after training: /],
+        ["done", /^Done: 12 steps in /],
+      ];
+      let at = 0;
+      for (const [phase, line] of want) {
+        const i = r.phases.findIndex(([p, t], j) => j >= at && p === phase && line.test(t));
+        assert(i >= 0, `phase ${phase} (${line}) missing after #${at}: ${JSON.stringify(seen)}`);
+        at = i;
+      }
+      const counted = new Set(
+        r.phases.filter(([p]) => p === "training").map(([, t]) =>
+          Number(/step (\d+)/.exec(t)?.[1])
+        ),
+      );
+      assert(
+        counted.size >= 4 && Math.max(...counted) >= 10,
+        `the phase line counts the steps: ${[...counted]}`,
+      );
+
+      // Locked mid-run, editable after.
+      assert(r.locked.checked > 20, `checked ${r.locked.checked} controls`);
+      assertEquals(r.locked.enabled, [], "settings and buttons disabled while training");
+      assert(r.locked.stopEnabled, "Stop is enabled while training");
+      assert(r.unlockedAfter, "settings editable again after the run");
+
+      // Layout: no horizontal overflow, chart text at least 12 px, accuracy rows that fit, the
+      // full dataset names.
+      assertEquals(r.layout.map((l) => l.width), [360, 390, 1280]);
+      for (const l of r.layout) {
+        assert(l.scrollWidth <= l.clientWidth, `overflow at ${l.width} px: ${JSON.stringify(l)}`);
+        assert(l.chartTexts >= 8, `chart texts at ${l.width} px: ${l.chartTexts}`);
+        assert(l.minChartFont >= 12, `chart text ${l.minChartFont} px at ${l.width} px`);
+        assert(l.tableRight <= l.boxRight + 0.5, `table overflows at ${l.width}: ${l.tableRight}`);
+        assertEquals(l.tableRows, 9, "eight sets and the average");
+        assertEquals(l.rowNames, [
+          "BoolQ",
+          "PIQA",
+          "Social IQa",
+          "HellaSwag",
+          "WinoGrande",
+          "ARC-Easy",
+          "ARC-Challenge",
+          "OpenBookQA",
+          "Average",
+        ]);
+      }
+
+      assert(r.logScaleLabel.includes("step (loss on a log scale)"), r.logScaleLabel);
+
+      // Guidance in the Ask box.
+      assert(/^Write an instruction first/.test(r.emptyPrompt.error), r.emptyPrompt.error);
+      assertEquals(r.emptyPrompt.answer, r.beamAnswerText.trim(), "an empty prompt is not run");
+      assert(r.vocabWarning.includes("“frog”"), r.vocabWarning);
+      assertEquals(r.examples, [
+        "BoolQ",
+        "PIQA",
+        "Social IQa",
+        "HellaSwag",
+        "WinoGrande",
+        "ARC-Easy",
+        "ARC-Challenge",
+        "OpenBookQA",
+      ]);
+
+      // A bad adapter: its error beside the adapter control, in words, and nothing lost.
+      assertEquals(
+        r.badAdapter.chosen,
+        "Adapter folder “bad-adapter” (2 files, chosen): Load model and Train start from it.",
+      );
+      assertEquals(r.badAdapter.kind, "error");
+      assert(r.badAdapter.status.includes("is not a safetensors file"), r.badAdapter.status);
+      assert(!/\d{10,}/.test(r.badAdapter.status), r.badAdapter.status);
+      assertEquals(r.badAdapter.formError, "", "the error is not under Train");
+      assert(r.badAdapter.modelInfo.startsWith("Loaded "), r.badAdapter.modelInfo);
+      assert(r.badAdapter.logitsKept, "the adapter loaded before stays on the model");
+      assert(/^No adapter folder: training starts fresh/.test(r.badAdapter.afterForget));
+
+      // Stop during accuracy before: consistent, the previous adapter back and downloadable.
+      const sb = r.stopBefore;
+      assertEquals(sb.phase, "stopped", `stop before: ${JSON.stringify(sb)}`);
+      assertEquals(sb.step, 0);
+      assert(sb.beforeRows >= 1 && sb.beforeRows <= 8, `rows measured: ${sb.beforeRows}`);
+      assertEquals(sb.after, false);
+      assertEquals(sb.peftType, "HIRA");
+      assert(sb.downloadEnabled, "Download of the previous adapter stays enabled");
+      assert(sb.logitsKept, "the previous adapter is back on the model");
+      assert(/Skipped: .*training, accuracy after training\./.test(sb.note), sb.note);
+      assert(sb.note.includes("the previous adapter"), sb.note);
 
       // Stop ends a run early and keeps its adapter.
       assertEquals(r.stopped.phase, "stopped", `stop: ${r.stopped.phase} ${r.stopped.error}`);
@@ -411,9 +670,9 @@ Deno.test({
       // Accessibility basics and the no-WebGPU message.
       assertEquals(r.unlabeled, [], "every control has a label");
       assert(r.focusOutline !== "none" && r.focusOutline !== "", `focus: ${r.focusOutline}`);
-      assert(r.narrowOverflow <= 1, `horizontal overflow at 420 px: ${r.narrowOverflow} px`);
       assertEquals(r.noGpu.phase, "no-webgpu");
       assert(r.noGpu.message.includes("requestAdapter() returned null"), r.noGpu.message);
+      assert(!r.noGpu.plain.includes("()"), `the plain line avoids API names: ${r.noGpu.plain}`);
       assert(r.noGpu.trainDisabled, "Train is disabled without WebGPU");
       assert((await Deno.stat(join(ROOT, "test_output/browser.png"))).size > 0);
     } finally {
@@ -444,6 +703,26 @@ interface MiniDocument {
   documentElement: { scrollWidth: number; clientWidth: number };
   querySelectorAll(selector: string): Iterable<MiniElement>;
 }
+/** A DOM element as the phase, lock and layout probes use it. */
+interface ProbeElement extends MiniElement {
+  textContent: string | null;
+  dataset: Record<string, string | undefined>;
+  clientWidth: number;
+  parentElement: ProbeElement | null;
+  matches(selector: string): boolean;
+  getBoundingClientRect(): { right: number };
+  querySelectorAll(selector: string): ProbeElement[];
+}
+interface PhaseDocument {
+  body: ProbeElement;
+  documentElement: { scrollWidth: number; clientWidth: number };
+  getElementById(id: string): ProbeElement | null;
+  querySelector(selector: string): ProbeElement | null;
+  querySelectorAll(selector: string): Iterable<ProbeElement>;
+}
+type MutationObserverLike = new (cb: () => void) => {
+  observe(target: unknown, opts: Record<string, unknown>): void;
+};
 
 async function drive(url: string, outDir: string): Promise<void> {
   const run = JSON.parse(Deno.env.get("HIRA_BROWSER_RUN") ?? JSON.stringify(BROWSER_RUN));
@@ -476,6 +755,7 @@ async function drive(url: string, outDir: string): Promise<void> {
       logits(p: string): Promise<{ ids: number[]; logits: number[] }>;
       matmulCheck(): Promise<S.MatmulCheckReport>;
     };
+    __phases: [string, string][];
   };
   const launch = (webgpu: boolean) =>
     chromium.launch({
@@ -494,6 +774,17 @@ async function drive(url: string, outDir: string): Promise<void> {
     const page = await ctx.newPage();
     page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
     page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
+    const getState = () => page.evaluate(() => (globalThis as unknown as Hira).hiraTest.state());
+    const idle = () =>
+      page.waitForFunction(
+        () => !(globalThis as unknown as Hira).hiraTest.state().busy,
+        null,
+        { timeout: 120_000, polling: 100 },
+      );
+    const text = async (sel: string) => ((await page.textContent(sel)) ?? "").trim();
+    const kind = (sel: string) => page.getAttribute(sel, "data-kind").then((k) => k ?? "");
+    const shot = (name: string) =>
+      page.screenshot({ path: join(shots, `browser-${name}.png`), fullPage: true });
     await page.goto(url);
     await page.waitForFunction(
       () => {
@@ -504,6 +795,10 @@ async function drive(url: string, outDir: string): Promise<void> {
       { timeout: 60_000 },
     );
     mark("page ready");
+    // Example prompts: one test question per set, named by the set.
+    await page.waitForSelector("#examples:not([hidden])", { timeout: 30_000 });
+    const examples = await page.$$eval("#examples button", (bs) => bs.map((b) => b.textContent));
+    await shot("ready");
     // The subgroup matmul kernel, which Deno's adapter here cannot run (no subgroups feature).
     const matmulCheck = await page.evaluate(() =>
       (globalThis as unknown as Hira).hiraTest.matmulCheck()
@@ -515,7 +810,60 @@ async function drive(url: string, outDir: string): Promise<void> {
     await page.fill("#batch", String(run.batch));
     await page.fill("#warmup", String(run.warmup));
     await page.fill("#eval-per-set", String(run.perSet));
+    // Every (data-phase, phase line) pair the page shows, recorded from the DOM as it changes.
+    await page.evaluate(() => {
+      const g = globalThis as unknown as Hira & { document: PhaseDocument };
+      const doc = g.document;
+      const phase = doc.getElementById("phase")!;
+      g.__phases = [];
+      const record = () => {
+        const p = doc.body.dataset.phase ?? "", t = phase.textContent ?? "";
+        const last = g.__phases.at(-1);
+        if (!last || last[0] !== p || last[1] !== t) g.__phases.push([p, t]);
+      };
+      const ObserverClass = (globalThis as unknown as { MutationObserver: MutationObserverLike })
+        .MutationObserver;
+      const o = new ObserverClass(record);
+      o.observe(phase, { childList: true, characterData: true, subtree: true });
+      o.observe(doc.body, { attributes: true, attributeFilter: ["data-phase"] });
+    });
     await page.click("#train-button");
+    // Mid-run: every setting and the model choice are locked, Stop is live.
+    await page.waitForFunction(
+      () => (globalThis as unknown as Hira).hiraTest.state().step >= 1,
+      null,
+      { timeout: 240_000, polling: 100 },
+    );
+    const locked = await page.evaluate(() => {
+      const doc = (globalThis as unknown as { document: PhaseDocument }).document;
+      const ids = [
+        "peft-type",
+        "rank",
+        "lr",
+        "steps",
+        "batch",
+        "warmup",
+        "seed",
+        "eval-per-set",
+        "train-file",
+        "model-embedded",
+        "model-local",
+        "model-folder",
+        "adapter-folder",
+        "train-button",
+        "load-button",
+        "ask-button",
+        "download-button",
+      ];
+      const targets = [...doc.querySelectorAll("input[name=target]")];
+      return {
+        enabled: [...ids.map((id) => doc.getElementById(id)!), ...targets]
+          .filter((e) => !e.matches(":disabled")).map((e) => e.id || e.outerHTML.slice(0, 50)),
+        stopEnabled: !doc.getElementById("stop-button")!.matches(":disabled"),
+        checked: ids.length + targets.length,
+      };
+    });
+    await shot("training");
     await page.waitForFunction(
       () =>
         ["done", "error", "stopped", "no-webgpu"].includes(
@@ -524,14 +872,40 @@ async function drive(url: string, outDir: string): Promise<void> {
       null,
       { timeout: 240_000, polling: 250 },
     );
-    let state = await page.evaluate(() => (globalThis as unknown as Hira).hiraTest.state());
+    let state = await getState();
+    const phases = await page.evaluate(() => (globalThis as unknown as Hira).__phases);
+    const unlockedAfter = await page.isEnabled("#rank");
     mark(`train + accuracy (${state.phase})`);
+    await shot("done");
     let answerText = "";
     let beamAnswerText = "";
+    let emptyPrompt = { error: "", answer: "" };
+    let vocabWarning = "";
     let logits = { ids: [] as number[], logits: [] as number[] };
     let localLogits = { ids: [] as number[], logits: [] as number[] };
     let localPhase = "";
     let dropStatus = "";
+    const layout: DriveResult["layout"] = [];
+    let logScaleLabel = "";
+    let badAdapter: DriveResult["badAdapter"] = {
+      chosen: "",
+      status: "",
+      kind: "",
+      formError: "",
+      modelInfo: "",
+      logitsKept: false,
+      afterForget: "",
+    };
+    let stopBefore: DriveResult["stopBefore"] = {
+      phase: "",
+      step: 0,
+      beforeRows: -1,
+      after: true,
+      peftType: "",
+      downloadEnabled: false,
+      note: "",
+      logitsKept: false,
+    };
     let stopped: DriveResult["stopped"] = {
       phase: "",
       step: 0,
@@ -541,22 +915,83 @@ async function drive(url: string, outDir: string): Promise<void> {
     };
     const downloads: string[] = [];
     if (state.phase === "done") {
+      // Layout at phone and desktop widths, with the chart and the full table on the page.
+      for (const width of [360, 390, 1280]) {
+        await page.setViewportSize({ width, height: 800 });
+        await page.waitForFunction(
+          () => {
+            const c = (globalThis as unknown as { document: PhaseDocument }).document
+              .getElementById("loss-chart")!;
+            return c.dataset.width === String(Math.max(240, Math.floor(c.clientWidth)));
+          },
+          null,
+          { timeout: 10_000, polling: 50 },
+        );
+        layout.push(
+          await page.evaluate((w) => {
+            const g = globalThis as unknown as {
+              document: PhaseDocument;
+              getComputedStyle(e: unknown): { fontSize: string };
+            };
+            const d = g.document.documentElement;
+            const svg = g.document.querySelector("#loss-chart svg") as unknown as {
+              getScreenCTM(): { a: number; d: number };
+            };
+            const ctm = svg.getScreenCTM();
+            const texts = [...g.document.querySelectorAll("#loss-chart svg text")];
+            const sizes = texts.map((t) =>
+              Number.parseFloat(g.getComputedStyle(t).fontSize) * Math.min(ctm.a, ctm.d)
+            );
+            const table = g.document.getElementById("accuracy-table")!;
+            const box = table.parentElement!;
+            return {
+              width: w,
+              scrollWidth: d.scrollWidth,
+              clientWidth: d.clientWidth,
+              chartTexts: texts.length,
+              minChartFont: Math.min(...sizes),
+              tableRight: table.getBoundingClientRect().right,
+              boxRight: box.getBoundingClientRect().right,
+              tableRows: table.querySelectorAll("tbody tr").length,
+              rowNames: [...table.querySelectorAll("tbody th")].map((t) => t.textContent ?? ""),
+            };
+          }, width),
+        );
+        await shot(String(width));
+        if (width < 400) {
+          // Full-page shots of a phone-width page are too tall to read: the two busiest parts.
+          for (
+            const id of ["model-section", "train-section", "progress-section", "accuracy-section"]
+          ) {
+            await page.locator(`#${id}`).screenshot({
+              path: join(shots, `browser-${width}-${id.split("-")[0]}.png`),
+            });
+          }
+        }
+      }
+      // The log-scale switch redraws the chart with a log y axis.
+      await page.check("#log-scale");
+      logScaleLabel = (await page.textContent("#loss-chart svg")) ?? "";
+      await page.locator("#progress-section").screenshot({
+        path: join(shots, "browser-log-scale.png"),
+      });
+      await page.uncheck("#log-scale");
+      mark("layout at 360, 390, 1280 px");
       await page.click("#ask-button");
-      await page.waitForFunction(
-        () => !(globalThis as unknown as Hira).hiraTest.state().busy,
-        null,
-        { timeout: 60_000, polling: 100 },
-      );
+      await idle();
       answerText = (await page.textContent("#answer")) ?? "";
       // Beam search (4 beams) through the same box.
       await page.selectOption("#decoding", "4");
       await page.click("#ask-button");
-      await page.waitForFunction(
-        () => !(globalThis as unknown as Hira).hiraTest.state().busy,
-        null,
-        { timeout: 60_000, polling: 100 },
-      );
+      await idle();
       beamAnswerText = (await page.textContent("#answer")) ?? "";
+      // An empty prompt is refused beside the button; a word outside the vocabulary is flagged.
+      await page.fill("#prompt", "  ");
+      await page.click("#ask-button");
+      emptyPrompt = { error: await text("#ask-error"), answer: await text("#answer") };
+      await page.fill("#prompt", "Please answer: is the frog green?");
+      vocabWarning = await text("#vocab-warning");
+      await page.fill("#prompt", prompt);
       logits = await page.evaluate(
         (p) => (globalThis as unknown as Hira).hiraTest.logits(p),
         prompt,
@@ -573,7 +1008,7 @@ async function drive(url: string, outDir: string): Promise<void> {
         await new Promise((r) => setTimeout(r, 100));
       }
       await Promise.all(saved);
-      state = await page.evaluate(() => (globalThis as unknown as Hira).hiraTest.state());
+      state = await getState();
       mark("answer, logits, download");
       await page.screenshot({ path: join(shots, "browser.png"), fullPage: true });
       // The same model and adapter picked as local folders (File objects, lib/browser_io.ts).
@@ -597,11 +1032,7 @@ async function drive(url: string, outDir: string): Promise<void> {
       await page.dispatchEvent("#drop-zone", "drop", { dataTransfer: transfer });
       dropStatus = (await page.textContent("#drop-status")) ?? "";
       await page.click("#load-button");
-      await page.waitForFunction(
-        () => !(globalThis as unknown as Hira).hiraTest.state().busy,
-        null,
-        { timeout: 60_000, polling: 100 },
-      );
+      await idle();
       localPhase = await page.evaluate(() =>
         (globalThis as unknown as Hira).hiraTest.state().phase
       );
@@ -610,9 +1041,69 @@ async function drive(url: string, outDir: string): Promise<void> {
         prompt,
       );
       mark("local folders");
+      // A bad adapter (its weights a text file): the error is beside the adapter control, and
+      // the adapter loaded before stays on the model.
+      const bad = join(outDir, "bad-adapter");
+      await Deno.mkdir(bad, { recursive: true });
+      await Deno.copyFile(
+        join(outDir, "adapter", "adapter_config.json"),
+        join(bad, "adapter_config.json"),
+      );
+      await Deno.writeTextFile(
+        join(bad, "adapter_model.safetensors"),
+        "This is not a safetensors file.",
+      );
+      await page.setInputFiles("#adapter-folder", bad);
+      const chosen = await text("#adapter-status");
+      await page.click("#load-button");
+      await idle();
+      const kept = await page.evaluate(
+        (p) => (globalThis as unknown as Hira).hiraTest.logits(p),
+        prompt,
+      );
+      badAdapter = {
+        chosen,
+        status: await text("#adapter-status"),
+        kind: await kind("#adapter-status"),
+        formError: await text("#form-error"),
+        modelInfo: await text("#model-info"),
+        logitsKept: maxAbsDiff(kept.logits, localLogits.logits) === 0,
+        afterForget: "",
+      };
+      await shot("bad-adapter");
+      await page.click("#adapter-clear");
+      badAdapter.afterForget = await text("#adapter-status");
+      mark("bad adapter");
+      // Stop during the accuracy-before pass of a fresh run: the loaded adapter comes back,
+      // Download keeps offering it, and the note says what was skipped.
+      await page.fill("#eval-per-set", "4");
+      await page.click("#train-button");
+      await page.waitForFunction(
+        () => (globalThis as unknown as Hira).hiraTest.state().phase === "evaluating-before",
+        null,
+        { timeout: 120_000, polling: 50 },
+      );
+      await page.click("#stop-button");
+      await idle();
+      const sb = await getState();
+      const back = await page.evaluate(
+        (p) => (globalThis as unknown as Hira).hiraTest.logits(p),
+        prompt,
+      );
+      stopBefore = {
+        phase: sb.phase,
+        step: sb.step,
+        beforeRows: sb.before?.rows.length ?? -1,
+        after: sb.after !== null,
+        peftType: sb.adapterConfig?.peftType ?? "",
+        downloadEnabled: await page.isEnabled("#download-button"),
+        note: await text("#run-note"),
+        logitsKept: maxAbsDiff(back.logits, localLogits.logits) === 0,
+      };
+      await shot("stopped-before");
+      mark("stop during accuracy before");
       // Stop: a long LoRA run (its kernels under Chromium too) stopped after two steps keeps
       // its adapter for download.
-      await page.click("#adapter-clear");
       await page.check("#model-embedded");
       await page.selectOption("#peft-type", "lora");
       await page.fill("#steps", "1000");
@@ -625,12 +1116,8 @@ async function drive(url: string, outDir: string): Promise<void> {
         { timeout: 120_000, polling: 100 },
       );
       await page.click("#stop-button");
-      await page.waitForFunction(
-        () => !(globalThis as unknown as Hira).hiraTest.state().busy,
-        null,
-        { timeout: 60_000, polling: 100 },
-      );
-      const st = await page.evaluate(() => (globalThis as unknown as Hira).hiraTest.state());
+      await idle();
+      const st = await getState();
       mark("stop");
       stopped = {
         phase: st.phase,
@@ -639,6 +1126,7 @@ async function drive(url: string, outDir: string): Promise<void> {
         peftType: st.adapterConfig?.peftType ?? "",
         downloadEnabled: await page.isEnabled("#download-button"),
       };
+      await shot("stopped-training");
     } else {
       await page.screenshot({ path: join(shots, "browser.png"), fullPage: true });
     }
@@ -659,27 +1147,30 @@ async function drive(url: string, outDir: string): Promise<void> {
       const a = g.document.activeElement;
       return a && a !== g.document.body ? g.getComputedStyle(a).outlineStyle : "";
     });
-    await page.setViewportSize({ width: 420, height: 800 });
-    const narrowOverflow = await page.evaluate(() => {
-      const d = (globalThis as unknown as { document: MiniDocument }).document.documentElement;
-      return d.scrollWidth - d.clientWidth;
-    });
-    await page.screenshot({ path: join(shots, "browser-narrow.png"), fullPage: true });
     result = {
       serverChecks,
       state,
+      phases,
+      examples,
+      locked,
+      unlockedAfter,
+      layout,
+      logScaleLabel,
       answerText,
       beamAnswerText,
+      emptyPrompt,
+      vocabWarning,
       prompt,
       logits,
       localPhase,
       localLogits,
       dropStatus,
+      badAdapter,
+      stopBefore,
       stopped,
       downloads,
       unlabeled,
       focusOutline,
-      narrowOverflow,
       matmulCheck,
       console: consoleLines,
     };
@@ -690,7 +1181,7 @@ async function drive(url: string, outDir: string): Promise<void> {
   const plain = await launch(false);
   let noGpu: DriveResult["noGpu"];
   try {
-    const page = await plain.newPage();
+    const page = await plain.newPage({ viewport: { width: 390, height: 800 } });
     await page.goto(url);
     await page.waitForFunction(
       () => {
@@ -703,8 +1194,10 @@ async function drive(url: string, outDir: string): Promise<void> {
     noGpu = {
       phase: await page.evaluate(() => (globalThis as unknown as Hira).hiraTest.state().phase),
       message: (await page.textContent("#gpu-status")) ?? "",
+      plain: (await page.textContent("#gpu-status p")) ?? "",
       trainDisabled: await page.isDisabled("#train-button"),
     };
+    await page.screenshot({ path: join(shots, "browser-no-webgpu.png"), fullPage: false });
   } finally {
     await plain.close();
   }

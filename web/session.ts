@@ -172,11 +172,20 @@ export interface TrainProgress extends StepReport {
   tokensPerSecond: number;
 }
 
-/** Hooks of {@linkcode trainAdapters}. */
+/** Hooks and options of {@linkcode trainAdapters}. */
 export interface TrainHooks {
   onStep?: (p: TrainProgress) => void;
   /** Checked before each step; true ends training early (the Stop button). */
   shouldStop?: () => boolean;
+  /** Called as a validation pass starts, after `step` optimizer steps. */
+  onValidationStart?: (step: number) => void;
+  /** Called with each validation loss, after `step` optimizer steps. */
+  onValidation?: (step: number, loss: number) => void;
+  /**
+   * Also measure the validation loss every this many steps (as the CLI's --eval_steps); 0 or
+   * absent: only before the first and after the last step.
+   */
+  validateEvery?: number;
 }
 
 /** How a training run ended. */
@@ -187,6 +196,27 @@ export interface TrainResult {
   /** Teacher-forced validation loss before the first and after the last step (NaN: none). */
   validationBefore: number;
   validationAfter: number;
+  /** Every validation loss measured, as [step, loss] (step 0: before training). */
+  validation: [number, number][];
+}
+
+/**
+ * Compiles the training kernels ahead of the first step: one forward and backward pass over the
+ * first `batch` examples in eval mode (no dropout mask drawn), its loss discarded. Each WGSL
+ * kernel compiles on its first use, which makes a cold first step take seconds (tens of seconds
+ * on a CPU rasterizer); doing it here lets the page say so. The gradients it accumulates are
+ * zeroed by the first optimizer step, and the batch loader is not touched, so training is
+ * unchanged (tests/browser_test.ts compares the losses).
+ */
+export async function compileKernels(
+  model: LlamaModel,
+  examples: readonly TrainExample[],
+  batch: number,
+): Promise<void> {
+  model.setTraining(false);
+  const loss = await model.trainStep(packBatch(examples.slice(0, Math.max(1, batch))));
+  await model.gpu.readMany([loss]);
+  loss.release();
 }
 
 /**
@@ -216,7 +246,16 @@ export async function trainAdapters(
   for (let i = 0; i < validation.length; i += s.batch) {
     valBatches.push(packBatch(validation.slice(i, i + s.batch)));
   }
-  const valLoss = () => (valBatches.length ? trainer.evalLoss(valBatches) : Promise.resolve(NaN));
+  const measured: [number, number][] = [];
+  const valLoss = async () => {
+    if (!valBatches.length) return NaN;
+    hooks.onValidationStart?.(trainer.step);
+    const v = await trainer.evalLoss(valBatches);
+    measured.push([trainer.step, v]);
+    hooks.onValidation?.(trainer.step, v);
+    return v;
+  };
+  const every = Math.max(0, Math.floor(hooks.validateEvery ?? 0));
   const losses: number[] = [];
   let validationBefore = NaN, validationAfter = NaN;
   let tokens = 0;
@@ -234,13 +273,22 @@ export async function trainAdapters(
       tokens += r.tokens;
       const secs = Math.max(1e-6, (performance.now() - t0) / 1000);
       hooks.onStep?.({ ...r, totalSteps: s.steps, tokensPerSecond: tokens / secs });
+      if (every > 0 && r.step % every === 0 && r.step < s.steps) await valLoss();
     }
-    validationAfter = await valLoss();
+    // A run stopped before its first step has nothing new to measure.
+    validationAfter = trainer.step > 0 ? await valLoss() : validationBefore;
   } finally {
     trainer.opt.release();
     model.setTraining(false);
   }
-  return { steps: trainer.step, losses, stopped, validationBefore, validationAfter };
+  return {
+    steps: trainer.step,
+    losses,
+    stopped,
+    validationBefore,
+    validationAfter,
+    validation: measured,
+  };
 }
 
 /** A held-out test set: its name (boolq, piqa, ...) and the records used. */
@@ -330,6 +378,26 @@ export async function answer(
     batch: 1,
   });
   return pred;
+}
+
+/**
+ * The words of `text` that are not whole tokens of the tokenizer's vocabulary (each word is
+ * encoded as the pre-tokenizer splits it, with its leading space if it has one; a word that
+ * needs several tokens is one the model never saw as a word). On the embedded model's 585-token
+ * word-level vocabulary that flags "frog" in "is the frog green?"; on a real model's BPE
+ * vocabulary rare words split too, so the page only shows this for the embedded model.
+ * Distinct words, in order of appearance.
+ */
+export function wordsOutsideVocabulary(tok: Tokenizer, text: string): string[] {
+  const out = new Set<string>();
+  for (const m of text.matchAll(/ ?[\p{L}\p{N}]+/gu)) {
+    const piece = m[0];
+    if (!/\p{L}/u.test(piece)) continue;
+    const word = piece.trim();
+    // A word at the start of a line has no space before it: either spelling counts.
+    if (tok.encode(piece).length > 1 && tok.encode(" " + word).length > 1) out.add(word);
+  }
+  return [...out];
 }
 
 /** Token ids of a prompt as {@linkcode promptLogits} feeds them: BOS, then the text. */
