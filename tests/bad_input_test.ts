@@ -9,6 +9,7 @@ import { join } from "@std/path";
 import { isHiraError } from "../lib/errors.ts";
 import { parseConfig } from "../lib/config.ts";
 import { parseTrainArgs } from "../lib/args.ts";
+import { parseEvalArgs } from "../lib/evaluate.ts";
 import { parseRecords } from "../lib/data.ts";
 import { checkAdapterKeys, parseAdapterConfig } from "../lib/peft.ts";
 import { openModelWeights, openSafetensors } from "../lib/safetensors_deno.ts";
@@ -697,6 +698,51 @@ const CASES: Case[] = [
     message: /^--learning_rate: unknown flag \(see --help\)$/,
   },
   {
+    name: "--output_folder with no value",
+    run: train("--output_folder"),
+    message: /^--output_folder: needs a value \(--output_folder=VALUE\)$/,
+  },
+  {
+    name: "--model with no value",
+    run: train("--model"),
+    message: /^--model: needs a value \(--model=VALUE\)$/,
+  },
+  {
+    name: "--eval_accuracy=maybe",
+    run: train("--eval_accuracy=maybe"),
+    message: /^--eval_accuracy: 'maybe' is not true or false/,
+  },
+  {
+    name: "--lr in hexadecimal",
+    run: train("--lr=0x10"),
+    message: /^--lr: '0x10' is not a decimal number$/,
+  },
+  {
+    name: "--batch in binary",
+    run: { lib: () => parseTrainArgs(["--model=m", "--batch=0b11"]) },
+    message: /^--batch: '0b11' is not a decimal number$/,
+  },
+  {
+    name: "eval --model with no value",
+    run: { cli: "eval", args: (f) => ["perplexity", `--tokens=${f.tokens}`, "--model"] },
+    message: /^--model: needs a value \(--model=VALUE\)$/,
+  },
+  {
+    name: "eval --out with no value",
+    run: { cli: "eval", args: (f) => ["boolq", `--model=${f.model}`, "--out"] },
+    message: /^--out: needs a value \(--out=VALUE\)$/,
+  },
+  {
+    name: "eval --merge=maybe",
+    run: { lib: () => parseEvalArgs(["boolq", "--merge=maybe"]) },
+    message: /^--merge: 'maybe' is not true or false/,
+  },
+  {
+    name: "eval --batch in hexadecimal",
+    run: { lib: () => parseEvalArgs(["boolq", "--batch=0x8"]) },
+    message: /^--batch: '0x8' is not a decimal number$/,
+  },
+  {
     name: "--output_folder is a file",
     setup: (f) => Deno.writeTextFile(f.out, "not a folder\n"),
     run: train(),
@@ -810,19 +856,22 @@ Deno.test("bad input: every case fails with its one-line message and writes noth
   assert(cli >= 15, `only ${cli} CLI cases`);
   assertEquals(new Set(CASES.map((c) => c.name)).size, CASES.length, "case names are unique");
   // CLI runs are independent processes: run a few at once, then report in table order.
+  // HIRA_BAD_INPUT_ONLY=REGEX runs only the cases whose name matches (while working on a few).
+  const only = Deno.env.get("HIRA_BAD_INPUT_ONLY");
+  const chosen = CASES.map((c, i) => ({ c, i }))
+    .filter(({ c }) => !only || new RegExp(only).test(c.name));
   const results = new Array<Promise<string | null>>(CASES.length);
   const limit = 3;
   let next = 0;
   const worker = async () => {
-    while (next < CASES.length) {
-      const i = next++;
+    while (next < chosen.length) {
+      const i = chosen[next++].i;
       results[i] = runCase(CASES[i]).catch((e) => `harness error: ${e?.stack ?? e}`);
       await results[i];
     }
   };
   await Promise.all(Array.from({ length: limit }, worker));
-  for (let i = 0; i < CASES.length; i++) {
-    const c = CASES[i];
+  for (const { c, i } of chosen) {
     await t.step(`${"cli" in c.run ? c.run.cli : "lib"}: ${c.name}`, async () => {
       const failure = await results[i];
       if (failure) throw new Error(failure);
