@@ -886,8 +886,10 @@ export function parseTokenFile(json: unknown, file: string): number[][] {
     : json;
   if (!Array.isArray(arr)) throw new HiraError(file, "expected a JSON array of token id arrays");
   return arr.map((s, i) => {
-    if (!Array.isArray(s) || s.some((t) => typeof t !== "number" || !Number.isInteger(t))) {
-      throw new HiraError(file, `item ${i} is not an array of integer token ids`);
+    if (
+      !Array.isArray(s) || s.some((t) => typeof t !== "number" || !Number.isInteger(t) || t < 0)
+    ) {
+      throw new HiraError(file, `item ${i} is not an array of non-negative integer token ids`);
     }
     return s as number[];
   });
