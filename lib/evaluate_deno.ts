@@ -8,7 +8,8 @@
 import { basename, dirname, join } from "@std/path";
 import type { Gpu } from "./gpu.ts";
 import { createDenoGpu } from "./gpu_deno.ts";
-import { HiraError, parseJson } from "./errors.ts";
+import { HiraError, isHiraError, parseJson } from "./errors.ts";
+import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
 import type { TrainArgs } from "./args.ts";
 import type { LlamaModel } from "./model.ts";
 import type { Tokenizer } from "./tokenizer.ts";
@@ -79,10 +80,11 @@ async function isFile(path: string): Promise<boolean> {
   return await Deno.stat(path).then((s) => s.isFile, () => false);
 }
 
-async function readTextFile(file: string, what: string): Promise<string> {
+async function readTextFile(file: string, what: string, cap?: number): Promise<string> {
   try {
-    return await Deno.readTextFile(file);
+    return await readRegularText(file, cap);
   } catch (e) {
+    if (isHiraError(e)) throw e;
     if (e instanceof Deno.errors.NotFound) throw new HiraError(file, `missing: ${what}`);
     if (e instanceof Deno.errors.IsADirectory) throw new HiraError(file, "is a folder, not a file");
     throw new HiraError(file, `cannot be read (${(e as Error).message})`);
@@ -142,7 +144,10 @@ export async function resolveCheckpoint(path: string, loadOrder = -1): Promise<R
   let chosen = pick.dir;
   const stateFile = join(pick.dir, "trainer_state.json");
   if (await isFile(stateFile)) {
-    const state = parseJson(await readTextFile(stateFile, "trainer state"), stateFile) as {
+    const state = parseJson(
+      await readTextFile(stateFile, "trainer state", JSON_CAPS.trainerState),
+      stateFile,
+    ) as {
       best_model_checkpoint?: unknown;
     };
     const best = state?.best_model_checkpoint;
@@ -291,7 +296,7 @@ export async function writePredictions(file: string, lines: readonly unknown[]):
 
 async function readSummary(file: string): Promise<AccuracySummary | null> {
   try {
-    const v = JSON.parse(await Deno.readTextFile(file));
+    const v = JSON.parse(await readRegularText(file, JSON_CAPS.args));
     return Array.isArray(v?.rows) ? v as AccuracySummary : null;
   } catch {
     return null;

@@ -16,6 +16,7 @@ import { type EvalArgs, parseEvalArgs } from "./evaluate.ts";
 import { resolveCheckpoint } from "./evaluate_deno.ts";
 import type { PermissionPlan } from "./permissions.ts";
 import { HiraError } from "./errors.ts";
+import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
 
 /** The repository root (where train.ts, eval.ts, kernels/ and data_file/ are). */
 export const REPO_ROOT: string = fromFileUrl(new URL("../", import.meta.url));
@@ -33,7 +34,8 @@ async function isDir(path: string): Promise<boolean> {
 
 async function readJsonObject(file: string): Promise<Record<string, unknown> | null> {
   try {
-    const v = JSON.parse(await Deno.readTextFile(file));
+    // A FIFO or /dev/zero planted as args.json must not hang or exhaust the launcher.
+    const v = JSON.parse(await readRegularText(file, JSON_CAPS.args));
     return typeof v === "object" && v !== null && !Array.isArray(v) ? v : null;
   } catch {
     return null;

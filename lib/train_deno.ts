@@ -9,7 +9,8 @@ import { basename, dirname, join } from "@std/path";
 import type { Gpu } from "./gpu.ts";
 import { createDenoGpu } from "./gpu_deno.ts";
 import type { TrainArgs } from "./args.ts";
-import { HiraError, parseJson } from "./errors.ts";
+import { HiraError, isHiraError, parseJson } from "./errors.ts";
+import { JSON_CAPS, readRegularText, TEXT_CAP } from "./fs_deno.ts";
 import { baseParameterCount, type LlamaConfig } from "./config.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "./model_deno.ts";
 import { frozenWeightDtype, randomModel, readBaseWeights, resolveWeightDtype } from "./load.ts";
@@ -103,10 +104,11 @@ function pretrainExamples(
   });
 }
 
-async function readText(file: string, what: string): Promise<string> {
+async function readText(file: string, what: string, cap: number = TEXT_CAP): Promise<string> {
   try {
-    return await Deno.readTextFile(file);
+    return await readRegularText(file, cap);
   } catch (e) {
+    if (isHiraError(e)) throw e;
     if (e instanceof Deno.errors.NotFound) {
       throw new HiraError(file, `missing: ${what}`);
     }
@@ -114,8 +116,8 @@ async function readText(file: string, what: string): Promise<string> {
   }
 }
 
-async function readJson(file: string, what: string): Promise<unknown> {
-  return parseJson(await readText(file, what), file);
+async function readJson(file: string, what: string, cap: number): Promise<unknown> {
+  return parseJson(await readText(file, what, cap), file);
 }
 
 /**
@@ -339,7 +341,7 @@ export async function writeModelDir(
   if (tokenizerDir) {
     for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
       const src = join(tokenizerDir, f);
-      if (await Deno.stat(src).then(() => true, () => false)) {
+      if (await Deno.stat(src).then((s) => s.isFile, () => false)) {
         await writeFileAtomic(join(dir, f), await Deno.readFile(src));
       }
     }
@@ -453,7 +455,11 @@ async function resolveResume(path: string): Promise<{ runDir: string; ckpt: stri
 
 /** A resumed run continues with the flags it started with (its args.json), --resume kept. */
 async function savedArgs(runDir: string, resumeFlag: string): Promise<TrainArgs> {
-  const saved = await readJson(join(runDir, "args.json"), "the run's saved flags") as
+  const saved = await readJson(
+    join(runDir, "args.json"),
+    "the run's saved flags",
+    JSON_CAPS.args,
+  ) as
     & TrainArgs
     & { given?: string[] };
   return { ...saved, resume: resumeFlag, given: new Set(saved.given ?? []) };
@@ -602,7 +608,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   let loader: BatchLoader;
   if (resume) {
     const stateFile = join(resume.ckpt, "trainer_state.json");
-    state = await readJson(stateFile, "trainer state") as TrainerStateFile;
+    state = await readJson(stateFile, "trainer state", JSON_CAPS.trainerState) as TrainerStateFile;
     state.best_model_checkpoint = bestCheckpointIn(runDir, state.best_model_checkpoint, stateFile);
     await removeLeftovers(runDir);
     await loadOptimizerState(trainer, join(resume.ckpt, "optimizer.safetensors"));

@@ -83,6 +83,19 @@ function editHeader(edit: (h: Record<string, Record<string, unknown>>) => void) 
   };
 }
 
+/** Makes a FIFO at `path` (replacing a file there): reading it would block forever. */
+async function mkfifo(path: string): Promise<void> {
+  await Deno.remove(path).catch(() => {});
+  const r = await new Deno.Command("mkfifo", { args: [path] }).output();
+  if (!r.success) throw new Error(`mkfifo ${path} failed`);
+}
+
+/** Replaces `path` with a symlink to `target`. */
+async function linkTo(path: string, target: string): Promise<void> {
+  await Deno.remove(path).catch(() => {});
+  await Deno.symlink(target, path);
+}
+
 const EMBED = "model.embed_tokens.weight";
 const Q = "model.layers.0.self_attn.q_proj.weight";
 const K = "model.layers.0.self_attn.k_proj.weight";
@@ -370,6 +383,30 @@ const CASES: Case[] = [
     message: /model\/config\.json: num_hidden_layers must be a positive integer, got 1\.5$/,
   },
   {
+    name: "a layer count of 1e12 (--dry_run)",
+    setup: editConfig((j) => (j.num_hidden_layers = 1e12)),
+    run: train("--dry_run"),
+    message: /model\/config\.json: num_hidden_layers is 1000000000000, more than the limit 1024$/,
+  },
+  {
+    name: "a layer count of 1e6",
+    setup: editConfig((j) => (j.num_hidden_layers = 1e6)),
+    run: train(),
+    message: /model\/config\.json: num_hidden_layers is 1000000, more than the limit 1024$/,
+  },
+  {
+    name: "a vocabulary of 1e9",
+    setup: editConfig((j) => (j.vocab_size = 1e9)),
+    run: { lib: (f) => readConfig(f.model) },
+    message: /config\.json: vocab_size is 1000000000, more than the limit 4194304$/,
+  },
+  {
+    name: "max_position_embeddings of 1e15",
+    setup: editConfig((j) => (j.max_position_embeddings = 1e15)),
+    run: { lib: (f) => readConfig(f.model) },
+    message: /config\.json: max_position_embeddings is 1000000000000000, more than the limit/,
+  },
+  {
     name: "an unsupported activation",
     setup: editConfig((j) => (j.hidden_act = "gelu")),
     run: { lib: (f) => readConfig(f.model) },
@@ -417,6 +454,45 @@ const CASES: Case[] = [
       Deno.writeTextFile(join(f.model, "tokenizer.json"), '{"model": {"type": "Nope"}}'),
     run: { lib: (f) => loadTokenizer(f.model) },
     message: /tokenizer\.json: (cannot build tokenizer|no eos_token)/,
+  },
+  {
+    name: "a negative token id in tokenizer.json",
+    setup: (f) =>
+      editJson(join(f.model, "tokenizer.json"), (j) => {
+        const v = (j.model as { vocab: Record<string, number> }).vocab;
+        v[Object.keys(v)[3]] = -7;
+      }),
+    run: train(),
+    message: /model\/tokenizer\.json: model\.vocab entry 3 has id -7; ids are integers/,
+  },
+  {
+    name: "a token id of 1e15 in tokenizer.json",
+    setup: (f) =>
+      editJson(join(f.model, "tokenizer.json"), (j) => {
+        const v = (j.model as { vocab: Record<string, number> }).vocab;
+        v[Object.keys(v)[3]] = 1e15;
+      }),
+    run: { lib: (f) => loadTokenizer(f.model) },
+    message: /tokenizer\.json: model\.vocab entry 3 has id 1000000000000000; ids are integers/,
+  },
+  {
+    name: "a fractional added-token id",
+    setup: (f) =>
+      editJson(join(f.model, "tokenizer.json"), (j) => {
+        (j.added_tokens as { id: number }[])[0].id = 2.5;
+      }),
+    run: { lib: (f) => loadTokenizer(f.model) },
+    message: /tokenizer\.json: added_tokens\[0\] has id 2\.5; ids are integers/,
+  },
+  {
+    name: "a tokenizer vocab that is an array",
+    setup: (f) =>
+      editJson(join(f.model, "tokenizer.json"), (j) => {
+        const m = j.model as { vocab: unknown };
+        m.vocab = Object.entries(m.vocab as Record<string, number>);
+      }),
+    run: { lib: (f) => loadTokenizer(f.model) },
+    message: /tokenizer\.json: model\.vocab of a BPE model must be an object$/,
   },
   {
     name: "tokenizer_config.json is an array",
@@ -696,6 +772,54 @@ const CASES: Case[] = [
     name: "unknown flag",
     run: train("--learning_rate=1e-3"),
     message: /^--learning_rate: unknown flag \(see --help\)$/,
+  },
+  // --- special files and size caps -----------------------------------------------------------
+  {
+    name: "train.json is a FIFO",
+    setup: (f) => mkfifo(f.trainJson),
+    run: train(),
+    message: (f) =>
+      new RegExp(`^${esc(f.trainJson)}: is not a regular file \\(a FIFO, socket or device`),
+  },
+  {
+    name: "train.json is a symlink to /dev/zero",
+    setup: (f) => linkTo(f.trainJson, "/dev/zero"),
+    run: train(),
+    message: (f) => new RegExp(`^${esc(f.trainJson)}: is not a regular file`),
+  },
+  {
+    name: "model.safetensors is a FIFO",
+    setup: (f) => mkfifo(f.weights),
+    run: train(),
+    message: (f) => new RegExp(`^${esc(f.weights)}: cannot open: not a regular file$`),
+  },
+  {
+    name: "config.json over its 4 MiB cap",
+    setup: editConfig((j) => (j.padding = "x".repeat(5 * 2 ** 20))),
+    run: { lib: (f) => readConfig(f.model) },
+    message: /config\.json: is \d+ bytes, more than the 4 MiB such a file may have$/,
+  },
+  {
+    name: "adapter_config.json is a FIFO",
+    setup: (f) => mkfifo(join(f.adapter, "adapter_config.json")),
+    run: { lib: (f) => openAdapterDir(f.adapter) },
+    message: /adapter_config\.json: is not a regular file/,
+  },
+  {
+    name: "--resume with args.json a symlink to /dev/zero",
+    setup: async (f) => {
+      await Deno.mkdir(join(f.out, "checkpoint-2"), { recursive: true });
+      await Deno.symlink("/dev/zero", join(f.out, "args.json"));
+    },
+    run: { cli: "train", args: (f) => [`--resume=${f.out}`] },
+    message: /out\/args\.json: is not a regular file/,
+  },
+  {
+    name: "a JSON error quotes none of the file's text",
+    setup: (f) =>
+      Deno.writeTextFile(join(f.model, "tokenizer.json"), "root:x:0:0:root:/root:/bin/bash\n"),
+    run: { lib: (f) => loadTokenizer(f.model) },
+    message: /tokenizer\.json: not valid JSON \(Unexpected token 'r'\)$/,
   },
   {
     name: "--output_folder with no value",
