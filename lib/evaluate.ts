@@ -873,6 +873,14 @@ export async function perplexity(
     }
   });
   const mean = total / count;
+  // A NaN or infinite perplexity printed as null with exit 0 looked like a result.
+  if (!Number.isFinite(Math.exp(mean))) {
+    throw new HiraError(
+      source,
+      `the mean NLL is ${mean}, so the perplexity is not finite: the model (or adapter) gives ` +
+        "NaN or infinite logits; no perplexity is reported",
+    );
+  }
   return { mean_nll: mean, perplexity: Math.exp(mean), tokens: count, per_sequence: perSeq };
 }
 

@@ -242,6 +242,7 @@ export async function openEvalModel(
     }
     const model = await loadModelDir(gpu, modelDir, {
       weightDtype: resolveWeightDtype(f.weight_dtype ?? "f32", gpu.hasF16, false),
+      f16Overflow: f.weight_dtype === "auto" ? "f32" : "refuse",
     });
     let merge: MergeHandle | null = null;
     if (ad) {

@@ -547,7 +547,8 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   const gpu = opts.gpu ?? await createDenoGpu();
   // A run saved before --weight_dtype existed ran on f32 weights; a resume keeps that.
   const full = args.peft_type === "full";
-  const weightDtype = resolveWeightDtype(args.weight_dtype ?? "f32", gpu.hasF16, full);
+  const weightFlag = args.weight_dtype ?? "f32";
+  const weightDtype = resolveWeightDtype(weightFlag, gpu.hasF16, full);
   args = { ...args, weight_dtype: weightDtype };
   // Refuse before allocating anything: the estimate and check --dry_run prints.
   const est = estimateMemory(cfg, {
@@ -564,6 +565,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   );
   const loadOpts = {
     weightDtype,
+    f16Overflow: weightFlag === "auto" ? "f32" as const : "refuse" as const,
     keepF32: (path: string) =>
       frozenWeightDtype(weightDtype, full, peftType, adapted.has(path)) === "f32",
   };

@@ -773,6 +773,75 @@ const CASES: Case[] = [
     run: train("--learning_rate=1e-3"),
     message: /^--learning_rate: unknown flag \(see --help\)$/,
   },
+  // --- finite or nothing --------------------------------------------------------------------
+  {
+    name: "merge of a LoRA adapter with lora_alpha 1e300",
+    setup: async (f) => {
+      await editJson(join(f.adapter, "adapter_config.json"), (j) => {
+        j.peft_type = "LORA";
+        j.lora_alpha = 1e300;
+      });
+      const ts = adapterTensorsFor(CFG).map((t) => ({
+        ...t,
+        name: t.name.replace(/hira_(A|B)$/, "lora_$1.weight"),
+      }));
+      await Deno.writeFile(join(f.adapter, "adapter_model.safetensors"), safetensorsBytes(ts));
+    },
+    run: {
+      cli: "eval",
+      args: (f) => [
+        "merge",
+        `--model=${f.model}`,
+        `--ckpt=${f.adapter}`,
+        `--out=${join(f.root, "merged")}`,
+      ],
+    },
+    message:
+      /model\.layers\.0\.self_attn\.q_proj\.weight: \d+ of 256 merged weights are not finite .*nothing was written$/,
+  },
+  {
+    name: "merge to f16 of weights beyond 65504",
+    setup: async (f) => {
+      const ts = modelTensors(CFG);
+      ts.find((t) => t.name === K)!.data[3] = 1e5;
+      await Deno.writeFile(f.weights, safetensorsBytes(ts));
+    },
+    run: {
+      cli: "eval",
+      args: (f) => [
+        "merge",
+        `--model=${f.model}`,
+        `--ckpt=${f.adapter}`,
+        `--out=${join(f.root, "merged")}`,
+        "--dtype=f16",
+      ],
+    },
+    message:
+      /k_proj\.weight: 1 merged weights \(e\.g\. 100000\) exceed f16's largest value 65504; write with --dtype=f32/,
+  },
+  {
+    name: "perplexity of a model with a NaN weight",
+    setup: async (f) => {
+      const ts = modelTensors(CFG);
+      ts.find((t) => t.name === Q)!.data[0] = NaN;
+      await Deno.writeFile(f.weights, safetensorsBytes(ts));
+    },
+    run: { cli: "eval", args: (f) => perplexityArgs(f) },
+    message: (f) =>
+      new RegExp(`^${esc(f.tokens)}: the mean NLL is NaN, so the perplexity is not finite`),
+  },
+  {
+    name: "--weight_dtype=f16 with a weight f16 cannot hold",
+    setup: async (f) => {
+      const ts = modelTensors(CFG);
+      ts.find((t) => t.name === Q)!.data[7] = -1e5;
+      await Deno.writeFile(f.weights, safetensorsBytes(ts));
+    },
+    run: { cli: "eval", args: (f) => perplexityArgs(f, ["--weight_dtype=f16"]) },
+    message:
+      /^model\.layers\.0\.self_attn\.q_proj\.weight: holds the finite weight -100000, .*--weight_dtype=f32$/,
+  },
+
   // --- special files and size caps -----------------------------------------------------------
   {
     name: "train.json is a FIFO",
