@@ -61,6 +61,7 @@ import {
 import type { TensorToWrite } from "./safetensors.ts";
 import { writeRunReport } from "./report_deno.ts";
 import { bestCheckpointName } from "./permissions.ts";
+import { createRunDir, lockRunDir, type RunLock } from "./runlock_deno.ts";
 
 /** What a run folder's trainer_state.json holds. */
 export interface TrainerStateFile {
@@ -128,7 +129,7 @@ async function checkOutputFolder(path: string): Promise<void> {
   for (let p = path;; p = dirname(p)) {
     const st = await Deno.stat(p).catch(() => null);
     if (st) {
-      if (st.isDirectory) return;
+      if (st.isDirectory) return await checkWritable(path, p);
       throw new HiraError(
         path,
         p === path
@@ -137,6 +138,37 @@ async function checkOutputFolder(path: string): Promise<void> {
       );
     }
     if (dirname(p) === p) return;
+  }
+}
+
+/** A short reason for an OS error, for one-line messages (EACCES, EROFS, ENOSPC, NotCapable). */
+export function osReason(e: unknown): string {
+  if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
+  if (e instanceof Deno.errors.NotCapable) return "outside this task's permitted folders";
+  const m = (e as Error)?.message ?? String(e);
+  if (/os error 30\b|read-only file system/i.test(m)) return "read-only file system";
+  if (/os error 28\b|no space left/i.test(m)) return "no space left on the device";
+  return m.split("\n")[0].slice(0, 120);
+}
+
+/**
+ * Proves --output_folder writable before the model loads (a read-only or foreign folder used to
+ * be found only after minutes of loading): creates the missing folders down to it and a probe
+ * file in it, then removes what it created, so a refused run leaves nothing behind.
+ */
+async function checkWritable(path: string, existing: string): Promise<void> {
+  const created: string[] = [];
+  for (let p = path; p !== existing && dirname(p) !== p; p = dirname(p)) created.push(p);
+  const probe = join(path, `.hira-write-probe-${crypto.randomUUID().slice(0, 8)}`);
+  try {
+    await Deno.mkdir(path, { recursive: true });
+    const f = await Deno.open(probe, { write: true, createNew: true });
+    f.close();
+  } catch (e) {
+    throw new HiraError(path, `--output_folder is not writable (${osReason(e)})`);
+  } finally {
+    await Deno.remove(probe).catch(() => {});
+    for (const d of created) await Deno.remove(d).catch(() => {});
   }
 }
 
@@ -493,12 +525,41 @@ export interface RunOptions {
   afterStep?: (report: StepReport, model: LlamaModel) => void | Promise<void>;
 }
 
-/** Runs (or resumes) training as the flags say. */
+/**
+ * Runs (or resumes) training as the flags say. The run folder is locked for the run's life
+ * (lib/runlock_deno.ts): a resume of a folder a live process holds is refused before anything
+ * is read or removed there.
+ */
 export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Promise<RunResult> {
+  const held: { lock: RunLock | null } = { lock: null };
+  try {
+    return await runTrainingLocked(argsIn, opts, held);
+  } finally {
+    await held.lock?.release();
+  }
+}
+
+async function runTrainingLocked(
+  argsIn: TrainArgs,
+  opts: RunOptions,
+  held: { lock: RunLock | null },
+): Promise<RunResult> {
   let args = argsIn;
   const log = opts.quiet ? () => {} : (...a: unknown[]) => console.log(...a);
   let resume: { runDir: string; ckpt: string } | null = null;
   if (args.resume) {
+    // Locked before anything there is read: a live run (even one still writing its first
+    // checkpoint) is refused, and nothing of it is removed.
+    const dir = /^checkpoint-\d+$/.test(basename(args.resume))
+      ? join(args.resume, "..")
+      : args.resume;
+    const isDir = await Deno.stat(dir).then((s) => s.isDirectory, () => false);
+    if (isDir && !args.dry_run) {
+      held.lock = await lockRunDir(dir).catch((e) => {
+        if (isHiraError(e)) throw e;
+        throw new HiraError(dir, `cannot be locked for --resume (${osReason(e)})`);
+      });
+    }
     resume = await resolveResume(args.resume);
     args = await savedArgs(resume.runDir, args.resume);
   }
@@ -604,8 +665,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     totalSteps: steps,
   });
   // Run folder and state.
-  const runDir = resume?.runDir ??
-    join(args.output_folder, runName(args, basename(modelDir.replace(/\/+$/, "")) || "model"));
+  let runDir = resume?.runDir ?? "";
   let state: TrainerStateFile;
   let loader: BatchLoader;
   if (resume) {
@@ -622,10 +682,18 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
         (ad as { dropoutCounter: number }).dropoutCounter = c;
       }
     }
+    if (held.lock?.recoveredFrom != null) {
+      log(`took over the lock of ${runDir} from pid ${held.lock.recoveredFrom}, which is gone`);
+    }
     log(`resuming ${runDir} at step ${state.global_step}/${steps}`);
   } else {
     await checkOutputFolder(args.output_folder);
-    await Deno.mkdir(runDir, { recursive: true });
+    // A unique name (the reference's readable one plus the pid), created exclusively, locked.
+    held.lock = await createRunDir(
+      args.output_folder,
+      runName(args, basename(modelDir.replace(/\/+$/, "")) || "model"),
+    );
+    runDir = held.lock.runDir;
     await writeFileAtomic(
       join(runDir, "args.json"),
       JSON.stringify({ ...args, given: [...args.given] }, null, 2) + "\n",

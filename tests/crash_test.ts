@@ -288,3 +288,66 @@ Deno.test("killed, interrupted and resumed training ends with the uninterrupted 
     await Deno.remove(modelDir, { recursive: true });
   }
 });
+
+Deno.test("two runs started together get two folders; a resume of a live run is refused", async () => {
+  const modelDir = await tinyModelDir();
+  const tmp = await Deno.makeTempDir({ prefix: "hira-lock-" });
+  try {
+    // The same flags in the same second: the reference's name alone would be one folder.
+    const out = join(tmp, "together");
+    const flags = [...trainFlags(modelDir, out), "--max_steps=2", "--eval_strategy=no"];
+    const a = new TrainProcess(flags), b = new TrainProcess(flags);
+    const [sa, sb] = [await a.exit(), await b.exit()];
+    assertEquals(sa.code, 0, await a.stderr);
+    assertEquals(sb.code, 0, await b.stderr);
+    const dirs = (await names(out)).filter((n) => !n.startsWith("."));
+    assertEquals(dirs.length, 2, `${dirs}`);
+    for (const d of dirs) {
+      const inside = await names(join(out, d));
+      assert(inside.includes("adapter") && inside.includes("args.json"), `${d}: ${inside}`);
+      assert(!inside.includes("run.lock"), `${d}: the lock outlived its run`);
+      const log = await Deno.readTextFile(join(out, d, "log.jsonl"));
+      assertEquals(log.split('"type":"start"').length - 1, 1, `${d}: one run per folder`);
+      assert(log.includes(JSON.stringify(join(out, d))), `${d}: its own run_dir`);
+    }
+
+    // A live run, paused inside its second checkpoint write (so there is one to resume from).
+    const out2 = join(tmp, "live");
+    const live = new TrainProcess(
+      [...trainFlags(modelDir, out2), "--max_steps=2"],
+      { HIRA_CHECKPOINT_PAUSE_MS: "2500" },
+    );
+    let runDir = "";
+    let partial = "";
+    await waitFor(live, "a checkpoint being written", async () => {
+      runDir = (await runDirOf(out2)) ?? "";
+      if (!runDir) return false;
+      partial = (await names(runDir)).find((n) => /^\.checkpoint-2\.tmp-/.test(n)) ?? "";
+      return partial !== "";
+    });
+    const refused = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", join(ROOT, "train.ts"), `--resume=${runDir}`],
+      cwd: ROOT,
+      env: { DENO_WEBGPU_BACKEND: "vulkan", XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    const msg = new TextDecoder().decode(refused.stderr).trim();
+    assertEquals(refused.code, 2, msg);
+    assertEquals(msg.split("\n").length, 1, msg);
+    assert(/is in use by a running training process \(pid \d+\)/.test(msg), msg);
+    // The refused resume touched nothing: the live run's half-written checkpoint is still there.
+    assert((await names(runDir)).includes(partial), "the live checkpoint was removed");
+
+    // Killed, the run leaves a stale lock; the next resume takes it over and finishes.
+    await live.kill("SIGKILL");
+    assert((await names(runDir)).includes("run.lock"));
+    const again = new TrainProcess([`--resume=${runDir}`]);
+    assertEquals((await again.exit()).code, 0, await again.stderr);
+    assert(!(await names(runDir)).includes("run.lock"));
+    assert((await names(runDir)).includes("adapter"));
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+    await Deno.remove(modelDir, { recursive: true });
+  }
+});
