@@ -10,6 +10,7 @@ import type { Gpu } from "./gpu.ts";
 import { createDenoGpu } from "./gpu_deno.ts";
 import { HiraError, isHiraError, parseJson } from "./errors.ts";
 import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
+import { mkdirNoLink } from "./paths_deno.ts";
 import type { TrainArgs } from "./args.ts";
 import type { LlamaModel } from "./model.ts";
 import type { Tokenizer } from "./tokenizer.ts";
@@ -288,7 +289,7 @@ export async function readTestRecords(
 
 /** Writes predictions as JSONL atomically. */
 export async function writePredictions(file: string, lines: readonly unknown[]): Promise<void> {
-  await Deno.mkdir(dirname(file), { recursive: true });
+  await mkdirNoLink(dirname(file));
   await writeFileAtomic(
     file,
     lines.map((r) => JSON.stringify(r)).join("\n") + (lines.length ? "\n" : ""),
@@ -315,7 +316,7 @@ export async function writeSummaryFiles(
   rows: readonly DatasetScore[],
   label = "accuracy",
 ): Promise<AccuracySummary> {
-  await Deno.mkdir(dir, { recursive: true });
+  await mkdirNoLink(dir);
   const jsonFile = join(dir, `summary_${tag}.json`);
   const s = mergeSummary(await readSummary(jsonFile), tag, rows);
   await writeFileAtomic(jsonFile, JSON.stringify(s, null, 2) + "\n");
@@ -415,7 +416,7 @@ async function rescoreCommand(a: EvalArgs): Promise<void> {
   const s = summarize("rescored", rows);
   console.log(summaryMarkdown(s));
   const outDir = a.out ?? dirname(a.predictions[0]);
-  await Deno.mkdir(outDir, { recursive: true });
+  await mkdirNoLink(outDir);
   await writeFileAtomic(join(outDir, "summary_rescored.json"), JSON.stringify(s, null, 2) + "\n");
   await writeFileAtomic(
     join(outDir, "summary_rescored.md"),
@@ -578,7 +579,7 @@ async function rankCommand(a: EvalArgs): Promise<void> {
   const md = rankMarkdown(reports);
   console.log(md);
   const outDir = a.out ?? join(a.ckpt, "rank");
-  await Deno.mkdir(outDir, { recursive: true });
+  await mkdirNoLink(outDir);
   await writeFileAtomic(join(outDir, "rank.md"), md);
   await writeFileAtomic(join(outDir, "rank.json"), JSON.stringify(reports, null, 2) + "\n");
   await writeFileAtomic(join(outDir, "rank.svg"), rankChart(reports));
