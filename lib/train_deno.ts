@@ -8,8 +8,8 @@
 import { basename, dirname, join } from "@std/path";
 import type { Gpu } from "./gpu.ts";
 import { createDenoGpu } from "./gpu_deno.ts";
-import type { TrainArgs } from "./args.ts";
-import { HiraError, isHiraError, parseJson } from "./errors.ts";
+import { TRAIN_FLAGS, type TrainArgs, validateTrainArgs } from "./args.ts";
+import { HiraError, isHiraError, parseJson, preview } from "./errors.ts";
 import { JSON_CAPS, readRegularText, TEXT_CAP } from "./fs_deno.ts";
 import { baseParameterCount, type LlamaConfig } from "./config.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "./model_deno.ts";
@@ -485,16 +485,112 @@ async function resolveResume(path: string): Promise<{ runDir: string; ckpt: stri
   return { runDir: path, ckpt: cks[cks.length - 1].dir };
 }
 
-/** A resumed run continues with the flags it started with (its args.json), --resume kept. */
+/**
+ * A resumed run continues with the flags it started with (its args.json), --resume kept. The
+ * file is checked as the command line is: every field of the type its flag has, then
+ * {@linkcode validateTrainArgs}; an edited file (batch 0, lr "fast", peft_type "prefix") is one
+ * line naming args.json and the flag, before anything loads.
+ */
 async function savedArgs(runDir: string, resumeFlag: string): Promise<TrainArgs> {
-  const saved = await readJson(
-    join(runDir, "args.json"),
-    "the run's saved flags",
-    JSON_CAPS.args,
-  ) as
-    & TrainArgs
-    & { given?: string[] };
-  return { ...saved, resume: resumeFlag, given: new Set(saved.given ?? []) };
+  const file = join(runDir, "args.json");
+  const saved = await readJson(file, "the run's saved flags", JSON_CAPS.args);
+  if (typeof saved !== "object" || saved === null || Array.isArray(saved)) {
+    throw new HiraError(file, "is not a JSON object of flags");
+  }
+  const o = saved as Record<string, unknown>;
+  for (const f of TRAIN_FLAGS) {
+    const v = o[f.name];
+    if (v === undefined) continue; // a run saved before the flag existed: its default
+    const ok = f.type === "number"
+      ? typeof v === "number" && Number.isFinite(v) || v === null && f.def === null
+      : f.type === "boolean"
+      ? typeof v === "boolean"
+      : typeof v === "string" || v === null && f.def === null;
+    if (!ok) {
+      throw new HiraError(file, `--${f.name}: ${preview(v, 30)} is not a ${f.type}`);
+    }
+  }
+  const given = o.given;
+  if (given !== undefined && !(Array.isArray(given) && given.every((g) => typeof g === "string"))) {
+    throw new HiraError(file, "given is not a list of flag names");
+  }
+  const a = {
+    ...o,
+    resume: resumeFlag,
+    given: new Set((given as string[] | undefined) ?? []),
+  } as unknown as TrainArgs;
+  // Checked with the defaults of flags the file predates; returned without them, so such a
+  // run keeps what it ran with (a run saved before --weight_dtype ran on f32 weights).
+  const defaults = Object.fromEntries(TRAIN_FLAGS.map((f) => [f.name, f.def]));
+  try {
+    validateTrainArgs({ ...defaults, ...a } as TrainArgs);
+  } catch (e) {
+    if (isHiraError(e)) throw new HiraError(file, `${e.file}: ${e.reason}`);
+    throw e;
+  }
+  return a;
+}
+
+/**
+ * A checkpoint's trainer_state.json, checked before anything loads: the counters are
+ * non-negative integers, the loader state has its shape, and a best checkpoint it names is a
+ * `checkpoint-N` folder of the run that exists.
+ */
+async function readTrainerState(ckpt: string, runDir: string): Promise<TrainerStateFile> {
+  const file = join(ckpt, "trainer_state.json");
+  const v = await readJson(file, "trainer state", JSON_CAPS.trainerState);
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new HiraError(file, "is not a JSON object");
+  }
+  const s = v as Record<string, unknown>;
+  const count = (k: string) => {
+    const x = s[k];
+    if (!(typeof x === "number" && Number.isSafeInteger(x) && x >= 0)) {
+      throw new HiraError(file, `${k} must be a non-negative integer, got ${preview(x, 30)}`);
+    }
+  };
+  count("global_step");
+  count("total_steps");
+  if (s.evals_without_improvement !== undefined) count("evals_without_improvement");
+  const l = s.loader as Record<string, unknown> | null;
+  if (
+    typeof l !== "object" || l === null || !Number.isSafeInteger(l.epoch) ||
+    (l.epoch as number) < 0 || !Number.isSafeInteger(l.position) || (l.position as number) < 0 ||
+    !Array.isArray(l.epochRngState) ||
+    !l.epochRngState.every((x) => typeof x === "number" && Number.isInteger(x))
+  ) {
+    throw new HiraError(
+      file,
+      "loader is not a saved data-loader state {epoch, position, epochRngState}",
+    );
+  }
+  if (s.best_metric != null && typeof s.best_metric !== "number") {
+    throw new HiraError(
+      file,
+      `best_metric must be a number or null, got ${preview(s.best_metric, 30)}`,
+    );
+  }
+  if (s.log_history !== undefined && !Array.isArray(s.log_history)) {
+    throw new HiraError(file, "log_history must be an array");
+  }
+  const dc = s.dropout_counters;
+  if (dc !== undefined && (typeof dc !== "object" || dc === null || Array.isArray(dc))) {
+    throw new HiraError(file, "dropout_counters must be an object");
+  }
+  const best = bestCheckpointIn(runDir, s.best_model_checkpoint, file);
+  if (best !== null && !(await Deno.stat(best).then((x) => x.isDirectory, () => false))) {
+    throw new HiraError(
+      file,
+      `best_model_checkpoint ${basename(best)} does not exist in ${runDir}`,
+    );
+  }
+  return {
+    ...(s as unknown as TrainerStateFile),
+    best_model_checkpoint: best,
+    evals_without_improvement: (s.evals_without_improvement as number | undefined) ?? 0,
+    dropout_counters: (dc as Record<string, number> | undefined) ?? {},
+    log_history: (s.log_history as Record<string, unknown>[] | undefined) ?? [],
+  };
 }
 
 /**
@@ -547,6 +643,7 @@ async function runTrainingLocked(
   let args = argsIn;
   const log = opts.quiet ? () => {} : (...a: unknown[]) => console.log(...a);
   let resume: { runDir: string; ckpt: string } | null = null;
+  let resumeState: TrainerStateFile | null = null;
   if (args.resume) {
     // Locked before anything there is read: a live run (even one still writing its first
     // checkpoint) is refused, and nothing of it is removed.
@@ -562,6 +659,7 @@ async function runTrainingLocked(
     }
     resume = await resolveResume(args.resume);
     args = await savedArgs(resume.runDir, args.resume);
+    resumeState = await readTrainerState(resume.ckpt, resume.runDir);
   }
   const modelDir = args.model || EMBEDDED_MODEL_DIR;
   const fromScratch = args.dataset === "pretrain" && args.peft_type === "full" && !resume &&
@@ -669,9 +767,7 @@ async function runTrainingLocked(
   let state: TrainerStateFile;
   let loader: BatchLoader;
   if (resume) {
-    const stateFile = join(resume.ckpt, "trainer_state.json");
-    state = await readJson(stateFile, "trainer state", JSON_CAPS.trainerState) as TrainerStateFile;
-    state.best_model_checkpoint = bestCheckpointIn(runDir, state.best_model_checkpoint, stateFile);
+    state = resumeState!;
     await removeLeftovers(runDir);
     await loadOptimizerState(trainer, join(resume.ckpt, "optimizer.safetensors"));
     trainer.step = state.global_step;

@@ -96,6 +96,42 @@ async function linkTo(path: string, target: string): Promise<void> {
   await Deno.symlink(target, path);
 }
 
+/** A valid trainer_state.json of checkpoint-1. */
+const STATE = {
+  global_step: 1,
+  total_steps: 2,
+  epoch: 0.5,
+  loader: { epoch: 0, position: 1, epochRngState: [1, 2, 3, 4] },
+  best_metric: null,
+  best_model_checkpoint: null,
+  evals_without_improvement: 0,
+  dropout_counters: {},
+  log_history: [],
+};
+
+/**
+ * A resumable run folder `out/run` (args.json from the fixture's flags, checkpoint-1 with the
+ * fixture's adapter and STATE), with `args` and `state` fields overridden.
+ */
+function resumable(edit: { args?: Record<string, unknown>; state?: Record<string, unknown> }) {
+  return async (f: Fixture) => {
+    const run = join(f.out, "run"), ck = join(run, "checkpoint-1");
+    await Deno.mkdir(ck, { recursive: true });
+    const a = parseTrainArgs(trainFlags(f));
+    await Deno.writeTextFile(
+      join(run, "args.json"),
+      JSON.stringify({ ...a, given: [...a.given], ...edit.args }),
+    );
+    for (const n of ["adapter_config.json", "adapter_model.safetensors"]) {
+      await Deno.copyFile(join(f.adapter, n), join(ck, n));
+    }
+    await Deno.writeTextFile(
+      join(ck, "trainer_state.json"),
+      JSON.stringify({ ...STATE, ...edit.state }),
+    );
+  };
+}
+
 const EMBED = "model.embed_tokens.weight";
 const Q = "model.layers.0.self_attn.q_proj.weight";
 const K = "model.layers.0.self_attn.k_proj.weight";
@@ -964,6 +1000,7 @@ const CASES: Case[] = [
         JSON.stringify({ ...a, given: [...a.given] }),
       );
       await Deno.copyFile(join(f.adapter, "adapter_config.json"), join(ck, "adapter_config.json"));
+      await Deno.writeTextFile(join(ck, "trainer_state.json"), JSON.stringify(STATE));
       const w = await Deno.readFile(join(f.adapter, "adapter_model.safetensors"));
       await Deno.writeFile(join(ck, "adapter_model.safetensors"), w.subarray(0, w.length - 8));
     },
@@ -979,6 +1016,38 @@ const CASES: Case[] = [
     },
     run: train(),
     message: /model\/model\.safetensors: cannot open: (not a regular file|is a directory)$/,
+  },
+  {
+    name: "--resume with args.json saying batch 0",
+    setup: resumable({ args: { batch: 0 } }),
+    run: { cli: "train", args: (f) => [`--resume=${join(f.out, "run")}`] },
+    message: /run\/args\.json: --batch: must be a positive integer, got 0$/,
+  },
+  {
+    name: '--resume with args.json saying lr "fast"',
+    setup: resumable({ args: { lr: "fast" } }),
+    run: { cli: "train", args: (f) => [`--resume=${join(f.out, "run")}`] },
+    message: /run\/args\.json: --lr: "fast" is not a number$/,
+  },
+  {
+    name: "--resume with args.json saying peft_type prefix",
+    setup: resumable({ args: { peft_type: "prefix" } }),
+    run: { cli: "train", args: (f) => [`--resume=${join(f.out, "run")}`] },
+    message: /run\/args\.json: --peft_type: 'prefix' is not one of hira, lora, full/,
+  },
+  {
+    name: "--resume with a trainer state naming a missing best checkpoint",
+    setup: resumable({ state: { best_model_checkpoint: "checkpoint-7" } }),
+    run: { cli: "train", args: (f) => [`--resume=${join(f.out, "run")}`] },
+    message:
+      /checkpoint-1\/trainer_state\.json: best_model_checkpoint checkpoint-7 does not exist in/,
+  },
+  {
+    name: "--resume with a negative global_step",
+    setup: resumable({ state: { global_step: -3 } }),
+    run: { cli: "train", args: (f) => [`--resume=${join(f.out, "run")}`] },
+    message:
+      /checkpoint-1\/trainer_state\.json: global_step must be a non-negative integer, got -3$/,
   },
   {
     name: "--resume with a corrupt args.json",
