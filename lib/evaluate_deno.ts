@@ -608,8 +608,20 @@ export async function evalMain(argv: readonly string[]): Promise<void> {
 
 /** The hooks {@linkcode accuracyHooks} adds to train.ts's RunOptions. */
 export interface AccuracyHooks {
-  beforeTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
-  afterTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
+  /** `stopped()` turns true when a signal asks the run to stop: the pass ends between sets. */
+  beforeTraining?: (
+    model: LlamaModel,
+    tok: Tokenizer,
+    runDir: string,
+    stopped?: () => boolean,
+  ) => Promise<void>;
+  /** As beforeTraining. */
+  afterTraining?: (
+    model: LlamaModel,
+    tok: Tokenizer,
+    runDir: string,
+    stopped?: () => boolean,
+  ) => Promise<void>;
 }
 
 /** The held-out sets of a training dataset for the accuracy report (empty: no report). */
@@ -644,6 +656,7 @@ export function accuracyHooks(args: TrainArgs): AccuracyHooks {
     tok: Tokenizer,
     runDir: string,
     phase: "before" | "after",
+    stopped: () => boolean = () => false,
   ): Promise<AccuracySummary | null> => {
     const sets = await heldOutSets(args.dataset, args.data_root);
     if (sets.length === 0) {
@@ -656,6 +669,8 @@ export function accuracyHooks(args: TrainArgs): AccuracyHooks {
     const h = await mergeAdaptersInPlace(model);
     try {
       for (const d of sets) {
+        // A signal stops the pass between sets; a partial table is not written as a result.
+        if (stopped()) return null;
         const settings = decodeSettings(d, {
           beamSize: args.beam_size,
           greedy: args.beam_size === null || args.decoding === "greedy",
@@ -679,15 +694,16 @@ export function accuracyHooks(args: TrainArgs): AccuracyHooks {
     } finally {
       h.restore();
     }
+    if (stopped()) return null;
     return await writeSummaryFiles(outDir, tag, rows, phase);
   };
   return {
-    beforeTraining: async (model, tok, runDir) => {
-      before = await run(model, tok, runDir, "before");
+    beforeTraining: async (model, tok, runDir, stopped) => {
+      before = await run(model, tok, runDir, "before", stopped);
       if (before) console.log("\n" + summaryMarkdown(before, "Held-out accuracy before training"));
     },
-    afterTraining: async (model, tok, runDir) => {
-      const after = await run(model, tok, runDir, "after");
+    afterTraining: async (model, tok, runDir, stopped) => {
+      const after = await run(model, tok, runDir, "after", stopped);
       if (!after) return;
       // A resumed run measured "before" in its first process: read it back.
       before ??= await readSummary(

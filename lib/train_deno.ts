@@ -84,6 +84,24 @@ export interface RunResult {
   finalLoss: number;
   bestCheckpoint: string | null;
   interrupted: boolean;
+  /** The signal that stopped the run (SIGINT, SIGTERM, SIGHUP), if one did. */
+  signal?: Deno.Signal | null;
+}
+
+/** The signals that stop a run cleanly (saved state, an `end` record) in every phase. */
+export const STOP_SIGNALS: readonly Deno.Signal[] = Deno.build.os === "windows"
+  ? ["SIGINT"]
+  : ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/** The exit status of a run stopped by `signal`: 128 + its number (130 when none). */
+export function interruptedExitCode(signal: Deno.Signal | null | undefined): number {
+  return signal === "SIGTERM" ? 143 : signal === "SIGHUP" ? 129 : 130;
+}
+
+/** Whether the run was asked to stop, and by which signal. */
+interface StopState {
+  interrupted: boolean;
+  signal: Deno.Signal | null;
 }
 
 /** Dataset "pretrain": a JSON array of strings, each trained as BOS + text + EOS on every token. */
@@ -609,10 +627,23 @@ export interface RunOptions {
   stopAfter?: number;
   /** Print nothing. */
   quiet?: boolean;
-  /** Called after training with the model (before it is released), e.g. for accuracy. */
-  afterTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
-  /** Called before training with the model (e.g. accuracy before). */
-  beforeTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
+  /**
+   * Called after training with the model (before it is released), e.g. for accuracy;
+   * `stopped()` turns true when a signal asks the run to stop (the hook should return soon).
+   */
+  afterTraining?: (
+    model: LlamaModel,
+    tok: Tokenizer,
+    runDir: string,
+    stopped?: () => boolean,
+  ) => Promise<void>;
+  /** Called before training with the model (e.g. accuracy before); `stopped` as above. */
+  beforeTraining?: (
+    model: LlamaModel,
+    tok: Tokenizer,
+    runDir: string,
+    stopped?: () => boolean,
+  ) => Promise<void>;
   /** Wait this long halfway through each checkpoint write (crash tests kill there). */
   checkpointPauseMs?: number;
   /** Skip report.md and the charts (default: written when the run ends or stops). */
@@ -627,19 +658,63 @@ export interface RunOptions {
  * is read or removed there.
  */
 export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Promise<RunResult> {
-  const held: { lock: RunLock | null } = { lock: null };
+  const held: Held = { lock: null, stop: { interrupted: false, signal: null } };
+  // Listened to from the first moment, so no phase (loading, accuracy passes, training, the
+  // final copy) dies to a signal's default action with no state saved and no `end` record.
+  const listeners = STOP_SIGNALS.map((sig) => {
+    const f = () => {
+      held.stop.interrupted = true;
+      held.stop.signal ??= sig;
+    };
+    try {
+      Deno.addSignalListener(sig, f);
+    } catch { /* not supported on this platform */ }
+    return () => {
+      try {
+        Deno.removeSignalListener(sig, f);
+      } catch { /* ignore */ }
+    };
+  });
+  // Under the launcher, a run whose launcher died (even by SIGKILL) stops as on SIGHUP: the
+  // child never outlives it.
+  const launcher = Number(Deno.env.get("HIRA_LAUNCHER_PID") ?? "0");
+  const watchdog = launcher > 0
+    ? setInterval(() => {
+      if (Deno.ppid !== launcher) {
+        held.stop.interrupted = true;
+        held.stop.signal ??= "SIGHUP";
+      }
+    }, 500)
+    : null;
   try {
-    return await runTrainingLocked(argsIn, opts, held);
+    const r = await runTrainingLocked(argsIn, opts, held);
+    return { ...r, signal: r.interrupted ? held.stop.signal : null };
   } finally {
+    if (watchdog !== null) clearInterval(watchdog);
+    listeners.forEach((off) => off());
     await held.lock?.release();
   }
+}
+
+/** What {@linkcode runTraining} holds for its inner run: the lock and the stop request. */
+interface Held {
+  lock: RunLock | null;
+  stop: StopState;
 }
 
 async function runTrainingLocked(
   argsIn: TrainArgs,
   opts: RunOptions,
-  held: { lock: RunLock | null },
+  held: Held,
 ): Promise<RunResult> {
+  const stopped = () => held.stop.interrupted;
+  const stoppedEarly = (): RunResult => ({
+    runDir: "",
+    steps: 0,
+    finalLoss: NaN,
+    bestCheckpoint: null,
+    interrupted: true,
+  });
   let args = argsIn;
   const log = opts.quiet ? () => {} : (...a: unknown[]) => console.log(...a);
   let resume: { runDir: string; ckpt: string } | null = null;
@@ -733,6 +808,11 @@ async function runTrainingLocked(
   else if (fromScratch) model = randomModel(gpu, cfg, args.seed);
   else model = await loadModelDir(gpu, modelDir, loadOpts);
   model.gradCheckpointing = args.enable_grad_ckpt;
+  // A signal while loading: nothing was written yet (a fresh run has no folder), so stop here.
+  if (stopped() && !resume) {
+    model.release();
+    return stoppedEarly();
+  }
   const base = baseParameterCount(cfg);
   if (args.peft_type === "full") model.enableBaseGrads();
   else {
@@ -840,7 +920,9 @@ async function runTrainingLocked(
       steps,
       run_dir: runDir,
     });
-    if (opts.beforeTraining) await opts.beforeTraining(model, tok, runDir);
+    if (opts.beforeTraining && !stopped()) {
+      await opts.beforeTraining(model, tok, runDir, stopped);
+    }
   }
   // Evaluation schedule (HF: "epoch" evaluates at each epoch end; "steps" every eval_steps,
   // where a value below 1 is a fraction of the run).
@@ -859,16 +941,6 @@ async function runTrainingLocked(
     valBatches.push(packBatch(data.validation.slice(i, i + evalBatch)));
   }
   let interrupted = false;
-  const onSigint = () => {
-    interrupted = true;
-  };
-  // SIGTERM (kill, docker stop, systemd) stops the same way as Ctrl-C.
-  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
-  for (const sig of signals) {
-    try {
-      Deno.addSignalListener(sig, onSigint);
-    } catch { /* not supported on this platform */ }
-  }
   const progress = new Progress(steps, trainer.step);
   let lastLoss = NaN;
   let lastSaved = resume ? state.global_step : -1;
@@ -923,7 +995,8 @@ async function runTrainingLocked(
     return dir;
   };
   try {
-    while (trainer.step < steps) {
+    // A signal during the accuracy pass before training: stop before the first step.
+    while (!stopped() && trainer.step < steps) {
       const micro: PackedBatch[] = [];
       for (let i = 0; i < args.grad_acc; i++) micro.push(loader.next());
       let r: StepReport;
@@ -990,7 +1063,7 @@ async function runTrainingLocked(
         }
       }
       if (opts.afterStep) await opts.afterStep(r, model);
-      if (interrupted || (opts.stopAfter !== undefined && r.step >= opts.stopAfter)) {
+      if (stopped() || (opts.stopAfter !== undefined && r.step >= opts.stopAfter)) {
         if (!evalNow) await checkpoint(null);
         progress.break();
         log(`stopped at step ${r.step}; resume with --resume=${runDir}`);
@@ -1000,12 +1073,10 @@ async function runTrainingLocked(
     }
     if (!interrupted && evalEvery === 0 && lastSaved !== trainer.step) await checkpoint(null);
   } finally {
-    for (const sig of signals) {
-      try {
-        Deno.removeSignalListener(sig, onSigint);
-      } catch { /* ignore */ }
-    }
+    // The signal listeners stay until runTraining returns: the final copy and the accuracy
+    // pass after training stop cleanly too.
   }
+  if (stopped()) interrupted = true;
   progress.break();
   // The final product: the best checkpoint (or the last) as a plain folder beside the checkpoints.
   const cks = await listCheckpoints(runDir);
@@ -1023,15 +1094,18 @@ async function runTrainingLocked(
     await Deno.rename(tmp, outDir);
     await syncDir(runDir);
     log(`saved ${outDir} (from ${basename(chosen)})`);
-    if (opts.afterTraining) {
+    if (opts.afterTraining && !stopped()) {
       if (args.peft_type !== "full" && chosen !== cks.at(-1)?.dir) {
         // Evaluate the best adapter, not the last one.
         model.releaseAdapters();
         await loadAdapterDir(model, outDir);
       }
-      await opts.afterTraining(model, tok, runDir);
+      await opts.afterTraining(model, tok, runDir, stopped);
     }
   }
+  // Stopped during the final copy or the accuracy pass after it: the adapter is saved; the
+  // `end` record and the exit status still say the run was stopped.
+  if (stopped()) interrupted = true;
   await jlog.write({
     type: "end",
     step: trainer.step,

@@ -263,6 +263,13 @@ Deno.test("names read from files never become paths", async (t) => {
         dataset: "../../../etc/passwd",
         given: [],
       });
+      // A valid trainer state, so the dataset name is what the resume trips on.
+      await writeJson(join(run, "checkpoint-1", "trainer_state.json"), {
+        global_step: 1,
+        total_steps: 2,
+        loader: { epoch: 0, position: 1, epochRngState: [1, 2, 3, 4] },
+        best_model_checkpoint: null,
+      });
       await assertRejects(
         () => runTraining(parseTrainArgs([`--resume=${run}`]), { quiet: true }),
         HiraError,
