@@ -68,3 +68,29 @@ export async function readRegularText(path: string, maxBytes: number = TEXT_CAP)
     file.close();
   }
 }
+
+/** A short reason for an OS error, for one-line messages (EACCES, EROFS, ENOSPC, NotCapable). */
+export function osReason(e: unknown): string {
+  if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
+  if (e instanceof Deno.errors.NotCapable) return "outside this task's permitted folders";
+  const m = (e as Error)?.message ?? String(e);
+  if (/os error 30\b|read-only file system/i.test(m)) return "read-only file system";
+  if (/os error 28\b|no space left/i.test(m)) return "no space left on the device";
+  return m.split("\n")[0].slice(0, 120);
+}
+
+/**
+ * An OS error (ENOSPC, EROFS, EACCES, EIO, NotCapable: any with an `os error N`, or a Deno
+ * permission error) as a one-line HiraError naming `path`; anything else unchanged.
+ */
+export function osError(path: string, e: unknown, doing: string): unknown {
+  if (e instanceof HiraError) return e;
+  const m = (e as Error)?.message ?? "";
+  if (
+    e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotCapable ||
+    /\(os error \d+\)/.test(m)
+  ) {
+    return new HiraError(path, `${doing}: ${osReason(e)}`, { cause: e });
+  }
+  return e;
+}

@@ -8,7 +8,7 @@
  */
 import { dirname, fromFileUrl, join } from "@std/path";
 import { HiraError } from "./errors.ts";
-import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
+import { JSON_CAPS, osError, readRegularText } from "./fs_deno.ts";
 import {
   type ByteSource,
   encodeSafetensors,
@@ -40,7 +40,8 @@ function fsError(path: string, e: unknown, doing: string): unknown {
   if (e instanceof Deno.errors.IsADirectory) {
     return new HiraError(path, `${doing}: is a directory`, { cause: e });
   }
-  return e;
+  // ENOSPC, EROFS, EIO, NotCapable: one line naming the file, not a stack trace.
+  return osError(path, e, doing);
 }
 
 /** A {@linkcode ByteSource} over an open file. */

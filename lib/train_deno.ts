@@ -10,7 +10,7 @@ import type { Gpu } from "./gpu.ts";
 import { createDenoGpu } from "./gpu_deno.ts";
 import { TRAIN_FLAGS, type TrainArgs, validateTrainArgs } from "./args.ts";
 import { HiraError, isHiraError, parseJson, preview } from "./errors.ts";
-import { JSON_CAPS, readRegularText, TEXT_CAP } from "./fs_deno.ts";
+import { JSON_CAPS, osError, osReason, readRegularText, TEXT_CAP } from "./fs_deno.ts";
 import { baseParameterCount, type LlamaConfig } from "./config.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "./model_deno.ts";
 import { frozenWeightDtype, randomModel, readBaseWeights, resolveWeightDtype } from "./load.ts";
@@ -159,16 +159,6 @@ async function checkOutputFolder(path: string): Promise<void> {
   }
 }
 
-/** A short reason for an OS error, for one-line messages (EACCES, EROFS, ENOSPC, NotCapable). */
-export function osReason(e: unknown): string {
-  if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (e instanceof Deno.errors.NotCapable) return "outside this task's permitted folders";
-  const m = (e as Error)?.message ?? String(e);
-  if (/os error 30\b|read-only file system/i.test(m)) return "read-only file system";
-  if (/os error 28\b|no space left/i.test(m)) return "no space left on the device";
-  return m.split("\n")[0].slice(0, 120);
-}
-
 /**
  * Proves --output_folder writable before the model loads (a read-only or foreign folder used to
  * be found only after minutes of loading): creates the missing folders down to it and a probe
@@ -305,7 +295,11 @@ class Progress {
 class JsonlLog {
   constructor(readonly file: string) {}
   async write(rec: Record<string, unknown>): Promise<void> {
-    await Deno.writeTextFile(this.file, JSON.stringify(rec) + "\n", { append: true });
+    try {
+      await Deno.writeTextFile(this.file, JSON.stringify(rec) + "\n", { append: true });
+    } catch (e) {
+      throw osError(this.file, e, "cannot append");
+    }
   }
 
   /** Ends a line a kill cut short, so the next record starts on its own line. */
@@ -658,7 +652,7 @@ export interface RunOptions {
  * is read or removed there.
  */
 export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Promise<RunResult> {
-  const held: Held = { lock: null, stop: { interrupted: false, signal: null } };
+  const held: Held = { lock: null, stop: { interrupted: false, signal: null }, runDir: null };
   // Listened to from the first moment, so no phase (loading, accuracy passes, training, the
   // final copy) dies to a signal's default action with no state saved and no `end` record.
   const listeners = STOP_SIGNALS.map((sig) => {
@@ -689,6 +683,8 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   try {
     const r = await runTrainingLocked(argsIn, opts, held);
     return { ...r, signal: r.interrupted ? held.stop.signal : null };
+  } catch (e) {
+    throw await recordOsError(held.runDir, e);
   } finally {
     if (watchdog !== null) clearInterval(watchdog);
     listeners.forEach((off) => off());
@@ -700,6 +696,33 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
 interface Held {
   lock: RunLock | null;
   stop: StopState;
+  /** The run folder once it exists (fresh or resumed). */
+  runDir: string | null;
+}
+
+/** Whether an error comes from the OS (ENOSPC, EROFS, EACCES, EIO, NotCapable), maybe wrapped. */
+function isOsError(e: unknown): boolean {
+  const m = (e as Error)?.message ?? "";
+  return e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotCapable ||
+    /\(os error \d+\)/.test(m) || (isHiraError(e) && e.cause !== undefined && isOsError(e.cause));
+}
+
+/**
+ * An OS error during a run (a full disk, a read-only or revoked folder) becomes one line naming
+ * the file, an `error` record in log.jsonl (when the log can still be written) and a run folder
+ * without half-written leftovers; the checkpoints already there are kept. Other errors pass.
+ */
+async function recordOsError(runDir: string | null, e: unknown): Promise<unknown> {
+  if (!isOsError(e)) return e;
+  const err = isHiraError(e) ? e : osError(runDir ?? "train.ts", e, "cannot write");
+  if (runDir !== null) {
+    const rec = { type: "error", message: (err as Error).message, time: Date.now() };
+    await Deno.writeTextFile(join(runDir, "log.jsonl"), JSON.stringify(rec) + "\n", {
+      append: true,
+    }).catch(() => {});
+    await removeLeftovers(runDir).catch(() => {});
+  }
+  return err;
 }
 
 async function runTrainingLocked(
@@ -733,6 +756,7 @@ async function runTrainingLocked(
       });
     }
     resume = await resolveResume(args.resume);
+    held.runDir = resume.runDir;
     args = await savedArgs(resume.runDir, args.resume);
     resumeState = await readTrainerState(resume.ckpt, resume.runDir);
   }
@@ -870,6 +894,7 @@ async function runTrainingLocked(
       runName(args, basename(modelDir.replace(/\/+$/, "")) || "model"),
     );
     runDir = held.lock.runDir;
+    held.runDir = runDir;
     await writeFileAtomic(
       join(runDir, "args.json"),
       JSON.stringify({ ...args, given: [...args.given] }, null, 2) + "\n",

@@ -7,7 +7,9 @@
 import { assert, assertEquals, assertNotEquals, assertRejects } from "@std/assert";
 import { join } from "@std/path";
 import { createRunDir, LOCK_FILE, lockRunDir } from "../lib/runlock_deno.ts";
-import { HiraError } from "../lib/errors.ts";
+import { HiraError, isHiraError } from "../lib/errors.ts";
+import { parseTrainArgs } from "../lib/args.ts";
+import { runTraining } from "../lib/train_deno.ts";
 import { makeFixture, snapshot, trainFlags } from "./_bad_input_fixture.ts";
 
 Deno.test("run folders: unique, exclusive, never through a planted symlink", async () => {
@@ -86,6 +88,71 @@ Deno.test("an output folder the process may not write is refused before the mode
     assertEquals(new TextDecoder().decode(r.stdout), "");
     assertEquals(await snapshot(f.root), before);
   } finally {
+    await Deno.remove(f.root, { recursive: true });
+  }
+});
+
+/** A 1 MiB tmpfs to fill up, or null where this process may not mount one (not root). */
+async function smallDisk(): Promise<string | null> {
+  const dir = await Deno.makeTempDir({ prefix: "hira-enospc-" });
+  const r = await new Deno.Command("mount", {
+    args: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", dir],
+  })
+    .output().catch(() => null);
+  if (!r?.success) {
+    await Deno.remove(dir);
+    return null;
+  }
+  return dir;
+}
+
+Deno.test("a full disk mid-run: one line naming the file, an error record, no leftovers", async () => {
+  const disk = await smallDisk();
+  if (disk === null) {
+    console.log("skipped: mounting a small tmpfs needs root (the ENOSPC case is not exercised)");
+    return;
+  }
+  const f = await makeFixture("hira-enospc-");
+  try {
+    const out = join(disk, "runs");
+    const args = parseTrainArgs(
+      trainFlags(f, [`--output_folder=${out}`, "--eval_strategy=steps", "--eval_steps=1"]),
+    );
+    const reserve = join(disk, "reserve");
+    let filled = false;
+    const e = await runTraining(args, {
+      quiet: true,
+      noReport: true,
+      afterStep: async () => {
+        if (filled) return;
+        filled = true;
+        // Fill the disk, then free two pages: the log's next lines fit, the checkpoint does not.
+        await Deno.writeFile(reserve, new Uint8Array(8192));
+        const filler = await Deno.open(join(disk, "filler"), { write: true, create: true });
+        try {
+          for (;;) await filler.write(new Uint8Array(4096));
+        } catch {
+          /* full */
+        } finally {
+          filler.close();
+        }
+        await Deno.remove(reserve);
+      },
+    }).then(() => null, (e) => e);
+    assert(isHiraError(e), `not a HiraError: ${e?.stack ?? e}`);
+    assert(!e.message.includes("\n"), e.message);
+    assert(/no space left on the device/.test(e.message), e.message);
+    assert(e.message.startsWith(out), `names a file in the run: ${e.message}`);
+    await Deno.remove(join(disk, "filler"));
+    const runDir = join(out, [...Deno.readDirSync(out)][0].name);
+    const left = [...Deno.readDirSync(runDir)].map((x) => x.name);
+    assertEquals(left.filter((n) => n.includes(".tmp-")), [], `${left}`);
+    assert(!left.includes("run.lock"), `${left}`);
+    const log = Deno.readTextFileSync(join(runDir, "log.jsonl")).trim().split("\n");
+    assertEquals(JSON.parse(log.at(-1)!).type, "error", log.at(-1));
+  } finally {
+    await new Deno.Command("umount", { args: [disk] }).output();
+    await Deno.remove(disk, { recursive: true });
     await Deno.remove(f.root, { recursive: true });
   }
 });
