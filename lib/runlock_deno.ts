@@ -28,7 +28,7 @@ function randomSuffix(): string {
   return [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
 }
 
-async function lockAt(runDir: string, file: Deno.FsFile): Promise<RunLock> {
+function lockAt(runDir: string, file: Deno.FsFile): RunLock {
   const path = join(runDir, LOCK_FILE);
   let held = true;
   return {
@@ -86,7 +86,7 @@ export async function createRunDir(parent: string, name: string): Promise<RunLoc
       throw new HiraError(dir, "was locked by another process as soon as it was created");
     }
     await writePid(file);
-    return await lockAt(dir, file);
+    return lockAt(dir, file);
   }
 }
 
@@ -152,7 +152,7 @@ export async function lockRunDir(runDir: string): Promise<RunLock> {
       throw new HiraError(path, "keeps changing while it is being locked");
     }
     await writePid(file);
-    const lock = await lockAt(runDir, file);
+    const lock = lockAt(runDir, file);
     lock.recoveredFrom = st ? owner : null;
     return lock;
   }
