@@ -295,6 +295,14 @@ class Progress {
 class JsonlLog {
   constructor(readonly file: string) {}
   async write(rec: Record<string, unknown>): Promise<void> {
+    // An append follows a symlink: one planted at log.jsonl would be written through.
+    const st = await Deno.lstat(this.file).catch(() => null);
+    if (st !== null && !st.isFile) {
+      throw new HiraError(
+        this.file,
+        "is not a regular file; a run's log is never written through a link",
+      );
+    }
     try {
       await Deno.writeTextFile(this.file, JSON.stringify(rec) + "\n", { append: true });
     } catch (e) {

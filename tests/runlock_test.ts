@@ -156,3 +156,28 @@ Deno.test("a full disk mid-run: one line naming the file, an error record, no le
     await Deno.remove(f.root, { recursive: true });
   }
 });
+
+Deno.test("a symlink planted at a live run's log.jsonl is not written through", async () => {
+  const f = await makeFixture("hira-loglink-");
+  try {
+    const outside = join(f.root, "outside.txt");
+    await Deno.writeTextFile(outside, "untouched\n");
+    const args = parseTrainArgs(trainFlags(f, ["--max_steps=3"]));
+    let planted = false;
+    const e = await runTraining(args, {
+      quiet: true,
+      noReport: true,
+      afterStep: async () => {
+        if (planted) return;
+        planted = true;
+        const runDir = join(f.out, [...Deno.readDirSync(f.out)][0].name);
+        await Deno.remove(join(runDir, "log.jsonl"));
+        await Deno.symlink(outside, join(runDir, "log.jsonl"));
+      },
+    }).then(() => null, (e) => e);
+    assert(isHiraError(e) && e.message.includes("never written through a link"), `${e}`);
+    assertEquals(await Deno.readTextFile(outside), "untouched\n");
+  } finally {
+    await Deno.remove(f.root, { recursive: true });
+  }
+});
