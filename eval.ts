@@ -13,6 +13,14 @@ import { isHiraError } from "./lib/errors.ts";
 import { evalMain } from "./lib/evaluate_deno.ts";
 
 if (import.meta.main) {
+  // Under the launcher, an eval whose launcher died (even by SIGKILL) exits rather than run on
+  // as an orphan: its outputs are written atomically, so stopping loses no finished file.
+  const launcher = Number(Deno.env.get("HIRA_LAUNCHER_PID") ?? "0");
+  if (launcher > 0) {
+    Deno.unrefTimer(setInterval(() => {
+      if (Deno.ppid !== launcher) Deno.exit(129);
+    }, 500));
+  }
   try {
     await evalMain(Deno.args);
   } catch (e) {

@@ -6,9 +6,15 @@
  * behind `--unstable-bundle`), so there is no build step; kernels/ and data_file/ are served as
  * they are (lib/gpu.ts fetches kernels/*.wgsl from the URL the page passes as `kernelsUrl`).
  * `--port=0` picks a free port; the first line printed is `serving http://127.0.0.1:PORT/`.
+ *
+ * Only regular files whose real path (after decoding and every symlink) lies inside web/ (the
+ * page's two files), kernels/ or data_file/ are served; a `Host` other than this server's own
+ * 127.0.0.1 or localhost port is 421 (DNS rebinding); every answer carries `nosniff` and a
+ * Content-Security-Policy that allows the page's own script, style and fetches only.
  * @module
  */
 import { parseArgs } from "@std/cli/parse-args";
+import { fromFileUrl, join, SEPARATOR } from "@std/path";
 
 /** The host the server binds: the page is for this machine only. */
 export const HOST = "127.0.0.1";
@@ -107,6 +113,70 @@ function contentType(path: string): string {
   return TYPES[ext] ?? "application/octet-stream";
 }
 
+/**
+ * The Content-Security-Policy of every answer: the page runs its one bundled module script
+ * (/app.js) and its stylesheet from this origin, fetches kernels/ and data_file/ from it, and
+ * uses `data:` only for its empty favicon; nothing inline, no eval, no other origin, no framing.
+ * WebGPU needs no CSP source. The adapter download is a `blob:` link, which CSP does not govern.
+ */
+export const CONTENT_SECURITY_POLICY = [
+  "default-src 'none'",
+  "script-src 'self'",
+  "style-src 'self'",
+  "img-src 'self' data:",
+  "connect-src 'self'",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join("; ");
+
+/** Headers sent with every answer, errors included. */
+const SECURITY_HEADERS: Readonly<Record<string, string>> = {
+  "cache-control": "no-store",
+  "x-content-type-options": "nosniff",
+  "content-security-policy": CONTENT_SECURITY_POLICY,
+  "referrer-policy": "no-referrer",
+  "cross-origin-resource-policy": "same-origin",
+};
+
+/**
+ * Whether a `Host` header names this server: 127.0.0.1 or localhost with its own port. Any other
+ * value (another name resolving to 127.0.0.1 after DNS rebinding, a missing port) is refused,
+ * so a page on another origin cannot read the served files through a name it controls.
+ */
+export function hostAllowed(host: string | null, port: number): boolean {
+  if (host === null) return false;
+  const h = host.toLowerCase();
+  return h === `${HOST}:${port}` || h === `localhost:${port}`;
+}
+
+/** Whether `path` is `dir` or lies below it (both real, absolute paths). */
+function inside(path: string, dir: string): boolean {
+  return path === dir || path.startsWith(dir.endsWith(SEPARATOR) ? dir : dir + SEPARATOR);
+}
+
+/**
+ * The real path of the regular file a request maps to, or null (404). The request path is
+ * decoded once ({@linkcode resolveRequestPath}) and its parts are joined as plain names, never
+ * parsed as a URL again (a second decoding turned `%252e%252e` into `..`); the result is then
+ * resolved with `Deno.realPath` (every symlink) and must be a page file or lie inside the real
+ * kernels/ or data_file/ folder, and be a regular file (no FIFO, device or folder).
+ */
+export async function servedFile(pathname: string, root: URL): Promise<string | null> {
+  const rel = resolveRequestPath(pathname);
+  if (rel === null) return null;
+  const base = fromFileUrl(root);
+  const parts = rel.split("/");
+  try {
+    const folder = await Deno.realPath(join(base, parts[0]));
+    const real = await Deno.realPath(join(base, ...parts));
+    if (real === folder || !inside(real, folder)) return null;
+    return (await Deno.lstat(real)).isFile ? real : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Options of {@linkcode startServer}. */
 export interface ServeOptions {
   /** 0 picks a free port. */
@@ -139,36 +209,53 @@ export class PortInUseError extends Error {
   }
 }
 
+/** What {@linkcode requestHandler} serves. */
+export interface HandlerOptions {
+  /** Repository root. */
+  root: URL;
+  /** The port the server listens on (the only one a `Host` header may name). */
+  port: () => number;
+  /** The bundled /app.js, once built. */
+  app: () => Uint8Array<ArrayBuffer> | null;
+  verbose?: boolean;
+}
+
 /**
- * Starts serving (see the module doc): binds the port first, so a taken port fails at once, then
- * bundles the page; a bundling failure stops the server and throws.
+ * The server's request handler (exported for tests, which call it without a socket): a foreign
+ * `Host` is 421, a method other than GET/HEAD 405, a path outside the page, kernels/ and
+ * data_file/ (after decoding and every symlink) 404; every answer carries
+ * {@linkcode SECURITY_HEADERS}.
  */
-export async function startServer(opts: ServeOptions): Promise<RunningServer> {
-  const root = opts.root ?? ROOT;
-  let app: Uint8Array<ArrayBuffer> | null = null;
-  const handler = async (req: Request): Promise<Response> => {
-    if (req.method !== "GET" && req.method !== "HEAD") {
-      return new Response("method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
+export function requestHandler(opts: HandlerOptions): (req: Request) => Promise<Response> {
+  return async (req: Request): Promise<Response> => {
+    const headers = { ...SECURITY_HEADERS };
+    const url = new URL(req.url);
+    if (!hostAllowed(req.headers.get("host") ?? url.host, opts.port())) {
+      return new Response("misdirected request\n", { status: 421, headers });
     }
-    const { pathname } = new URL(req.url);
-    const headers = { "cache-control": "no-store", "x-content-type-options": "nosniff" };
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      return new Response("method not allowed\n", {
+        status: 405,
+        headers: { ...headers, allow: "GET, HEAD" },
+      });
+    }
+    const { pathname } = url;
+    const app = opts.app();
     if (pathname === "/app.js" && app) {
       return new Response(req.method === "HEAD" ? null : app, {
         headers: { ...headers, "content-type": TYPES.js },
       });
     }
-    const rel = resolveRequestPath(pathname);
-    if (rel === null) return new Response("not found\n", { status: 404, headers });
+    const real = await servedFile(pathname, opts.root);
+    if (real === null) return new Response("not found\n", { status: 404, headers });
     let file: Deno.FsFile;
     try {
-      file = await Deno.open(new URL(rel, root), { read: true });
+      file = await Deno.open(real, { read: true });
     } catch (e) {
       if (opts.verbose) console.error(`${pathname}: ${(e as Error).message}`);
-      const status = e instanceof Deno.errors.NotFound || e instanceof Deno.errors.IsADirectory
-        ? 404
-        : 500;
-      return new Response(status === 404 ? "not found\n" : "cannot read\n", { status, headers });
+      return new Response("cannot read\n", { status: 500, headers });
     }
+    // The file opened is checked again: it may have been swapped since servedFile looked.
     const info = await file.stat();
     if (!info.isFile) {
       file.close();
@@ -176,7 +263,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     }
     const h = {
       ...headers,
-      "content-type": contentType(rel),
+      "content-type": contentType(real),
       "content-length": String(info.size),
     };
     if (req.method === "HEAD") {
@@ -185,6 +272,22 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     }
     return new Response(file.readable, { headers: h });
   };
+}
+
+/**
+ * Starts serving (see the module doc): binds the port first, so a taken port fails at once, then
+ * bundles the page; a bundling failure stops the server and throws.
+ */
+export async function startServer(opts: ServeOptions): Promise<RunningServer> {
+  const root = opts.root ?? ROOT;
+  let app: Uint8Array<ArrayBuffer> | null = null;
+  let boundPort = opts.port;
+  const handler = requestHandler({
+    root,
+    port: () => boundPort,
+    app: () => app,
+    verbose: opts.verbose,
+  });
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
     server = Deno.serve({ hostname: HOST, port: opts.port, onListen: () => {} }, handler);
@@ -192,6 +295,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     if (e instanceof Deno.errors.AddrInUse) throw new PortInUseError(opts.port);
     throw e;
   }
+  boundPort = server.addr.port;
   try {
     app = await bundleApp(root);
   } catch (e) {

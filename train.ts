@@ -8,7 +8,7 @@
  */
 import { parseTrainArgs, trainHelp } from "./lib/args.ts";
 import { isHiraError } from "./lib/errors.ts";
-import { effectiveTrainArgs, runTraining } from "./lib/train_deno.ts";
+import { effectiveTrainArgs, interruptedExitCode, runTraining } from "./lib/train_deno.ts";
 import { accuracyHooks } from "./lib/evaluate_deno.ts";
 
 if (import.meta.main) {
@@ -28,7 +28,8 @@ if (import.meta.main) {
       checkpointPauseMs: pauseArg ? Number(pauseArg) : undefined,
       ...(runArgs.eval_accuracy ? accuracyHooks(runArgs) : {}),
     });
-    if (result.interrupted) Deno.exit(130);
+    // 128 + the signal's number (SIGINT 130, SIGTERM 143, SIGHUP 129), as a shell reports it.
+    if (result.interrupted) Deno.exit(interruptedExitCode(result.signal));
   } catch (e) {
     if (isHiraError(e)) {
       console.error(`error: ${e.message}`);

@@ -370,6 +370,7 @@ export function parseTrainArgs(argv: string[]): TrainArgs {
       return true;
     },
   }) as Record<string, unknown>;
+  if (raw.model_name === "") throw new HiraError("--model_name", "needs a value (--model=VALUE)");
   if (raw.model_name !== undefined && raw.model === undefined) raw.model = raw.model_name;
   const given = new Set<string>();
   const out: Record<string, unknown> = {};
@@ -382,13 +383,14 @@ export function parseTrainArgs(argv: string[]): TrainArgs {
     if (f.type === "number") {
       if (v === undefined) out[f.name] = f.def;
       else if (v === "") throw new HiraError(`--${f.name}`, "needs a number");
-      else {
-        const n = Number(v);
-        if (!Number.isFinite(n)) throw new HiraError(`--${f.name}`, `'${v}' is not a number`);
-        out[f.name] = n;
-      }
-    } else if (f.type === "boolean") out[f.name] = present ? Boolean(v) : f.def;
-    else out[f.name] = v === undefined ? f.def : String(v);
+      else out[f.name] = decimalFlag(f.name, v);
+    } else if (f.type === "boolean") {
+      checkBooleanFlag(f.name, argv);
+      out[f.name] = present ? Boolean(v) : f.def;
+    } else if (v === "") {
+      // `--output_folder` alone would be the current folder, `--model` alone the embedded model.
+      throw new HiraError(`--${f.name}`, "needs a value (--" + f.name + "=VALUE)");
+    } else out[f.name] = v === undefined ? f.def : String(v);
   }
   out.given = given;
   if (out.peft_type === "fft") out.peft_type = "full";
@@ -404,6 +406,41 @@ export function parseTrainArgs(argv: string[]): TrainArgs {
   if (given.has("dtype") && !given.has("weight_dtype")) a.weight_dtype = a.dtype;
   validateTrainArgs(a);
   return a;
+}
+
+/** A decimal number: digits, an optional fraction and exponent (no 0x10, 0b1, 1_000, spaces). */
+const DECIMAL = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
+
+/**
+ * A number flag's value, which must be written in decimal: `Number()` alone reads `0x10` as 16,
+ * `0b11` as 3 and ` 5 ` as 5, none of which a user means as a learning rate.
+ */
+export function decimalFlag(name: string, v: unknown): number {
+  const s = String(v);
+  const n = Number(s);
+  if (!Number.isFinite(n)) throw new HiraError(`--${name}`, `'${s.slice(0, 40)}' is not a number`);
+  if (!DECIMAL.test(s)) {
+    throw new HiraError(`--${name}`, `'${s.slice(0, 40)}' is not a decimal number`);
+  }
+  return n;
+}
+
+/**
+ * Refuses `--name=VALUE` for a boolean flag unless VALUE is true or false (parseArgs reads any
+ * other value, `maybe` included, as true), and any value on the `--no-name` form.
+ */
+export function checkBooleanFlag(name: string, argv: readonly string[]): void {
+  for (const a of argv) {
+    if (a === "--") break;
+    const m = new RegExp(`^--(no-)?${name}=(.*)$`, "s").exec(a);
+    if (!m) continue;
+    if (m[1] || !["true", "false"].includes(m[2])) {
+      throw new HiraError(
+        `--${m[1] ?? ""}${name}`,
+        `'${m[2].slice(0, 40)}' is not true or false (--${name}, --${name}=false, --no-${name})`,
+      );
+    }
+  }
 }
 
 function check(cond: boolean, flag: string, msg: string): void {

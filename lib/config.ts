@@ -134,6 +134,7 @@ export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
     throw new HiraError(file, `hidden_act ${preview(c.hidden_act)} is not supported (silu)`);
   }
   if (c.mlp_bias === true) throw new HiraError(file, "mlp_bias is not supported");
+  checkConfigSizes(c, file);
   return {
     architecture: arch || modelType,
     hiddenSize,
@@ -159,6 +160,37 @@ export function parseConfig(json: unknown, file = "config.json"): LlamaConfig {
     layout: "rope_parameters" in c || "dtype" in c ? "transformers5" : "transformers4",
     raw: c,
   };
+}
+
+/**
+ * Upper bounds of config.json's sizes: several times the largest Llama-family model (Llama 3.1
+ * 405B: 126 layers, hidden 16384, MLP 53248, 128 heads; vocabularies up to 256k; contexts up to
+ * 10M tokens). Beyond them a config is a mistake or an attack: 1e6 layers overflowed arrays with
+ * a RangeError and 1e12 ran V8 out of memory before any other check.
+ */
+export const CONFIG_SIZE_LIMITS: Readonly<Record<string, number>> = {
+  num_hidden_layers: 1024,
+  hidden_size: 65536,
+  intermediate_size: 262144,
+  num_attention_heads: 1024,
+  num_key_value_heads: 1024,
+  head_dim: 1024,
+  vocab_size: 4194304,
+  max_position_embeddings: 16777216,
+};
+
+/**
+ * Refuses a config.json size (a field of {@linkcode CONFIG_SIZE_LIMITS}) above its limit, with
+ * one line naming the field; runs before anything is sized from the config. Values that are not
+ * positive integers are left to the parser's own check (and its message).
+ */
+export function checkConfigSizes(c: Record<string, unknown>, file: string): void {
+  for (const [key, max] of Object.entries(CONFIG_SIZE_LIMITS)) {
+    const v = c[key];
+    if (typeof v === "number" && v > max) {
+      throw new HiraError(file, `${key} is ${v}, more than the limit ${max}`);
+    }
+  }
 }
 
 /** [out, in] of a projection. */

@@ -5,7 +5,7 @@
  * test prompts.
  * @module
  */
-import { HiraError } from "./errors.ts";
+import { HiraError, jsonReason } from "./errors.ts";
 import {
   contextTargetTrainingText,
   type TemplateType,
@@ -142,7 +142,7 @@ export function parseRecords(text: string, file: string, opts: ParseOptions = {}
   try {
     value = JSON.parse(text);
   } catch (e) {
-    throw new HiraError(file, `not valid JSON: ${(e as Error).message}`);
+    throw new HiraError(file, `not valid JSON: ${jsonReason((e as Error).message)}`);
   }
   if (!Array.isArray(value)) {
     throw new HiraError(file, `expected a JSON array of records, got ${describe(value)}`);

@@ -62,11 +62,24 @@ export function isHiraError(e: unknown): e is HiraError {
     (e instanceof Error && e.name === "HiraError" && typeof (e as HiraError).file === "string");
 }
 
+/**
+ * V8's JSON.parse message without the excerpt of the text it quotes (`Unexpected token 'r',
+ * "root:x:0:0:"... is not valid JSON`): a file that is not JSON may be anything (a symlink to
+ * /etc/passwd, a key), and the message should not print it. The position and the one
+ * offending character are kept.
+ */
+export function jsonReason(message: string): string {
+  const m = message.replace(/,?\s*(\.\.\.)?".*"(\.\.\.)?\s+is not valid JSON\s*$/s, "")
+    // deno-lint-ignore no-control-regex
+    .replace(/[\x00-\x1f\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return m.length > 100 ? m.slice(0, 99) + "…" : m;
+}
+
 /** `JSON.parse(text)`; text that is not JSON is a HiraError naming `file` and the parser's reason. */
 export function parseJson(text: string, file: string): unknown {
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new HiraError(file, `not valid JSON (${(e as Error).message})`);
+    throw new HiraError(file, `not valid JSON (${jsonReason((e as Error).message)})`);
   }
 }

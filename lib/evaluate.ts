@@ -11,6 +11,7 @@
  * @module
  */
 import { parseArgs } from "@std/cli/parse-args";
+import { checkBooleanFlag, decimalFlag } from "./args.ts";
 import { HiraError } from "./errors.ts";
 import {
   type DataRecord,
@@ -243,19 +244,24 @@ export function parseEvalArgs(argv: readonly string[]): EvalArgs {
   for (const f of EVAL_FLAGS) {
     const v = raw[f.name];
     if (f.type === "number") {
-      if (v === undefined || v === "") out[f.name] = f.def;
-      else {
-        const n = Number(v);
-        if (!Number.isFinite(n)) throw flagError(f.name, `'${v}' is not a number`);
-        out[f.name] = n;
-      }
+      if (v === undefined) out[f.name] = f.def;
+      else if (v === "") throw flagError(f.name, "needs a number");
+      else out[f.name] = decimalFlag(f.name, v);
     } else if (f.type === "boolean") {
+      checkBooleanFlag(f.name, argv);
       // parseArgs fills absent booleans with false, so presence decides whether the default holds.
       const present = argv.some((x) => new RegExp(`^--(no-)?${f.name}(=|$)`).test(x));
       out[f.name] = present ? Boolean(v) : f.def;
-    } else if (f.type === "list") out[f.name] = ((v as string[] | undefined) ?? []).map(String);
-    else out[f.name] = v === undefined || v === "" ? f.def : String(v);
+    } else if (f.type === "list") {
+      const list = ((v as string[] | undefined) ?? []).map(String);
+      if (list.includes("")) throw flagError(f.name, "needs a value");
+      out[f.name] = list;
+    } else if (v === "") {
+      // `--model` alone would silently mean the default model, `--out` alone the current folder.
+      throw flagError(f.name, `needs a value (--${f.name}=VALUE)`);
+    } else out[f.name] = v === undefined ? f.def : String(v);
   }
+  if (raw.dataset === "") throw flagError("dataset", "needs a value");
   const dataset = raw.dataset === undefined ? null : String(raw.dataset);
   if (positional.length > 1) {
     throw new HiraError(positional[1], "unexpected argument (one command or dataset at a time)");
@@ -867,6 +873,14 @@ export async function perplexity(
     }
   });
   const mean = total / count;
+  // A NaN or infinite perplexity printed as null with exit 0 looked like a result.
+  if (!Number.isFinite(Math.exp(mean))) {
+    throw new HiraError(
+      source,
+      `the mean NLL is ${mean}, so the perplexity is not finite: the model (or adapter) gives ` +
+        "NaN or infinite logits; no perplexity is reported",
+    );
+  }
   return { mean_nll: mean, perplexity: Math.exp(mean), tokens: count, per_sequence: perSeq };
 }
 
@@ -880,8 +894,10 @@ export function parseTokenFile(json: unknown, file: string): number[][] {
     : json;
   if (!Array.isArray(arr)) throw new HiraError(file, "expected a JSON array of token id arrays");
   return arr.map((s, i) => {
-    if (!Array.isArray(s) || s.some((t) => typeof t !== "number" || !Number.isInteger(t))) {
-      throw new HiraError(file, `item ${i} is not an array of integer token ids`);
+    if (
+      !Array.isArray(s) || s.some((t) => typeof t !== "number" || !Number.isInteger(t) || t < 0)
+    ) {
+      throw new HiraError(file, `item ${i} is not an array of non-negative integer token ids`);
     }
     return s as number[];
   });

@@ -8,7 +8,9 @@
 import { basename, dirname, join } from "@std/path";
 import type { Gpu } from "./gpu.ts";
 import { createDenoGpu } from "./gpu_deno.ts";
-import { HiraError, parseJson } from "./errors.ts";
+import { HiraError, isHiraError, parseJson } from "./errors.ts";
+import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
+import { mkdirNoLink } from "./paths_deno.ts";
 import type { TrainArgs } from "./args.ts";
 import type { LlamaModel } from "./model.ts";
 import type { Tokenizer } from "./tokenizer.ts";
@@ -79,10 +81,11 @@ async function isFile(path: string): Promise<boolean> {
   return await Deno.stat(path).then((s) => s.isFile, () => false);
 }
 
-async function readTextFile(file: string, what: string): Promise<string> {
+async function readTextFile(file: string, what: string, cap?: number): Promise<string> {
   try {
-    return await Deno.readTextFile(file);
+    return await readRegularText(file, cap);
   } catch (e) {
+    if (isHiraError(e)) throw e;
     if (e instanceof Deno.errors.NotFound) throw new HiraError(file, `missing: ${what}`);
     if (e instanceof Deno.errors.IsADirectory) throw new HiraError(file, "is a folder, not a file");
     throw new HiraError(file, `cannot be read (${(e as Error).message})`);
@@ -142,7 +145,10 @@ export async function resolveCheckpoint(path: string, loadOrder = -1): Promise<R
   let chosen = pick.dir;
   const stateFile = join(pick.dir, "trainer_state.json");
   if (await isFile(stateFile)) {
-    const state = parseJson(await readTextFile(stateFile, "trainer state"), stateFile) as {
+    const state = parseJson(
+      await readTextFile(stateFile, "trainer state", JSON_CAPS.trainerState),
+      stateFile,
+    ) as {
       best_model_checkpoint?: unknown;
     };
     const best = state?.best_model_checkpoint;
@@ -237,6 +243,7 @@ export async function openEvalModel(
     }
     const model = await loadModelDir(gpu, modelDir, {
       weightDtype: resolveWeightDtype(f.weight_dtype ?? "f32", gpu.hasF16, false),
+      f16Overflow: f.weight_dtype === "auto" ? "f32" : "refuse",
     });
     let merge: MergeHandle | null = null;
     if (ad) {
@@ -285,7 +292,7 @@ export async function readTestRecords(
 
 /** Writes predictions as JSONL atomically. */
 export async function writePredictions(file: string, lines: readonly unknown[]): Promise<void> {
-  await Deno.mkdir(dirname(file), { recursive: true });
+  await mkdirNoLink(dirname(file));
   await writeFileAtomic(
     file,
     lines.map((r) => JSON.stringify(r)).join("\n") + (lines.length ? "\n" : ""),
@@ -294,7 +301,7 @@ export async function writePredictions(file: string, lines: readonly unknown[]):
 
 async function readSummary(file: string): Promise<AccuracySummary | null> {
   try {
-    const v = JSON.parse(await Deno.readTextFile(file));
+    const v = JSON.parse(await readRegularText(file, JSON_CAPS.args));
     return Array.isArray(v?.rows) ? v as AccuracySummary : null;
   } catch {
     return null;
@@ -312,7 +319,7 @@ export async function writeSummaryFiles(
   rows: readonly DatasetScore[],
   label = "accuracy",
 ): Promise<AccuracySummary> {
-  await Deno.mkdir(dir, { recursive: true });
+  await mkdirNoLink(dir);
   const jsonFile = join(dir, `summary_${tag}.json`);
   const s = mergeSummary(await readSummary(jsonFile), tag, rows);
   await writeFileAtomic(jsonFile, JSON.stringify(s, null, 2) + "\n");
@@ -412,7 +419,7 @@ async function rescoreCommand(a: EvalArgs): Promise<void> {
   const s = summarize("rescored", rows);
   console.log(summaryMarkdown(s));
   const outDir = a.out ?? dirname(a.predictions[0]);
-  await Deno.mkdir(outDir, { recursive: true });
+  await mkdirNoLink(outDir);
   await writeFileAtomic(join(outDir, "summary_rescored.json"), JSON.stringify(s, null, 2) + "\n");
   await writeFileAtomic(
     join(outDir, "summary_rescored.md"),
@@ -576,7 +583,7 @@ async function rankCommand(a: EvalArgs): Promise<void> {
   const md = rankMarkdown(reports);
   console.log(md);
   const outDir = a.out ?? join(a.ckpt, "rank");
-  await Deno.mkdir(outDir, { recursive: true });
+  await mkdirNoLink(outDir);
   await writeFileAtomic(join(outDir, "rank.md"), md);
   await writeFileAtomic(join(outDir, "rank.json"), JSON.stringify(reports, null, 2) + "\n");
   await writeFileAtomic(join(outDir, "rank.svg"), rankChart(reports));
@@ -605,8 +612,20 @@ export async function evalMain(argv: readonly string[]): Promise<void> {
 
 /** The hooks {@linkcode accuracyHooks} adds to train.ts's RunOptions. */
 export interface AccuracyHooks {
-  beforeTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
-  afterTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
+  /** `stopped()` turns true when a signal asks the run to stop: the pass ends between sets. */
+  beforeTraining?: (
+    model: LlamaModel,
+    tok: Tokenizer,
+    runDir: string,
+    stopped?: () => boolean,
+  ) => Promise<void>;
+  /** As beforeTraining. */
+  afterTraining?: (
+    model: LlamaModel,
+    tok: Tokenizer,
+    runDir: string,
+    stopped?: () => boolean,
+  ) => Promise<void>;
 }
 
 /** The held-out sets of a training dataset for the accuracy report (empty: no report). */
@@ -641,6 +660,7 @@ export function accuracyHooks(args: TrainArgs): AccuracyHooks {
     tok: Tokenizer,
     runDir: string,
     phase: "before" | "after",
+    stopped: () => boolean = () => false,
   ): Promise<AccuracySummary | null> => {
     const sets = await heldOutSets(args.dataset, args.data_root);
     if (sets.length === 0) {
@@ -653,6 +673,8 @@ export function accuracyHooks(args: TrainArgs): AccuracyHooks {
     const h = await mergeAdaptersInPlace(model);
     try {
       for (const d of sets) {
+        // A signal stops the pass between sets; a partial table is not written as a result.
+        if (stopped()) return null;
         const settings = decodeSettings(d, {
           beamSize: args.beam_size,
           greedy: args.beam_size === null || args.decoding === "greedy",
@@ -676,15 +698,16 @@ export function accuracyHooks(args: TrainArgs): AccuracyHooks {
     } finally {
       h.restore();
     }
+    if (stopped()) return null;
     return await writeSummaryFiles(outDir, tag, rows, phase);
   };
   return {
-    beforeTraining: async (model, tok, runDir) => {
-      before = await run(model, tok, runDir, "before");
+    beforeTraining: async (model, tok, runDir, stopped) => {
+      before = await run(model, tok, runDir, "before", stopped);
       if (before) console.log("\n" + summaryMarkdown(before, "Held-out accuracy before training"));
     },
-    afterTraining: async (model, tok, runDir) => {
-      const after = await run(model, tok, runDir, "after");
+    afterTraining: async (model, tok, runDir, stopped) => {
+      const after = await run(model, tok, runDir, "after", stopped);
       if (!after) return;
       // A resumed run measured "before" in its first process: read it back.
       before ??= await readSummary(

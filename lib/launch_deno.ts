@@ -16,6 +16,8 @@ import { type EvalArgs, parseEvalArgs } from "./evaluate.ts";
 import { resolveCheckpoint } from "./evaluate_deno.ts";
 import type { PermissionPlan } from "./permissions.ts";
 import { HiraError } from "./errors.ts";
+import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
+import { checkLinks, realOrAncestor } from "./paths_deno.ts";
 
 /** The repository root (where train.ts, eval.ts, kernels/ and data_file/ are). */
 export const REPO_ROOT: string = fromFileUrl(new URL("../", import.meta.url));
@@ -33,7 +35,8 @@ async function isDir(path: string): Promise<boolean> {
 
 async function readJsonObject(file: string): Promise<Record<string, unknown> | null> {
   try {
-    const v = JSON.parse(await Deno.readTextFile(file));
+    // A FIFO or /dev/zero planted as args.json must not hang or exhaust the launcher.
+    const v = JSON.parse(await readRegularText(file, JSON_CAPS.args));
     return typeof v === "object" && v !== null && !Array.isArray(v) ? v : null;
   } catch {
     return null;
@@ -84,7 +87,24 @@ export async function planTask(
       plan.write.push(abs(d));
     }
   }
+  await resolvePlanPaths(plan);
   return plan;
+}
+
+/**
+ * Makes the plan safe against symlinks (see lib/paths_deno.ts): every folder the command line
+ * named is searched for links that leave it (a HiraError naming the link), output folders two
+ * levels deep (their run folders' entries); then the real path of every entry is added beside
+ * the lexical one, so Deno's lexical check and the real location both match.
+ */
+async function resolvePlanPaths(plan: PermissionPlan): Promise<void> {
+  const fixed = new Set([join(REPO_ROOT, "kernels"), join(REPO_ROOT, "data_file")]);
+  for (const p of plan.read) if (!fixed.has(p) && !plan.write.includes(p)) await checkLinks(p);
+  for (const p of plan.write) await checkLinks(p, { maxDepth: 2 });
+  plan.read.push(...await Promise.all(plan.read.map(realOrAncestor)));
+  plan.write.push(...await Promise.all(plan.write.map(realOrAncestor)));
+  plan.read = [...new Set(plan.read)];
+  plan.write = [...new Set(plan.write)];
 }
 
 async function planTrain(

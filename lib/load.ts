@@ -83,6 +83,38 @@ export interface LoadOptions {
   weightDtype?: WeightDtype;
   /** Projection module paths ("model.layers.0.self_attn.q_proj") kept f32 regardless. */
   keepF32?: (modulePath: string) => boolean;
+  /**
+   * What to do with a finite weight f16 cannot hold (|x| >= 65520 rounds to Inf): "f32" keeps
+   * that projection f32 (`--weight_dtype=auto`); "refuse" (default: an explicit f16) is a
+   * HiraError naming the tensor. The embedding and head are always refused (they are read in
+   * row shards of the one storage dtype).
+   */
+  f16Overflow?: "f32" | "refuse";
+}
+
+/**
+ * Index of the first value that is finite in `f32` but infinite in its f16 rounding `f16`, or
+ * -1. A weight already infinite (or NaN) in the file is not an overflow: the NaN guards report it.
+ */
+export function f16OverflowIndex(f16: Uint16Array, f32: ArrayLike<number>): number {
+  for (let i = 0; i < f16.length; i++) {
+    if ((f16[i] & 0x7fff) === 0x7c00 && Number.isFinite(f32[i])) return i;
+  }
+  return -1;
+}
+
+/** Whether half bits hold an infinity anywhere (a quick scan before any f32 re-read). */
+function hasHalfInf(h: Uint16Array): boolean {
+  for (let i = 0; i < h.length; i++) if ((h[i] & 0x7fff) === 0x7c00) return true;
+  return false;
+}
+
+function f16OverflowError(name: string, v: number): HiraError {
+  return new HiraError(
+    name,
+    `holds the finite weight ${v}, which f16 storage would turn into Infinity (its largest ` +
+      "value is 65504): run with --weight_dtype=f32",
+  );
 }
 
 async function uploadRowShards(
@@ -97,6 +129,11 @@ async function uploadRowShards(
   let r0 = 0;
   for (const rows of LlamaModel.shardRows(gpu, cfg, dtype)) {
     const data = await readTensorRows(e.source, e.info, r0, rows, dtype);
+    if (dtype === "f16" && hasHalfInf(data as Uint16Array)) {
+      const f = await readTensorRows(e.source, e.info, r0, rows, "f32");
+      const i = f16OverflowIndex(data as Uint16Array, f);
+      if (i >= 0) throw f16OverflowError(name, f[i]);
+    }
     out.push(gpu.upload(data, [rows, cfg.hiddenSize], dtype));
     r0 += rows;
   }
@@ -139,8 +176,20 @@ export async function loadModel(
     }
   }
   const read = async (name: string) => gpu.upload(await ws.read(name, "f32"), expected.get(name)!);
-  const readAs = async (name: string, dtype: WeightDtype) =>
-    gpu.upload(await ws.read(name, dtype), expected.get(name)!, dtype);
+  const readAs = async (name: string, dtype: WeightDtype) => {
+    if (dtype === "f32") return gpu.upload(await ws.read(name, "f32"), expected.get(name)!);
+    const h = await ws.read(name, "f16");
+    if (hasHalfInf(h)) {
+      const f = await ws.read(name, "f32");
+      const i = f16OverflowIndex(h, f);
+      if (i >= 0) {
+        if (opts.f16Overflow !== "f32") throw f16OverflowError(name, f[i]);
+        // --weight_dtype=auto: this matrix stays f32 rather than gain an Inf.
+        return gpu.upload(f, expected.get(name)!);
+      }
+    }
+    return gpu.upload(h, expected.get(name)!, "f16");
+  };
   const layers: LayerWeights[] = [];
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}.`;

@@ -66,6 +66,50 @@ export interface MergedDirOptions {
   force?: boolean;
 }
 
+/** The largest finite value of each export dtype (f32 needs no check beyond finiteness). */
+const EXPORT_MAX: Readonly<Record<ExportDtype, number>> = {
+  f32: 3.4028234663852886e38,
+  f16: 65504,
+  bf16: 3.3895313892515355e38,
+};
+
+/**
+ * Refuses a merged model that is not finite, or that the export dtype would round to Inf
+ * (f16 above 65504), naming the first such tensor, before anything is written: a LoRA
+ * `lora_alpha` of 1e300 wrote a model with 491,520 non-finite weights and exit 0.
+ */
+export function checkExportable(
+  weights: Map<string, { shape: number[]; data: Float32Array }>,
+  dtype: ExportDtype,
+): void {
+  // Values within half an ulp above the maximum still round down to it; beyond, to Inf.
+  const limit = dtype === "f16" ? 65520 : dtype === "bf16" ? 3.3961775292304e38 : Infinity;
+  for (const [name, t] of weights) {
+    let bad = 0, big = 0, first = 0;
+    for (let i = 0; i < t.data.length; i++) {
+      const v = t.data[i];
+      if (!Number.isFinite(v)) bad++;
+      else if (Math.abs(v) >= limit) {
+        if (big++ === 0) first = v;
+      }
+    }
+    if (bad > 0) {
+      throw new HiraError(
+        name,
+        `${bad} of ${t.data.length} merged weights are not finite (the adapter's scale or ` +
+          "weights overflow); nothing was written",
+      );
+    }
+    if (big > 0) {
+      throw new HiraError(
+        name,
+        `${big} merged weights (e.g. ${first}) exceed ${dtype}'s largest value ` +
+          `${EXPORT_MAX[dtype]}; write with --dtype=f32; nothing was written`,
+      );
+    }
+  }
+}
+
 /** The temporary folder a merge into `outDir` is built in before it is renamed into place. */
 export function mergePartialDir(outDir: string): string {
   return join(dirname(outDir), `.${basename(outDir)}.partial`);
@@ -86,6 +130,7 @@ export async function writeMergedModelDir(
   const had = await checkOutputDir(outDir, opts.force ?? false);
   const dtype = exportDtype(model.config.torchDtype, opts.dtype);
   const weights = await mergedWeights(model);
+  checkExportable(weights, dtype);
   // The scoped merge task may write only outDir and the one fixed partial name beside it, so
   // the partial folder is created with its parents (mkdir of the parent itself would need
   // write access to the parent).

@@ -5,11 +5,12 @@
  */
 import { join } from "@std/path";
 import type { Gpu } from "./gpu.ts";
-import { HiraError, parseJson } from "./errors.ts";
+import { HiraError, isHiraError, parseJson } from "./errors.ts";
 import { type LlamaConfig, parseConfig } from "./config.ts";
 import { loadModel, type LoadOptions } from "./load.ts";
 import type { LlamaModel } from "./model.ts";
 import { openModelWeights } from "./safetensors_deno.ts";
+import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
 
 /** The embedded tiny model shipped with the project. */
 export const EMBEDDED_MODEL_DIR: string =
@@ -20,8 +21,9 @@ export async function readConfig(dir: string): Promise<LlamaConfig> {
   const file = join(dir, "config.json");
   let text: string;
   try {
-    text = await Deno.readTextFile(file);
+    text = await readRegularText(file, JSON_CAPS.config);
   } catch (e) {
+    if (isHiraError(e)) throw e;
     if (e instanceof Deno.errors.NotFound) {
       const isDir = await Deno.stat(dir).then((s) => s.isDirectory, () => false);
       throw new HiraError(

@@ -5,7 +5,8 @@
  */
 import { join } from "@std/path";
 import { type AttachOptions, loadAdapters } from "./attach.ts";
-import { HiraError, parseJson } from "./errors.ts";
+import { HiraError, isHiraError, parseJson } from "./errors.ts";
+import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
 import type { LlamaModel } from "./model.ts";
 import { type AdapterConfig, adapterConfigJson, parseAdapterConfig } from "./peft.ts";
 import { type TensorToWrite, WeightSet } from "./safetensors.ts";
@@ -23,8 +24,9 @@ export async function openAdapterDir(dir: string): Promise<AdapterDir> {
   const cfgFile = join(dir, "adapter_config.json");
   let text: string;
   try {
-    text = await Deno.readTextFile(cfgFile);
+    text = await readRegularText(cfgFile, JSON_CAPS.adapterConfig);
   } catch (e) {
+    if (isHiraError(e)) throw e;
     if (e instanceof Deno.errors.NotFound) {
       const exists = await Deno.stat(dir).then(() => true, () => false);
       throw new HiraError(

@@ -6,14 +6,15 @@
  * @module
  */
 import { basename, join } from "@std/path";
-import { HiraError } from "./errors.ts";
+import { HiraError, isHiraError } from "./errors.ts";
+import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
 import type { AccuracySummary } from "./evaluate.ts";
 import { buildRunReport, type NamedSummary, parseRunLog, type ReportInput } from "./report.ts";
 import { writeFileAtomic } from "./safetensors_deno.ts";
 
 async function readJson(file: string): Promise<unknown> {
   try {
-    return JSON.parse(await Deno.readTextFile(file));
+    return JSON.parse(await readRegularText(file, JSON_CAPS.trainerState));
   } catch {
     return null;
   }
@@ -50,8 +51,9 @@ export async function isRunDir(dir: string): Promise<boolean> {
 export async function readReportInput(runDir: string): Promise<ReportInput> {
   let text: string;
   try {
-    text = await Deno.readTextFile(join(runDir, "log.jsonl"));
+    text = await readRegularText(join(runDir, "log.jsonl"));
   } catch (e) {
+    if (isHiraError(e)) throw e;
     if (e instanceof Deno.errors.NotFound) {
       throw new HiraError(runDir, "has no log.jsonl: not a training run folder");
     }

@@ -11,7 +11,7 @@
  * API (file sources live in safetensors_deno.ts), so it also runs in a browser.
  * @module
  */
-import { HiraError, parseJson, preview } from "./errors.ts";
+import { HiraError, jsonReason, parseJson, preview } from "./errors.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "./gpu.ts";
 
 /** Random access to the bytes of one file (or blob, or in-memory buffer). */
@@ -191,7 +191,7 @@ export async function readHeader(src: ByteSource): Promise<SafetensorsHeader> {
   try {
     json = JSON.parse(text);
   } catch (e) {
-    return fail(`header is not valid JSON (${(e as Error).message})`);
+    return fail(`header is not valid JSON (${jsonReason((e as Error).message)})`);
   }
   if (!isPlainObject(json)) return fail(`header is not a JSON object but ${describe(json)}`);
 

@@ -8,6 +8,7 @@
  */
 import { dirname, fromFileUrl, join } from "@std/path";
 import { HiraError } from "./errors.ts";
+import { JSON_CAPS, osError, readRegularText } from "./fs_deno.ts";
 import {
   type ByteSource,
   encodeSafetensors,
@@ -39,7 +40,8 @@ function fsError(path: string, e: unknown, doing: string): unknown {
   if (e instanceof Deno.errors.IsADirectory) {
     return new HiraError(path, `${doing}: is a directory`, { cause: e });
   }
-  return e;
+  // ENOSPC, EROFS, EIO, NotCapable: one line naming the file, not a stack trace.
+  return osError(path, e, doing);
 }
 
 /** A {@linkcode ByteSource} over an open file. */
@@ -59,6 +61,11 @@ export async function fileSource(path: PathLike): Promise<FileSource> {
   const name = pathString(path);
   let file: Deno.FsFile;
   try {
+    // Checked before opening: opening a FIFO blocks until a writer comes, which may be never.
+    const pre = await Deno.stat(path);
+    if (!pre.isFile && !pre.isDirectory) {
+      throw new HiraError(name, "cannot open: not a regular file");
+    }
     file = await Deno.open(path, { read: true });
   } catch (e) {
     throw fsError(name, e, "cannot open");
@@ -239,7 +246,7 @@ export async function openModelWeights(dir: PathLike): Promise<ModelWeights> {
   }
   let text: string;
   try {
-    text = await Deno.readTextFile(indexPath);
+    text = await readRegularText(indexPath, JSON_CAPS.shardIndex);
   } catch (e) {
     throw fsError(indexPath, e, "cannot read");
   }

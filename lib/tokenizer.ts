@@ -6,7 +6,7 @@
  * @module
  */
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { HiraError } from "./errors.ts";
+import { HiraError, preview } from "./errors.ts";
 
 /** The parsed JSON files of a tokenizer folder. */
 export interface TokenizerFiles {
@@ -94,6 +94,7 @@ export class Tokenizer {
     if (json.added_tokens !== undefined && !Array.isArray(json.added_tokens)) {
       throw new HiraError(source, '"added_tokens" must be an array');
     }
+    checkTokenIds(json, source);
     const config = files.config === undefined ? {} : files.config;
     const specialMap = files.specialTokensMap === undefined ? {} : files.specialTokensMap;
     if (!isObject(config)) throw new HiraError(source, "tokenizer_config.json must be an object");
@@ -214,6 +215,58 @@ export class Tokenizer {
   tokenize(text: string): string[] {
     if (text.length === 0) return [];
     return this.#hf.encode(text, { add_special_tokens: false }).tokens;
+  }
+}
+
+/** The largest token id accepted (config.ts's vocab_size limit, less one). */
+export const MAX_TOKEN_ID = 4194303;
+
+function validId(id: unknown): id is number {
+  return typeof id === "number" && Number.isInteger(id) && id >= 0 && id <= MAX_TOKEN_ID;
+}
+
+/**
+ * Refuses token ids the library would take without complaint and the engine would later index
+ * with: a vocab that is not an object (for the map-based BPE, WordPiece and WordLevel models),
+ * and vocab or added-token ids that are not integers from 0 to {@linkcode MAX_TOKEN_ID}
+ * (-7 and 1e15 used to fail only after the run folder existed; 2.5 was accepted). One line
+ * names the token by its position, not its content.
+ */
+export function checkTokenIds(json: Json, source: string): void {
+  const model = json.model as Json;
+  const type = model.type ?? "BPE";
+  if (type === "BPE" || type === "WordPiece" || type === "WordLevel") {
+    if (!isObject(model.vocab)) {
+      throw new HiraError(
+        source,
+        `model.vocab of a ${String(type).slice(0, 20)} model must be an object`,
+      );
+    }
+    let i = 0;
+    for (const id of Object.values(model.vocab)) {
+      if (!validId(id)) {
+        throw new HiraError(
+          source,
+          `model.vocab entry ${i} has id ${
+            preview(id, 24)
+          }; ids are integers from 0 to ${MAX_TOKEN_ID}`,
+        );
+      }
+      i++;
+    }
+  }
+  for (const [i, t] of ((json.added_tokens ?? []) as unknown[]).entries()) {
+    if (!isObject(t) || typeof t.content !== "string") {
+      throw new HiraError(source, `added_tokens[${i}] is not an object with a string content`);
+    }
+    if (!validId(t.id)) {
+      throw new HiraError(
+        source,
+        `added_tokens[${i}] has id ${
+          preview(t.id, 24)
+        }; ids are integers from 0 to ${MAX_TOKEN_ID}`,
+      );
+    }
   }
 }
 

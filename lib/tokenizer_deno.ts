@@ -3,14 +3,16 @@
  * @module
  */
 import { join } from "@std/path";
-import { HiraError } from "./errors.ts";
+import { HiraError, isHiraError, parseJson } from "./errors.ts";
+import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
 import { Tokenizer } from "./tokenizer.ts";
 
-async function readJson(path: string, required: boolean): Promise<unknown> {
+async function readJson(path: string, required: boolean, cap: number): Promise<unknown> {
   let text: string;
   try {
-    text = await Deno.readTextFile(path);
+    text = await readRegularText(path, cap);
   } catch (e) {
+    if (isHiraError(e)) throw e;
     if (e instanceof Deno.errors.NotFound) {
       if (!required) return undefined;
       throw new HiraError(path, "file not found (a tokenizer folder needs tokenizer.json)");
@@ -19,11 +21,7 @@ async function readJson(path: string, required: boolean): Promise<unknown> {
     if (e instanceof Deno.errors.PermissionDenied) throw new HiraError(path, "permission denied");
     throw e;
   }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new HiraError(path, `not valid JSON: ${(e as Error).message}`);
-  }
+  return parseJson(text, path);
 }
 
 /**
@@ -33,11 +31,11 @@ async function readJson(path: string, required: boolean): Promise<unknown> {
  */
 export async function loadTokenizer(dir: string): Promise<Tokenizer> {
   const tokenizerPath = join(dir, "tokenizer.json");
-  const tokenizer = await readJson(tokenizerPath, true);
+  const tokenizer = await readJson(tokenizerPath, true, JSON_CAPS.tokenizer);
   const configPath = join(dir, "tokenizer_config.json");
-  const config = await readJson(configPath, false);
+  const config = await readJson(configPath, false, JSON_CAPS.tokenizerConfig);
   const mapPath = join(dir, "special_tokens_map.json");
-  const specialTokensMap = await readJson(mapPath, false);
+  const specialTokensMap = await readJson(mapPath, false, JSON_CAPS.tokenizerConfig);
   for (const [path, value] of [[configPath, config], [mapPath, specialTokensMap]] as const) {
     if (
       value !== undefined && (typeof value !== "object" || value === null || Array.isArray(value))

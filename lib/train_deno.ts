@@ -8,8 +8,9 @@
 import { basename, dirname, join } from "@std/path";
 import type { Gpu } from "./gpu.ts";
 import { createDenoGpu } from "./gpu_deno.ts";
-import type { TrainArgs } from "./args.ts";
-import { HiraError, parseJson } from "./errors.ts";
+import { TRAIN_FLAGS, type TrainArgs, validateTrainArgs } from "./args.ts";
+import { HiraError, isHiraError, parseJson, preview } from "./errors.ts";
+import { JSON_CAPS, osError, osReason, readRegularText, TEXT_CAP } from "./fs_deno.ts";
 import { baseParameterCount, type LlamaConfig } from "./config.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "./model_deno.ts";
 import { frozenWeightDtype, randomModel, readBaseWeights, resolveWeightDtype } from "./load.ts";
@@ -62,6 +63,7 @@ import type { TensorToWrite } from "./safetensors.ts";
 import { writeRunReport } from "./report_deno.ts";
 import { exportConfigJson } from "./merge.ts";
 import { bestCheckpointName } from "./permissions.ts";
+import { createRunDir, lockRunDir, type RunLock } from "./runlock_deno.ts";
 
 /** What a run folder's trainer_state.json holds. */
 export interface TrainerStateFile {
@@ -86,6 +88,24 @@ export interface RunResult {
   finalLoss: number;
   bestCheckpoint: string | null;
   interrupted: boolean;
+  /** The signal that stopped the run (SIGINT, SIGTERM, SIGHUP), if one did. */
+  signal?: Deno.Signal | null;
+}
+
+/** The signals that stop a run cleanly (saved state, an `end` record) in every phase. */
+export const STOP_SIGNALS: readonly Deno.Signal[] = Deno.build.os === "windows"
+  ? ["SIGINT"]
+  : ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/** The exit status of a run stopped by `signal`: 128 + its number (130 when none). */
+export function interruptedExitCode(signal: Deno.Signal | null | undefined): number {
+  return signal === "SIGTERM" ? 143 : signal === "SIGHUP" ? 129 : 130;
+}
+
+/** Whether the run was asked to stop, and by which signal. */
+interface StopState {
+  interrupted: boolean;
+  signal: Deno.Signal | null;
 }
 
 /** Dataset "pretrain": a JSON array of strings, each trained as BOS + text + EOS on every token. */
@@ -107,10 +127,11 @@ function pretrainExamples(
   });
 }
 
-async function readText(file: string, what: string): Promise<string> {
+async function readText(file: string, what: string, cap: number = TEXT_CAP): Promise<string> {
   try {
-    return await Deno.readTextFile(file);
+    return await readRegularText(file, cap);
   } catch (e) {
+    if (isHiraError(e)) throw e;
     if (e instanceof Deno.errors.NotFound) {
       throw new HiraError(file, `missing: ${what}`);
     }
@@ -118,8 +139,8 @@ async function readText(file: string, what: string): Promise<string> {
   }
 }
 
-async function readJson(file: string, what: string): Promise<unknown> {
-  return parseJson(await readText(file, what), file);
+async function readJson(file: string, what: string, cap: number): Promise<unknown> {
+  return parseJson(await readText(file, what, cap), file);
 }
 
 /**
@@ -130,7 +151,7 @@ async function checkOutputFolder(path: string): Promise<void> {
   for (let p = path;; p = dirname(p)) {
     const st = await Deno.stat(p).catch(() => null);
     if (st) {
-      if (st.isDirectory) return;
+      if (st.isDirectory) return await checkWritable(path, p);
       throw new HiraError(
         path,
         p === path
@@ -139,6 +160,27 @@ async function checkOutputFolder(path: string): Promise<void> {
       );
     }
     if (dirname(p) === p) return;
+  }
+}
+
+/**
+ * Proves --output_folder writable before the model loads (a read-only or foreign folder used to
+ * be found only after minutes of loading): creates the missing folders down to it and a probe
+ * file in it, then removes what it created, so a refused run leaves nothing behind.
+ */
+async function checkWritable(path: string, existing: string): Promise<void> {
+  const created: string[] = [];
+  for (let p = path; p !== existing && dirname(p) !== p; p = dirname(p)) created.push(p);
+  const probe = join(path, `.hira-write-probe-${crypto.randomUUID().slice(0, 8)}`);
+  try {
+    await Deno.mkdir(path, { recursive: true });
+    const f = await Deno.open(probe, { write: true, createNew: true });
+    f.close();
+  } catch (e) {
+    throw new HiraError(path, `--output_folder is not writable (${osReason(e)})`);
+  } finally {
+    await Deno.remove(probe).catch(() => {});
+    for (const d of created) await Deno.remove(d).catch(() => {});
   }
 }
 
@@ -257,7 +299,19 @@ class Progress {
 class JsonlLog {
   constructor(readonly file: string) {}
   async write(rec: Record<string, unknown>): Promise<void> {
-    await Deno.writeTextFile(this.file, JSON.stringify(rec) + "\n", { append: true });
+    // An append follows a symlink: one planted at log.jsonl would be written through.
+    const st = await Deno.lstat(this.file).catch(() => null);
+    if (st !== null && !st.isFile) {
+      throw new HiraError(
+        this.file,
+        "is not a regular file; a run's log is never written through a link",
+      );
+    }
+    try {
+      await Deno.writeTextFile(this.file, JSON.stringify(rec) + "\n", { append: true });
+    } catch (e) {
+      throw osError(this.file, e, "cannot append");
+    }
   }
 
   /** Ends a line a kill cut short, so the next record starts on its own line. */
@@ -385,7 +439,7 @@ export async function writeModelDir(
   if (tokenizerDir) {
     for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
       const src = join(tokenizerDir, f);
-      if (await Deno.stat(src).then(() => true, () => false)) {
+      if (await Deno.stat(src).then((s) => s.isFile, () => false)) {
         await writeFileAtomic(join(dir, f), await Deno.readFile(src));
       }
     }
@@ -495,12 +549,112 @@ async function resolveResume(path: string): Promise<{ runDir: string; ckpt: stri
   return { runDir: path, ckpt: cks[cks.length - 1].dir };
 }
 
-/** A resumed run continues with the flags it started with (its args.json), --resume kept. */
+/**
+ * A resumed run continues with the flags it started with (its args.json), --resume kept. The
+ * file is checked as the command line is: every field of the type its flag has, then
+ * {@linkcode validateTrainArgs}; an edited file (batch 0, lr "fast", peft_type "prefix") is one
+ * line naming args.json and the flag, before anything loads.
+ */
 async function savedArgs(runDir: string, resumeFlag: string): Promise<TrainArgs> {
-  const saved = await readJson(join(runDir, "args.json"), "the run's saved flags") as
-    & TrainArgs
-    & { given?: string[] };
-  return { ...saved, resume: resumeFlag, given: new Set(saved.given ?? []) };
+  const file = join(runDir, "args.json");
+  const saved = await readJson(file, "the run's saved flags", JSON_CAPS.args);
+  if (typeof saved !== "object" || saved === null || Array.isArray(saved)) {
+    throw new HiraError(file, "is not a JSON object of flags");
+  }
+  const o = saved as Record<string, unknown>;
+  for (const f of TRAIN_FLAGS) {
+    const v = o[f.name];
+    if (v === undefined) continue; // a run saved before the flag existed: its default
+    const ok = f.type === "number"
+      ? typeof v === "number" && Number.isFinite(v) || v === null && f.def === null
+      : f.type === "boolean"
+      ? typeof v === "boolean"
+      : typeof v === "string" || v === null && f.def === null;
+    if (!ok) {
+      throw new HiraError(file, `--${f.name}: ${preview(v, 30)} is not a ${f.type}`);
+    }
+  }
+  const given = o.given;
+  if (given !== undefined && !(Array.isArray(given) && given.every((g) => typeof g === "string"))) {
+    throw new HiraError(file, "given is not a list of flag names");
+  }
+  const a = {
+    ...o,
+    resume: resumeFlag,
+    given: new Set((given as string[] | undefined) ?? []),
+  } as unknown as TrainArgs;
+  // Checked with the defaults of flags the file predates; returned without them, so such a
+  // run keeps what it ran with (a run saved before --weight_dtype ran on f32 weights).
+  const defaults = Object.fromEntries(TRAIN_FLAGS.map((f) => [f.name, f.def]));
+  try {
+    validateTrainArgs({ ...defaults, ...a } as TrainArgs);
+  } catch (e) {
+    if (isHiraError(e)) throw new HiraError(file, `${e.file}: ${e.reason}`);
+    throw e;
+  }
+  return a;
+}
+
+/**
+ * A checkpoint's trainer_state.json, checked before anything loads: the counters are
+ * non-negative integers, the loader state has its shape, and a best checkpoint it names is a
+ * `checkpoint-N` folder of the run that exists.
+ */
+async function readTrainerState(ckpt: string, runDir: string): Promise<TrainerStateFile> {
+  const file = join(ckpt, "trainer_state.json");
+  const v = await readJson(file, "trainer state", JSON_CAPS.trainerState);
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new HiraError(file, "is not a JSON object");
+  }
+  const s = v as Record<string, unknown>;
+  const count = (k: string) => {
+    const x = s[k];
+    if (!(typeof x === "number" && Number.isSafeInteger(x) && x >= 0)) {
+      throw new HiraError(file, `${k} must be a non-negative integer, got ${preview(x, 30)}`);
+    }
+  };
+  count("global_step");
+  count("total_steps");
+  if (s.evals_without_improvement !== undefined) count("evals_without_improvement");
+  const l = s.loader as Record<string, unknown> | null;
+  if (
+    typeof l !== "object" || l === null || !Number.isSafeInteger(l.epoch) ||
+    (l.epoch as number) < 0 || !Number.isSafeInteger(l.position) || (l.position as number) < 0 ||
+    !Array.isArray(l.epochRngState) ||
+    !l.epochRngState.every((x) => typeof x === "number" && Number.isInteger(x))
+  ) {
+    throw new HiraError(
+      file,
+      "loader is not a saved data-loader state {epoch, position, epochRngState}",
+    );
+  }
+  if (s.best_metric != null && typeof s.best_metric !== "number") {
+    throw new HiraError(
+      file,
+      `best_metric must be a number or null, got ${preview(s.best_metric, 30)}`,
+    );
+  }
+  if (s.log_history !== undefined && !Array.isArray(s.log_history)) {
+    throw new HiraError(file, "log_history must be an array");
+  }
+  const dc = s.dropout_counters;
+  if (dc !== undefined && (typeof dc !== "object" || dc === null || Array.isArray(dc))) {
+    throw new HiraError(file, "dropout_counters must be an object");
+  }
+  const best = bestCheckpointIn(runDir, s.best_model_checkpoint, file);
+  if (best !== null && !(await Deno.stat(best).then((x) => x.isDirectory, () => false))) {
+    throw new HiraError(
+      file,
+      `best_model_checkpoint ${basename(best)} does not exist in ${runDir}`,
+    );
+  }
+  return {
+    ...(s as unknown as TrainerStateFile),
+    best_model_checkpoint: best,
+    evals_without_improvement: (s.evals_without_improvement as number | undefined) ?? 0,
+    dropout_counters: (dc as Record<string, number> | undefined) ?? {},
+    log_history: (s.log_history as Record<string, unknown>[] | undefined) ?? [],
+  };
 }
 
 /**
@@ -519,10 +673,23 @@ export interface RunOptions {
   stopAfter?: number;
   /** Print nothing. */
   quiet?: boolean;
-  /** Called after training with the model (before it is released), e.g. for accuracy. */
-  afterTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
-  /** Called before training with the model (e.g. accuracy before). */
-  beforeTraining?: (model: LlamaModel, tok: Tokenizer, runDir: string) => Promise<void>;
+  /**
+   * Called after training with the model (before it is released), e.g. for accuracy;
+   * `stopped()` turns true when a signal asks the run to stop (the hook should return soon).
+   */
+  afterTraining?: (
+    model: LlamaModel,
+    tok: Tokenizer,
+    runDir: string,
+    stopped?: () => boolean,
+  ) => Promise<void>;
+  /** Called before training with the model (e.g. accuracy before); `stopped` as above. */
+  beforeTraining?: (
+    model: LlamaModel,
+    tok: Tokenizer,
+    runDir: string,
+    stopped?: () => boolean,
+  ) => Promise<void>;
   /** Wait this long halfway through each checkpoint write (crash tests kill there). */
   checkpointPauseMs?: number;
   /** Skip report.md and the charts (default: written when the run ends or stops). */
@@ -531,14 +698,119 @@ export interface RunOptions {
   afterStep?: (report: StepReport, model: LlamaModel) => void | Promise<void>;
 }
 
-/** Runs (or resumes) training as the flags say. */
+/**
+ * Runs (or resumes) training as the flags say. The run folder is locked for the run's life
+ * (lib/runlock_deno.ts): a resume of a folder a live process holds is refused before anything
+ * is read or removed there.
+ */
 export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Promise<RunResult> {
+  const held: Held = { lock: null, stop: { interrupted: false, signal: null }, runDir: null };
+  // Listened to from the first moment, so no phase (loading, accuracy passes, training, the
+  // final copy) dies to a signal's default action with no state saved and no `end` record.
+  const listeners = STOP_SIGNALS.map((sig) => {
+    const f = () => {
+      held.stop.interrupted = true;
+      held.stop.signal ??= sig;
+    };
+    try {
+      Deno.addSignalListener(sig, f);
+    } catch { /* not supported on this platform */ }
+    return () => {
+      try {
+        Deno.removeSignalListener(sig, f);
+      } catch { /* ignore */ }
+    };
+  });
+  // Under the launcher, a run whose launcher died (even by SIGKILL) stops as on SIGHUP: the
+  // child never outlives it.
+  const launcher = Number(Deno.env.get("HIRA_LAUNCHER_PID") ?? "0");
+  const watchdog = launcher > 0
+    ? setInterval(() => {
+      if (Deno.ppid !== launcher) {
+        held.stop.interrupted = true;
+        held.stop.signal ??= "SIGHUP";
+      }
+    }, 500)
+    : null;
+  try {
+    const r = await runTrainingLocked(argsIn, opts, held);
+    return { ...r, signal: r.interrupted ? held.stop.signal : null };
+  } catch (e) {
+    throw await recordOsError(held.runDir, e);
+  } finally {
+    if (watchdog !== null) clearInterval(watchdog);
+    listeners.forEach((off) => off());
+    await held.lock?.release();
+  }
+}
+
+/** What {@linkcode runTraining} holds for its inner run: the lock and the stop request. */
+interface Held {
+  lock: RunLock | null;
+  stop: StopState;
+  /** The run folder once it exists (fresh or resumed). */
+  runDir: string | null;
+}
+
+/** Whether an error comes from the OS (ENOSPC, EROFS, EACCES, EIO, NotCapable), maybe wrapped. */
+function isOsError(e: unknown): boolean {
+  const m = (e as Error)?.message ?? "";
+  return e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotCapable ||
+    /\(os error \d+\)/.test(m) || (isHiraError(e) && e.cause !== undefined && isOsError(e.cause));
+}
+
+/**
+ * An OS error during a run (a full disk, a read-only or revoked folder) becomes one line naming
+ * the file, an `error` record in log.jsonl (when the log can still be written) and a run folder
+ * without half-written leftovers; the checkpoints already there are kept. Other errors pass.
+ */
+async function recordOsError(runDir: string | null, e: unknown): Promise<unknown> {
+  if (!isOsError(e)) return e;
+  const err = isHiraError(e) ? e : osError(runDir ?? "train.ts", e, "cannot write");
+  if (runDir !== null) {
+    const rec = { type: "error", message: (err as Error).message, time: Date.now() };
+    await Deno.writeTextFile(join(runDir, "log.jsonl"), JSON.stringify(rec) + "\n", {
+      append: true,
+    }).catch(() => {});
+    await removeLeftovers(runDir).catch(() => {});
+  }
+  return err;
+}
+
+async function runTrainingLocked(
+  argsIn: TrainArgs,
+  opts: RunOptions,
+  held: Held,
+): Promise<RunResult> {
+  const stopped = () => held.stop.interrupted;
+  const stoppedEarly = (): RunResult => ({
+    runDir: "",
+    steps: 0,
+    finalLoss: NaN,
+    bestCheckpoint: null,
+    interrupted: true,
+  });
   let args = argsIn;
   const log = opts.quiet ? () => {} : (...a: unknown[]) => console.log(...a);
   let resume: { runDir: string; ckpt: string } | null = null;
+  let resumeState: TrainerStateFile | null = null;
   if (args.resume) {
+    // Locked before anything there is read: a live run (even one still writing its first
+    // checkpoint) is refused, and nothing of it is removed.
+    const dir = /^checkpoint-\d+$/.test(basename(args.resume))
+      ? join(args.resume, "..")
+      : args.resume;
+    const isDir = await Deno.stat(dir).then((s) => s.isDirectory, () => false);
+    if (isDir && !args.dry_run) {
+      held.lock = await lockRunDir(dir).catch((e) => {
+        if (isHiraError(e)) throw e;
+        throw new HiraError(dir, `cannot be locked for --resume (${osReason(e)})`);
+      });
+    }
     resume = await resolveResume(args.resume);
+    held.runDir = resume.runDir;
     args = await savedArgs(resume.runDir, args.resume);
+    resumeState = await readTrainerState(resume.ckpt, resume.runDir);
   }
   const modelDir = args.model || EMBEDDED_MODEL_DIR;
   const fromScratch = args.dataset === "pretrain" && args.peft_type === "full" && !resume &&
@@ -587,7 +859,8 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   const gpu = opts.gpu ?? await createDenoGpu();
   // A run saved before --weight_dtype existed ran on f32 weights; a resume keeps that.
   const full = args.peft_type === "full";
-  const weightDtype = resolveWeightDtype(args.weight_dtype ?? "f32", gpu.hasF16, full);
+  const weightFlag = args.weight_dtype ?? "f32";
+  const weightDtype = resolveWeightDtype(weightFlag, gpu.hasF16, full);
   args = { ...args, weight_dtype: weightDtype };
   // Refuse before allocating anything: the estimate and check --dry_run prints.
   const est = estimateMemory(cfg, {
@@ -604,6 +877,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   );
   const loadOpts = {
     weightDtype,
+    f16Overflow: weightFlag === "auto" ? "f32" as const : "refuse" as const,
     keepF32: (path: string) =>
       frozenWeightDtype(weightDtype, full, peftType, adapted.has(path)) === "f32",
   };
@@ -612,6 +886,11 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   else if (fromScratch) model = randomModel(gpu, cfg, args.seed);
   else model = await loadModelDir(gpu, modelDir, loadOpts);
   model.gradCheckpointing = args.enable_grad_ckpt;
+  // A signal while loading: nothing was written yet (a fresh run has no folder), so stop here.
+  if (stopped() && !resume) {
+    model.release();
+    return stoppedEarly();
+  }
   const base = baseParameterCount(cfg);
   // The adapter config every checkpoint writes: the flags', or the folder's a run started from
   // or resumes (those may carry rank and alpha patterns no flag expresses).
@@ -658,14 +937,11 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     totalSteps: steps,
   });
   // Run folder and state.
-  const runDir = resume?.runDir ??
-    join(args.output_folder, runName(args, basename(modelDir.replace(/\/+$/, "")) || "model"));
+  let runDir = resume?.runDir ?? "";
   let state: TrainerStateFile;
   let loader: BatchLoader;
   if (resume) {
-    const stateFile = join(resume.ckpt, "trainer_state.json");
-    state = await readJson(stateFile, "trainer state") as TrainerStateFile;
-    state.best_model_checkpoint = bestCheckpointIn(runDir, state.best_model_checkpoint, stateFile);
+    state = resumeState!;
     await removeLeftovers(runDir);
     await loadOptimizerState(trainer, join(resume.ckpt, "optimizer.safetensors"));
     trainer.step = state.global_step;
@@ -676,10 +952,19 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
         (ad as { dropoutCounter: number }).dropoutCounter = c;
       }
     }
+    if (held.lock?.recoveredFrom != null) {
+      log(`took over the lock of ${runDir} from pid ${held.lock.recoveredFrom}, which is gone`);
+    }
     log(`resuming ${runDir} at step ${state.global_step}/${steps}`);
   } else {
     await checkOutputFolder(args.output_folder);
-    await Deno.mkdir(runDir, { recursive: true });
+    // A unique name (the reference's readable one plus the pid), created exclusively, locked.
+    held.lock = await createRunDir(
+      args.output_folder,
+      runName(args, basename(modelDir.replace(/\/+$/, "")) || "model"),
+    );
+    runDir = held.lock.runDir;
+    held.runDir = runDir;
     await writeFileAtomic(
       join(runDir, "args.json"),
       JSON.stringify({ ...args, given: [...args.given] }, null, 2) + "\n",
@@ -731,7 +1016,9 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
       steps,
       run_dir: runDir,
     });
-    if (opts.beforeTraining) await opts.beforeTraining(model, tok, runDir);
+    if (opts.beforeTraining && !stopped()) {
+      await opts.beforeTraining(model, tok, runDir, stopped);
+    }
   }
   // Evaluation schedule (HF: "epoch" evaluates at each epoch end; "steps" every eval_steps,
   // where a value below 1 is a fraction of the run).
@@ -750,16 +1037,6 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     valBatches.push(packBatch(data.validation.slice(i, i + evalBatch)));
   }
   let interrupted = false;
-  const onSigint = () => {
-    interrupted = true;
-  };
-  // SIGTERM (kill, docker stop, systemd) stops the same way as Ctrl-C.
-  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
-  for (const sig of signals) {
-    try {
-      Deno.addSignalListener(sig, onSigint);
-    } catch { /* not supported on this platform */ }
-  }
   const progress = new Progress(steps, trainer.step);
   let lastLoss = NaN;
   let lastSaved = resume ? state.global_step : -1;
@@ -814,7 +1091,8 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     return dir;
   };
   try {
-    while (trainer.step < steps) {
+    // A signal during the accuracy pass before training: stop before the first step.
+    while (!stopped() && trainer.step < steps) {
       const micro: PackedBatch[] = [];
       for (let i = 0; i < args.grad_acc; i++) micro.push(loader.next());
       let r: StepReport;
@@ -881,7 +1159,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
         }
       }
       if (opts.afterStep) await opts.afterStep(r, model);
-      if (interrupted || (opts.stopAfter !== undefined && r.step >= opts.stopAfter)) {
+      if (stopped() || (opts.stopAfter !== undefined && r.step >= opts.stopAfter)) {
         if (!evalNow) await checkpoint(null);
         progress.break();
         log(`stopped at step ${r.step}; resume with --resume=${runDir}`);
@@ -891,12 +1169,10 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     }
     if (!interrupted && evalEvery === 0 && lastSaved !== trainer.step) await checkpoint(null);
   } finally {
-    for (const sig of signals) {
-      try {
-        Deno.removeSignalListener(sig, onSigint);
-      } catch { /* ignore */ }
-    }
+    // The signal listeners stay until runTraining returns: the final copy and the accuracy
+    // pass after training stop cleanly too.
   }
+  if (stopped()) interrupted = true;
   progress.break();
   // The final product: the best checkpoint (or the last) as a plain folder beside the checkpoints.
   const cks = await listCheckpoints(runDir);
@@ -914,15 +1190,18 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     await Deno.rename(tmp, outDir);
     await syncDir(runDir);
     log(`saved ${outDir} (from ${basename(chosen)})`);
-    if (opts.afterTraining) {
+    if (opts.afterTraining && !stopped()) {
       if (args.peft_type !== "full" && chosen !== cks.at(-1)?.dir) {
         // Evaluate the best adapter, not the last one.
         model.releaseAdapters();
         await loadAdapterDir(model, outDir);
       }
-      await opts.afterTraining(model, tok, runDir);
+      await opts.afterTraining(model, tok, runDir, stopped);
     }
   }
+  // Stopped during the final copy or the accuracy pass after it: the adapter is saved; the
+  // `end` record and the exit status still say the run was stopped.
+  if (stopped()) interrupted = true;
   await jlog.write({
     type: "end",
     step: trainer.step,

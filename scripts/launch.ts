@@ -6,8 +6,9 @@
  *
  *   deno run --allow-read --allow-run=deno scripts/launch.ts <train|eval|report> [flags...]
  *
- * `HIRA_SHOW_PERMISSIONS=1` prints the child's command line first. Ctrl-C and SIGTERM are passed
- * to the child (training saves a checkpoint), and the launcher exits with the child's status.
+ * `HIRA_SHOW_PERMISSIONS=1` prints the child's command line first. SIGINT, SIGTERM and SIGHUP
+ * are passed to the child (training saves a checkpoint), and the launcher exits with the
+ * child's status; a training child whose launcher died stops itself (HIRA_LAUNCHER_PID).
  * `deno run -A train.ts ...` still runs a task without any of this.
  * @module
  */
@@ -37,6 +38,8 @@ export async function launch(task: string, argv: readonly string[]): Promise<num
   try {
     child = new Deno.Command("deno", {
       args,
+      // The child watches this pid: if the launcher dies (even by SIGKILL), it stops itself.
+      env: { HIRA_LAUNCHER_PID: String(Deno.pid) },
       stdin: "inherit",
       stdout: "inherit",
       stderr: "inherit",
@@ -49,7 +52,10 @@ export async function launch(task: string, argv: readonly string[]): Promise<num
     );
     return 1;
   }
-  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  // SIGHUP too (a closed terminal): it used to kill the launcher and orphan the child.
+  const signals: Deno.Signal[] = Deno.build.os === "windows"
+    ? ["SIGINT"]
+    : ["SIGINT", "SIGTERM", "SIGHUP"];
   const forward = signals.map((sig) => {
     const f = () => {
       try {
@@ -59,8 +65,16 @@ export async function launch(task: string, argv: readonly string[]): Promise<num
     Deno.addSignalListener(sig, f);
     return () => Deno.removeSignalListener(sig, f);
   });
-  const status = await child.status;
-  forward.forEach((off) => off());
+  let status: Deno.CommandStatus;
+  try {
+    status = await child.status;
+  } finally {
+    forward.forEach((off) => off());
+  }
+  // A child killed by a signal it did not handle: report it as a shell would (128 + n).
+  if (status.signal !== null && status.code === 0) {
+    return status.signal === "SIGKILL" ? 137 : status.signal === "SIGTERM" ? 143 : 128;
+  }
   return status.code;
 }
 

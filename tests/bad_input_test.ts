@@ -9,6 +9,7 @@ import { join } from "@std/path";
 import { isHiraError } from "../lib/errors.ts";
 import { parseConfig } from "../lib/config.ts";
 import { parseTrainArgs } from "../lib/args.ts";
+import { parseEvalArgs } from "../lib/evaluate.ts";
 import { parseRecords } from "../lib/data.ts";
 import { checkAdapterKeys, parseAdapterConfig } from "../lib/peft.ts";
 import { openModelWeights, openSafetensors } from "../lib/safetensors_deno.ts";
@@ -79,6 +80,55 @@ function editHeader(edit: (h: Record<string, Record<string, unknown>>) => void) 
     const { header, data } = await splitWeights(f);
     edit(header as Record<string, Record<string, unknown>>);
     await Deno.writeFile(f.weights, rawSafetensors(JSON.stringify(header), data));
+  };
+}
+
+/** Makes a FIFO at `path` (replacing a file there): reading it would block forever. */
+async function mkfifo(path: string): Promise<void> {
+  await Deno.remove(path).catch(() => {});
+  const r = await new Deno.Command("mkfifo", { args: [path] }).output();
+  if (!r.success) throw new Error(`mkfifo ${path} failed`);
+}
+
+/** Replaces `path` with a symlink to `target`. */
+async function linkTo(path: string, target: string): Promise<void> {
+  await Deno.remove(path).catch(() => {});
+  await Deno.symlink(target, path);
+}
+
+/** A valid trainer_state.json of checkpoint-1. */
+const STATE = {
+  global_step: 1,
+  total_steps: 2,
+  epoch: 0.5,
+  loader: { epoch: 0, position: 1, epochRngState: [1, 2, 3, 4] },
+  best_metric: null,
+  best_model_checkpoint: null,
+  evals_without_improvement: 0,
+  dropout_counters: {},
+  log_history: [],
+};
+
+/**
+ * A resumable run folder `out/run` (args.json from the fixture's flags, checkpoint-1 with the
+ * fixture's adapter and STATE), with `args` and `state` fields overridden.
+ */
+function resumable(edit: { args?: Record<string, unknown>; state?: Record<string, unknown> }) {
+  return async (f: Fixture) => {
+    const run = join(f.out, "run"), ck = join(run, "checkpoint-1");
+    await Deno.mkdir(ck, { recursive: true });
+    const a = parseTrainArgs(trainFlags(f));
+    await Deno.writeTextFile(
+      join(run, "args.json"),
+      JSON.stringify({ ...a, given: [...a.given], ...edit.args }),
+    );
+    for (const n of ["adapter_config.json", "adapter_model.safetensors"]) {
+      await Deno.copyFile(join(f.adapter, n), join(ck, n));
+    }
+    await Deno.writeTextFile(
+      join(ck, "trainer_state.json"),
+      JSON.stringify({ ...STATE, ...edit.state }),
+    );
   };
 }
 
@@ -369,6 +419,30 @@ const CASES: Case[] = [
     message: /model\/config\.json: num_hidden_layers must be a positive integer, got 1\.5$/,
   },
   {
+    name: "a layer count of 1e12 (--dry_run)",
+    setup: editConfig((j) => (j.num_hidden_layers = 1e12)),
+    run: train("--dry_run"),
+    message: /model\/config\.json: num_hidden_layers is 1000000000000, more than the limit 1024$/,
+  },
+  {
+    name: "a layer count of 1e6",
+    setup: editConfig((j) => (j.num_hidden_layers = 1e6)),
+    run: train(),
+    message: /model\/config\.json: num_hidden_layers is 1000000, more than the limit 1024$/,
+  },
+  {
+    name: "a vocabulary of 1e9",
+    setup: editConfig((j) => (j.vocab_size = 1e9)),
+    run: { lib: (f) => readConfig(f.model) },
+    message: /config\.json: vocab_size is 1000000000, more than the limit 4194304$/,
+  },
+  {
+    name: "max_position_embeddings of 1e15",
+    setup: editConfig((j) => (j.max_position_embeddings = 1e15)),
+    run: { lib: (f) => readConfig(f.model) },
+    message: /config\.json: max_position_embeddings is 1000000000000000, more than the limit/,
+  },
+  {
     name: "an unsupported activation",
     setup: editConfig((j) => (j.hidden_act = "gelu")),
     run: { lib: (f) => readConfig(f.model) },
@@ -416,6 +490,45 @@ const CASES: Case[] = [
       Deno.writeTextFile(join(f.model, "tokenizer.json"), '{"model": {"type": "Nope"}}'),
     run: { lib: (f) => loadTokenizer(f.model) },
     message: /tokenizer\.json: (cannot build tokenizer|no eos_token)/,
+  },
+  {
+    name: "a negative token id in tokenizer.json",
+    setup: (f) =>
+      editJson(join(f.model, "tokenizer.json"), (j) => {
+        const v = (j.model as { vocab: Record<string, number> }).vocab;
+        v[Object.keys(v)[3]] = -7;
+      }),
+    run: train(),
+    message: /model\/tokenizer\.json: model\.vocab entry 3 has id -7; ids are integers/,
+  },
+  {
+    name: "a token id of 1e15 in tokenizer.json",
+    setup: (f) =>
+      editJson(join(f.model, "tokenizer.json"), (j) => {
+        const v = (j.model as { vocab: Record<string, number> }).vocab;
+        v[Object.keys(v)[3]] = 1e15;
+      }),
+    run: { lib: (f) => loadTokenizer(f.model) },
+    message: /tokenizer\.json: model\.vocab entry 3 has id 1000000000000000; ids are integers/,
+  },
+  {
+    name: "a fractional added-token id",
+    setup: (f) =>
+      editJson(join(f.model, "tokenizer.json"), (j) => {
+        (j.added_tokens as { id: number }[])[0].id = 2.5;
+      }),
+    run: { lib: (f) => loadTokenizer(f.model) },
+    message: /tokenizer\.json: added_tokens\[0\] has id 2\.5; ids are integers/,
+  },
+  {
+    name: "a tokenizer vocab that is an array",
+    setup: (f) =>
+      editJson(join(f.model, "tokenizer.json"), (j) => {
+        const m = j.model as { vocab: unknown };
+        m.vocab = Object.entries(m.vocab as Record<string, number>);
+      }),
+    run: { lib: (f) => loadTokenizer(f.model) },
+    message: /tokenizer\.json: model\.vocab of a BPE model must be an object$/,
   },
   {
     name: "tokenizer_config.json is an array",
@@ -695,6 +808,168 @@ const CASES: Case[] = [
     run: train("--learning_rate=1e-3"),
     message: /^--learning_rate: unknown flag \(see --help\)$/,
   },
+  // --- finite or nothing --------------------------------------------------------------------
+  {
+    name: "merge of a LoRA adapter with lora_alpha 1e300",
+    setup: async (f) => {
+      await editJson(join(f.adapter, "adapter_config.json"), (j) => {
+        j.peft_type = "LORA";
+        j.lora_alpha = 1e300;
+      });
+      const ts = adapterTensorsFor(CFG).map((t) => ({
+        ...t,
+        name: t.name.replace(/hira_(A|B)$/, "lora_$1.weight"),
+      }));
+      await Deno.writeFile(join(f.adapter, "adapter_model.safetensors"), safetensorsBytes(ts));
+    },
+    run: {
+      cli: "eval",
+      args: (f) => [
+        "merge",
+        `--model=${f.model}`,
+        `--ckpt=${f.adapter}`,
+        `--out=${join(f.root, "merged")}`,
+      ],
+    },
+    message:
+      /model\.layers\.0\.self_attn\.q_proj\.weight: \d+ of 256 merged weights are not finite .*nothing was written$/,
+  },
+  {
+    name: "merge to f16 of weights beyond 65504",
+    setup: async (f) => {
+      const ts = modelTensors(CFG);
+      ts.find((t) => t.name === K)!.data[3] = 1e5;
+      await Deno.writeFile(f.weights, safetensorsBytes(ts));
+    },
+    run: {
+      cli: "eval",
+      args: (f) => [
+        "merge",
+        `--model=${f.model}`,
+        `--ckpt=${f.adapter}`,
+        `--out=${join(f.root, "merged")}`,
+        "--dtype=f16",
+      ],
+    },
+    message:
+      /k_proj\.weight: 1 merged weights \(e\.g\. 100000\) exceed f16's largest value 65504; write with --dtype=f32/,
+  },
+  {
+    name: "perplexity of a model with a NaN weight",
+    setup: async (f) => {
+      const ts = modelTensors(CFG);
+      ts.find((t) => t.name === Q)!.data[0] = NaN;
+      await Deno.writeFile(f.weights, safetensorsBytes(ts));
+    },
+    run: { cli: "eval", args: (f) => perplexityArgs(f) },
+    message: (f) =>
+      new RegExp(`^${esc(f.tokens)}: the mean NLL is NaN, so the perplexity is not finite`),
+  },
+  {
+    name: "--weight_dtype=f16 with a weight f16 cannot hold",
+    setup: async (f) => {
+      const ts = modelTensors(CFG);
+      ts.find((t) => t.name === Q)!.data[7] = -1e5;
+      await Deno.writeFile(f.weights, safetensorsBytes(ts));
+    },
+    run: { cli: "eval", args: (f) => perplexityArgs(f, ["--weight_dtype=f16"]) },
+    message:
+      /^model\.layers\.0\.self_attn\.q_proj\.weight: holds the finite weight -100000, .*--weight_dtype=f32$/,
+  },
+
+  // --- special files and size caps -----------------------------------------------------------
+  {
+    name: "train.json is a FIFO",
+    setup: (f) => mkfifo(f.trainJson),
+    run: train(),
+    message: (f) =>
+      new RegExp(`^${esc(f.trainJson)}: is not a regular file \\(a FIFO, socket or device`),
+  },
+  {
+    name: "train.json is a symlink to /dev/zero",
+    setup: (f) => linkTo(f.trainJson, "/dev/zero"),
+    run: train(),
+    message: (f) => new RegExp(`^${esc(f.trainJson)}: is not a regular file`),
+  },
+  {
+    name: "model.safetensors is a FIFO",
+    setup: (f) => mkfifo(f.weights),
+    run: train(),
+    message: (f) => new RegExp(`^${esc(f.weights)}: cannot open: not a regular file$`),
+  },
+  {
+    name: "config.json over its 4 MiB cap",
+    setup: editConfig((j) => (j.padding = "x".repeat(5 * 2 ** 20))),
+    run: { lib: (f) => readConfig(f.model) },
+    message: /config\.json: is \d+ bytes, more than the 4 MiB such a file may have$/,
+  },
+  {
+    name: "adapter_config.json is a FIFO",
+    setup: (f) => mkfifo(join(f.adapter, "adapter_config.json")),
+    run: { lib: (f) => openAdapterDir(f.adapter) },
+    message: /adapter_config\.json: is not a regular file/,
+  },
+  {
+    name: "--resume with args.json a symlink to /dev/zero",
+    setup: async (f) => {
+      await Deno.mkdir(join(f.out, "checkpoint-2"), { recursive: true });
+      await Deno.symlink("/dev/zero", join(f.out, "args.json"));
+    },
+    run: { cli: "train", args: (f) => [`--resume=${f.out}`] },
+    message: /out\/args\.json: is not a regular file/,
+  },
+  {
+    name: "a JSON error quotes none of the file's text",
+    setup: (f) =>
+      Deno.writeTextFile(join(f.model, "tokenizer.json"), "root:x:0:0:root:/root:/bin/bash\n"),
+    run: { lib: (f) => loadTokenizer(f.model) },
+    message: /tokenizer\.json: not valid JSON \(Unexpected token 'r'\)$/,
+  },
+  {
+    name: "--output_folder with no value",
+    run: train("--output_folder"),
+    message: /^--output_folder: needs a value \(--output_folder=VALUE\)$/,
+  },
+  {
+    name: "--model with no value",
+    run: train("--model"),
+    message: /^--model: needs a value \(--model=VALUE\)$/,
+  },
+  {
+    name: "--eval_accuracy=maybe",
+    run: train("--eval_accuracy=maybe"),
+    message: /^--eval_accuracy: 'maybe' is not true or false/,
+  },
+  {
+    name: "--lr in hexadecimal",
+    run: train("--lr=0x10"),
+    message: /^--lr: '0x10' is not a decimal number$/,
+  },
+  {
+    name: "--batch in binary",
+    run: { lib: () => parseTrainArgs(["--model=m", "--batch=0b11"]) },
+    message: /^--batch: '0b11' is not a decimal number$/,
+  },
+  {
+    name: "eval --model with no value",
+    run: { cli: "eval", args: (f) => ["perplexity", `--tokens=${f.tokens}`, "--model"] },
+    message: /^--model: needs a value \(--model=VALUE\)$/,
+  },
+  {
+    name: "eval --out with no value",
+    run: { cli: "eval", args: (f) => ["boolq", `--model=${f.model}`, "--out"] },
+    message: /^--out: needs a value \(--out=VALUE\)$/,
+  },
+  {
+    name: "eval --merge=maybe",
+    run: { lib: () => parseEvalArgs(["boolq", "--merge=maybe"]) },
+    message: /^--merge: 'maybe' is not true or false/,
+  },
+  {
+    name: "eval --batch in hexadecimal",
+    run: { lib: () => parseEvalArgs(["boolq", "--batch=0x8"]) },
+    message: /^--batch: '0x8' is not a decimal number$/,
+  },
   {
     name: "--output_folder is a file",
     setup: (f) => Deno.writeTextFile(f.out, "not a folder\n"),
@@ -724,6 +999,7 @@ const CASES: Case[] = [
         JSON.stringify({ ...a, given: [...a.given] }),
       );
       await Deno.copyFile(join(f.adapter, "adapter_config.json"), join(ck, "adapter_config.json"));
+      await Deno.writeTextFile(join(ck, "trainer_state.json"), JSON.stringify(STATE));
       const w = await Deno.readFile(join(f.adapter, "adapter_model.safetensors"));
       await Deno.writeFile(join(ck, "adapter_model.safetensors"), w.subarray(0, w.length - 8));
     },
@@ -739,6 +1015,38 @@ const CASES: Case[] = [
     },
     run: train(),
     message: /model\/model\.safetensors: cannot open: (not a regular file|is a directory)$/,
+  },
+  {
+    name: "--resume with args.json saying batch 0",
+    setup: resumable({ args: { batch: 0 } }),
+    run: { cli: "train", args: (f) => [`--resume=${join(f.out, "run")}`] },
+    message: /run\/args\.json: --batch: must be a positive integer, got 0$/,
+  },
+  {
+    name: '--resume with args.json saying lr "fast"',
+    setup: resumable({ args: { lr: "fast" } }),
+    run: { cli: "train", args: (f) => [`--resume=${join(f.out, "run")}`] },
+    message: /run\/args\.json: --lr: "fast" is not a number$/,
+  },
+  {
+    name: "--resume with args.json saying peft_type prefix",
+    setup: resumable({ args: { peft_type: "prefix" } }),
+    run: { cli: "train", args: (f) => [`--resume=${join(f.out, "run")}`] },
+    message: /run\/args\.json: --peft_type: 'prefix' is not one of hira, lora, full/,
+  },
+  {
+    name: "--resume with a trainer state naming a missing best checkpoint",
+    setup: resumable({ state: { best_model_checkpoint: "checkpoint-7" } }),
+    run: { cli: "train", args: (f) => [`--resume=${join(f.out, "run")}`] },
+    message:
+      /checkpoint-1\/trainer_state\.json: best_model_checkpoint checkpoint-7 does not exist in/,
+  },
+  {
+    name: "--resume with a negative global_step",
+    setup: resumable({ state: { global_step: -3 } }),
+    run: { cli: "train", args: (f) => [`--resume=${join(f.out, "run")}`] },
+    message:
+      /checkpoint-1\/trainer_state\.json: global_step must be a non-negative integer, got -3$/,
   },
   {
     name: "--resume with a corrupt args.json",
@@ -809,19 +1117,22 @@ Deno.test("bad input: every case fails with its one-line message and writes noth
   assert(cli >= 15, `only ${cli} CLI cases`);
   assertEquals(new Set(CASES.map((c) => c.name)).size, CASES.length, "case names are unique");
   // CLI runs are independent processes: run a few at once, then report in table order.
+  // HIRA_BAD_INPUT_ONLY=REGEX runs only the cases whose name matches (while working on a few).
+  const only = Deno.env.get("HIRA_BAD_INPUT_ONLY");
+  const chosen = CASES.map((c, i) => ({ c, i }))
+    .filter(({ c }) => !only || new RegExp(only).test(c.name));
   const results = new Array<Promise<string | null>>(CASES.length);
   const limit = 3;
   let next = 0;
   const worker = async () => {
-    while (next < CASES.length) {
-      const i = next++;
+    while (next < chosen.length) {
+      const i = chosen[next++].i;
       results[i] = runCase(CASES[i]).catch((e) => `harness error: ${e?.stack ?? e}`);
       await results[i];
     }
   };
   await Promise.all(Array.from({ length: limit }, worker));
-  for (let i = 0; i < CASES.length; i++) {
-    const c = CASES[i];
+  for (const { c, i } of chosen) {
     await t.step(`${"cli" in c.run ? c.run.cli : "lib"}: ${c.name}`, async () => {
       const failure = await results[i];
       if (failure) throw new Error(failure);

@@ -55,9 +55,19 @@ class TrainProcess {
   readonly child: Deno.ChildProcess;
   readonly stderr: Promise<string>;
 
-  constructor(flags: string[], env: Record<string, string> = {}) {
+  /** `launcher`: run through scripts/launch.ts (`deno task train`'s scoped child). */
+  constructor(flags: string[], env: Record<string, string> = {}, launcher = false) {
+    const entry = launcher
+      ? [
+        "--allow-read",
+        "--allow-env",
+        "--allow-run=deno",
+        join(ROOT, "scripts/launch.ts"),
+        "train",
+      ]
+      : ["-A", join(ROOT, "train.ts")];
     this.child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", join(ROOT, "train.ts"), ...flags],
+      args: ["run", ...entry, ...flags],
       cwd: ROOT,
       env: { DENO_WEBGPU_BACKEND: "vulkan", XDG_RUNTIME_DIR: "/tmp", ...env },
       stdin: "null",
@@ -237,14 +247,14 @@ Deno.test("killed, interrupted and resumed training ends with the uninterrupted 
       await checkCheckpoints(runDir);
     });
 
-    for (const [signal, atStep] of [["SIGINT", 6], ["SIGTERM", 9]] as const) {
-      ok = ok && await t.step(`${signal} saves a checkpoint and exits with 130`, async () => {
+    for (const [signal, atStep, code] of [["SIGINT", 6, 130], ["SIGTERM", 9, 143]] as const) {
+      ok = ok && await t.step(`${signal} saves a checkpoint and exits with ${code}`, async () => {
         const p = resume();
         await waitFor(p, `step ${atStep}`, async () => {
           return (await stepsLoggedSinceResume(runDir)).some((s) => s >= atStep);
         });
         const status = await p.kill(signal);
-        assertEquals(status.code, 130, await p.stderr);
+        assertEquals(status.code, code, await p.stderr);
         const steps = await stepsLoggedSinceResume(runDir);
         const last = steps.at(-1)!;
         assert(last < STEPS, `stopped at ${last}, before the end`);
@@ -284,6 +294,162 @@ Deno.test("killed, interrupted and resumed training ends with the uninterrupted 
       });
   } finally {
     await reference.kill("SIGKILL"); // a no-op unless a step failed early
+    await Deno.remove(tmp, { recursive: true });
+    await Deno.remove(modelDir, { recursive: true });
+  }
+});
+
+Deno.test("two runs started together get two folders; a resume of a live run is refused", async () => {
+  const modelDir = await tinyModelDir();
+  const tmp = await Deno.makeTempDir({ prefix: "hira-lock-" });
+  try {
+    // The same flags in the same second: the reference's name alone would be one folder.
+    const out = join(tmp, "together");
+    const flags = [...trainFlags(modelDir, out), "--max_steps=2", "--eval_strategy=no"];
+    const a = new TrainProcess(flags), b = new TrainProcess(flags);
+    const [sa, sb] = [await a.exit(), await b.exit()];
+    assertEquals(sa.code, 0, await a.stderr);
+    assertEquals(sb.code, 0, await b.stderr);
+    const dirs = (await names(out)).filter((n) => !n.startsWith("."));
+    assertEquals(dirs.length, 2, `${dirs}`);
+    for (const d of dirs) {
+      const inside = await names(join(out, d));
+      assert(inside.includes("adapter") && inside.includes("args.json"), `${d}: ${inside}`);
+      assert(!inside.includes("run.lock"), `${d}: the lock outlived its run`);
+      const log = await Deno.readTextFile(join(out, d, "log.jsonl"));
+      assertEquals(log.split('"type":"start"').length - 1, 1, `${d}: one run per folder`);
+      assert(log.includes(JSON.stringify(join(out, d))), `${d}: its own run_dir`);
+    }
+
+    // A live run, paused inside its second checkpoint write (so there is one to resume from).
+    const out2 = join(tmp, "live");
+    const live = new TrainProcess(
+      [...trainFlags(modelDir, out2), "--max_steps=2"],
+      { HIRA_CHECKPOINT_PAUSE_MS: "2500" },
+    );
+    let runDir = "";
+    let partial = "";
+    await waitFor(live, "a checkpoint being written", async () => {
+      runDir = (await runDirOf(out2)) ?? "";
+      if (!runDir) return false;
+      partial = (await names(runDir)).find((n) => /^\.checkpoint-2\.tmp-/.test(n)) ?? "";
+      return partial !== "";
+    });
+    const refused = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", join(ROOT, "train.ts"), `--resume=${runDir}`],
+      cwd: ROOT,
+      env: { DENO_WEBGPU_BACKEND: "vulkan", XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    const msg = new TextDecoder().decode(refused.stderr).trim();
+    assertEquals(refused.code, 2, msg);
+    assertEquals(msg.split("\n").length, 1, msg);
+    assert(/is in use by a running training process \(pid \d+\)/.test(msg), msg);
+    // The refused resume touched nothing: the live run's half-written checkpoint is still there.
+    assert((await names(runDir)).includes(partial), "the live checkpoint was removed");
+
+    // Killed, the run leaves a stale lock; the next resume takes it over and finishes.
+    await live.kill("SIGKILL");
+    assert((await names(runDir)).includes("run.lock"));
+    const again = new TrainProcess([`--resume=${runDir}`]);
+    assertEquals((await again.exit()).code, 0, await again.stderr);
+    assert(!(await names(runDir)).includes("run.lock"));
+    assert((await names(runDir)).includes("adapter"));
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+    await Deno.remove(modelDir, { recursive: true });
+  }
+});
+
+/** The run's log, parsed, once it exists. */
+async function runLog(runDir: string) {
+  return parseRunLog(await Deno.readTextFile(join(runDir, "log.jsonl")));
+}
+
+Deno.test("signals in every phase: the accuracy pass, SIGHUP, and through the launcher", async (t) => {
+  const modelDir = await tinyModelDir();
+  const tmp = await Deno.makeTempDir({ prefix: "hira-signals-" });
+  const flags = (out: string) => [...trainFlags(modelDir, out), "--max_steps=6"];
+  try {
+    await t.step("SIGTERM during the accuracy pass before training: end record, 143", async () => {
+      const out = join(tmp, "accuracy");
+      const p = new TrainProcess([
+        ...flags(out).filter((f) => f !== "--no-eval_accuracy"),
+        "--eval_accuracy",
+        "--beam_size=4",
+      ]);
+      let runDir = "";
+      await waitFor(p, "the accuracy pass", async () => {
+        runDir = (await runDirOf(out)) ?? "";
+        return runDir !== "" && (await names(runDir)).includes("accuracy_before");
+      });
+      const status = await p.kill("SIGTERM");
+      assertEquals(status.code, 143, await p.stderr);
+      const log = await runLog(runDir);
+      assertEquals(log.end?.interrupted, true);
+      assertEquals(log.train.length, 0, "stopped before the first step");
+      assert(!(await names(runDir)).includes("run.lock"));
+      assert(!(await names(runDir)).includes("adapter"), "no final product of a stopped run");
+    });
+
+    await t.step("SIGHUP during training saves a checkpoint and exits with 129", async () => {
+      const out = join(tmp, "hup");
+      const p = new TrainProcess(flags(out));
+      let runDir = "";
+      await waitFor(p, "2 logged steps", async () => {
+        runDir = (await runDirOf(out)) ?? "";
+        return runDir !== "" && (await stepsLoggedSinceResume(runDir)).length >= 2;
+      });
+      const status = await p.kill("SIGHUP");
+      assertEquals(status.code, 129, await p.stderr);
+      const last = (await stepsLoggedSinceResume(runDir)).at(-1)!;
+      assertEquals(await checkCheckpoints(runDir), last);
+      assertEquals((await runLog(runDir)).end?.interrupted, true);
+    });
+
+    await t.step(
+      "the launcher forwards SIGHUP to its child and exits with its status",
+      async () => {
+        const out = join(tmp, "launcher-hup");
+        const p = new TrainProcess(flags(out), {}, true);
+        let runDir = "";
+        await waitFor(p, "2 logged steps", async () => {
+          runDir = (await runDirOf(out)) ?? "";
+          return runDir !== "" && (await stepsLoggedSinceResume(runDir)).length >= 2;
+        });
+        const status = await p.kill("SIGHUP");
+        assertEquals(status.code, 129, await p.stderr);
+        assertEquals((await runLog(runDir)).end?.interrupted, true);
+        await checkCheckpoints(runDir);
+      },
+    );
+
+    await t.step(
+      "a child whose launcher was SIGKILLed stops itself with its state saved",
+      async () => {
+        const out = join(tmp, "launcher-kill");
+        const p = new TrainProcess([...flags(out), "--max_steps=200"], {}, true);
+        let runDir = "";
+        await waitFor(p, "2 logged steps", async () => {
+          runDir = (await runDirOf(out)) ?? "";
+          return runDir !== "" && (await stepsLoggedSinceResume(runDir)).length >= 2;
+        });
+        await p.kill("SIGKILL");
+        // The orphaned child notices within a second, finishes its step and saves it.
+        const t0 = Date.now();
+        while ((await names(runDir)).includes("run.lock")) {
+          assert(Date.now() - t0 < 60_000, "the child outlived its launcher");
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        const log = await runLog(runDir);
+        assertEquals(log.end?.interrupted, true);
+        const last = (await stepsLoggedSinceResume(runDir)).at(-1)!;
+        assert(last < 200, `ran to ${last}`);
+        assertEquals(await checkCheckpoints(runDir), last);
+      },
+    );
+  } finally {
     await Deno.remove(tmp, { recursive: true });
     await Deno.remove(modelDir, { recursive: true });
   }

@@ -12,7 +12,10 @@ import { matmul, type MatmulVariant } from "../lib/ops/matmul.ts";
 import { embedding, toF32 } from "../lib/ops/embedding.ts";
 import { matmulRef } from "../lib/ref/matmul.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "../lib/model_deno.ts";
-import type { LoadOptions } from "../lib/load.ts";
+import { f16OverflowIndex, type LoadOptions, readBaseWeights } from "../lib/load.ts";
+import { parseConfig } from "../lib/config.ts";
+import { isHiraError } from "../lib/errors.ts";
+import { makeFixture, modelTensors, safetensorsBytes, TINY_CONFIG } from "./_bad_input_fixture.ts";
 import { openSafetensors } from "../lib/safetensors_deno.ts";
 import { loadAdapterDir } from "../lib/peft_deno.ts";
 import { attachAdapters } from "../lib/attach.ts";
@@ -219,6 +222,45 @@ Deno.test({
         });
         assert(f16.mergeDiff < 1e-4, `merged vs unmerged logits differ by ${f16.mergeDiff}`);
       });
+    }
+  },
+});
+
+Deno.test("f16 overflow: only values that round to Inf count; a weight already Inf does not", () => {
+  const f32 = Float32Array.of(65504, 65519, -65519, 1, Infinity);
+  assertEquals(f16OverflowIndex(f32ToF16(f32), f32), -1);
+  const big = Float32Array.of(1, 65520, 2);
+  assertEquals(f16OverflowIndex(f32ToF16(big), big), 1);
+});
+
+Deno.test({
+  name: "--weight_dtype=auto keeps a matrix f32 rather than round a weight to Inf in f16",
+  ignore,
+  async fn() {
+    const f = await makeFixture("hira-f16-");
+    try {
+      const cfg = parseConfig(TINY_CONFIG);
+      const ts = modelTensors(cfg);
+      const q = "model.layers.0.self_attn.q_proj.weight";
+      ts.find((t) => t.name === q)!.data[3] = 1e5;
+      await Deno.writeFile(f.weights, safetensorsBytes(ts));
+      const model = await loadModelDir(gpu, f.model, { weightDtype: "f16", f16Overflow: "f32" });
+      try {
+        assertEquals(model.weights.layers[0].proj.q_proj.dtype, "f32");
+        assertEquals(model.weights.layers[0].proj.k_proj.dtype, "f16");
+        const w = await readBaseWeights(model);
+        assertEquals(w.get(q)!.data[3], 1e5);
+        assert(w.get(q)!.data.every(Number.isFinite));
+      } finally {
+        model.release();
+      }
+      const refused = await loadModelDir(gpu, f.model, { weightDtype: "f16" }).then(
+        (m) => (m.release(), null),
+        (e) => e,
+      );
+      assert(isHiraError(refused) && refused.message.includes("--weight_dtype=f32"), `${refused}`);
+    } finally {
+      await Deno.remove(f.root, { recursive: true });
     }
   },
 });

@@ -21,15 +21,17 @@ import {
 } from "../lib/safetensors.ts";
 import { openSafetensors } from "../lib/safetensors_deno.ts";
 import { type DataRecord, parseRecords, trainExamples } from "../lib/data.ts";
-import { parseConfig } from "../lib/config.ts";
+import { baseParameterCount, CONFIG_SIZE_LIMITS, parseConfig } from "../lib/config.ts";
 import { parseAdapterConfig } from "../lib/peft.ts";
 import { loadTokenizer } from "../lib/tokenizer_deno.ts";
-import type { Tokenizer } from "../lib/tokenizer.ts";
+import { createTokenizer, MAX_TOKEN_ID, type Tokenizer } from "../lib/tokenizer.ts";
 import { sampleRecords, TINY_CONFIG } from "./_bad_input_fixture.ts";
 
 const SAFETENSORS_CASES = 1500;
 const DATASET_CASES = 1000;
 const CONFIG_CASES = 600;
+const SIZE_CASES = 400;
+const TOKEN_ID_CASES = 200;
 
 // ---------------------------------------------------------------------------------------------
 // Valid inputs
@@ -284,7 +286,16 @@ async function loadAll(bytes: Uint8Array): Promise<void> {
 }
 
 /** How many mutations loaded and how many were refused (to check the fuzzing bites). */
-const outcomes = { loaded: 0, refused: 0, parsed: 0, rejected: 0 };
+const outcomes = {
+  loaded: 0,
+  refused: 0,
+  parsed: 0,
+  rejected: 0,
+  sizesAccepted: 0,
+  sizesRefused: 0,
+  tokenizersBuilt: 0,
+  tokenizersRefused: 0,
+};
 
 /** Runs one seeded safetensors mutation; returns a failure description or null. */
 export async function fuzzOneSafetensors(seed: number, dir?: string): Promise<string | null> {
@@ -412,6 +423,135 @@ export function fuzzOneConfig(seed: number): string | null {
 }
 
 // ---------------------------------------------------------------------------------------------
+// config.json sizes and tokenizer ids
+
+/** Sizes a hostile or mistaken config.json may give (as JSON text, so 1e400 is Infinity). */
+const HOSTILE_SIZES = [
+  "0",
+  "-1",
+  "-7",
+  "1.5",
+  "1e6",
+  "1e12",
+  "1e15",
+  "9007199254740993",
+  "1e308",
+  "1e400",
+  '"16"',
+  "null",
+  "true",
+  "[16]",
+  "{}",
+];
+
+/**
+ * One seeded config whose size fields (1 to 3 of them) get hostile values or values around their
+ * limit; a config that parses must have every size within {@linkcode CONFIG_SIZE_LIMITS}, and
+ * counting its parameters must be instant (nothing is sized by a value that was not bounded).
+ */
+export function fuzzOneConfigSize(seed: number): string | null {
+  const rng = new Rng(seed);
+  const keys = Object.keys(CONFIG_SIZE_LIMITS);
+  let text = JSON.stringify(TINY_CONFIG);
+  const what: string[] = [];
+  for (let n = 1 + rng.int(3); n > 0; n--) {
+    const key = keys[rng.int(keys.length)];
+    const lim = CONFIG_SIZE_LIMITS[key];
+    const near = [lim, lim + 1, lim * 2, Math.floor(lim / 2)].map(String);
+    const pool = [...HOSTILE_SIZES, ...near];
+    const v = pool[rng.int(pool.length)];
+    const cfg = JSON.parse(text);
+    delete cfg[key];
+    text = JSON.stringify(cfg).replace(/}$/, `, "${key}": ${v}}`);
+    what.push(`${key}=${v}`);
+  }
+  const t0 = performance.now();
+  try {
+    const cfg = parseConfig(JSON.parse(text), "config.json");
+    const sizes: Record<string, number> = {
+      num_hidden_layers: cfg.numLayers,
+      hidden_size: cfg.hiddenSize,
+      intermediate_size: cfg.intermediateSize,
+      num_attention_heads: cfg.numHeads,
+      num_key_value_heads: cfg.numKvHeads,
+      head_dim: cfg.headDim,
+      vocab_size: cfg.vocabSize,
+      max_position_embeddings: cfg.maxPositionEmbeddings,
+    };
+    for (const [k, v] of Object.entries(sizes)) {
+      if (!(Number.isInteger(v) && v >= 1 && v <= CONFIG_SIZE_LIMITS[k])) {
+        return `size seed ${seed} (${what.join(", ")}): accepted ${k} = ${v}`;
+      }
+    }
+    if (!Number.isSafeInteger(baseParameterCount(cfg))) {
+      return `size seed ${seed} (${what.join(", ")}): parameter count is not a safe integer`;
+    }
+    outcomes.sizesAccepted++;
+  } catch (e) {
+    if (!(isHiraError(e) && !e.message.includes("\n") && e.message.length < 300)) {
+      return `size seed ${seed} (${what.join(", ")}): ${(e as Error)?.stack ?? e}`;
+    }
+    outcomes.sizesRefused++;
+  }
+  const ms = performance.now() - t0;
+  return ms > 200 ? `size seed ${seed} (${what.join(", ")}): took ${ms.toFixed(0)} ms` : null;
+}
+
+/** Ids (JSON text) a hostile tokenizer.json may give a token. */
+const HOSTILE_IDS = ["-7", "-1", "2.5", "1e15", "1e400", String(MAX_TOKEN_ID + 1), '"3"', "null"];
+
+/**
+ * One seeded tokenizer.json (the embedded model's) with a vocab id, an added token's id or the
+ * vocab itself broken; a tokenizer that builds must encode and decode a sample with ids that
+ * are integers inside its vocabulary.
+ */
+export function fuzzOneTokenizer(seed: number, base: Record<string, unknown>): string | null {
+  const rng = new Rng(seed);
+  const json = structuredClone(base) as {
+    model: { vocab: unknown };
+    added_tokens: { id: unknown }[];
+  };
+  const vocab = json.model.vocab as Record<string, unknown>;
+  const tokens = Object.keys(vocab);
+  const id = JSON.parse(HOSTILE_IDS[rng.int(HOSTILE_IDS.length)]);
+  let what: string;
+  const kind = rng.int(4);
+  if (kind === 0) {
+    const t = tokens[rng.int(tokens.length)];
+    vocab[t] = id;
+    what = `vocab[${JSON.stringify(t)}] = ${id}`;
+  } else if (kind === 1) {
+    const i = rng.int(json.added_tokens.length);
+    json.added_tokens[i].id = id;
+    what = `added_tokens[${i}].id = ${id}`;
+  } else if (kind === 2) {
+    const forms = [Object.entries(vocab), "vocab", 7, null, Object.values(vocab)];
+    json.model.vocab = forms[rng.int(forms.length)];
+    what = `vocab = ${JSON.stringify(json.model.vocab).slice(0, 20)}`;
+  } else {
+    what = "unchanged";
+  }
+  try {
+    const tok = createTokenizer({ tokenizer: json, source: "tokenizer.json" });
+    const ids = tok.encode("Please answer: true or false?", { addSpecial: true });
+    for (const x of ids) {
+      if (!(Number.isInteger(x) && x >= 0 && x < tok.vocabSize)) {
+        return `tokenizer seed ${seed} (${what}): encoded id ${x} (vocab ${tok.vocabSize})`;
+      }
+    }
+    tok.decode(ids);
+    outcomes.tokenizersBuilt++;
+    return null;
+  } catch (e) {
+    if (isHiraError(e) && !e.message.includes("\n") && e.message.length < 300) {
+      outcomes.tokenizersRefused++;
+      return null;
+    }
+    return `tokenizer seed ${seed} (${what}): ${(e as Error)?.stack ?? e}`;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The tests
 
 function report(failures: string[], total: number): void {
@@ -517,4 +657,68 @@ Deno.test("fuzz regressions: deeply nested values are refused with a short messa
       assertShortHiraError(e, key);
     }
   }
+});
+
+Deno.test(`fuzz: ${SIZE_CASES} configs with hostile sizes are bounded or refused at once`, () => {
+  const failures: string[] = [];
+  for (let seed = 0; seed < SIZE_CASES; seed++) {
+    const f = fuzzOneConfigSize(seed);
+    if (f) failures.push(f);
+  }
+  report(failures, SIZE_CASES);
+  assert(outcomes.sizesAccepted > SIZE_CASES / 20, `only ${outcomes.sizesAccepted} accepted`);
+  assert(outcomes.sizesRefused > SIZE_CASES / 2, `only ${outcomes.sizesRefused} refused`);
+  // The cases of the issue, each refused with one line naming the field.
+  for (
+    const [key, v] of [["num_hidden_layers", 1e6], ["num_hidden_layers", 1e12], [
+      "vocab_size",
+      1e9,
+    ]] as const
+  ) {
+    const e = (() => {
+      try {
+        parseConfig({ ...TINY_CONFIG, [key]: v }, "config.json");
+      } catch (e) {
+        return e;
+      }
+    })();
+    assert(isHiraError(e) && e.message.startsWith(`config.json: ${key} is ${v}`), String(e));
+  }
+});
+
+Deno.test(`fuzz: ${TOKEN_ID_CASES} tokenizers with hostile ids build correctly or are refused`, async () => {
+  const base = JSON.parse(
+    await Deno.readTextFile(new URL("../data_file/tiny/model/tokenizer.json", import.meta.url)),
+  );
+  const failures: string[] = [];
+  for (let seed = 0; seed < TOKEN_ID_CASES; seed++) {
+    const f = fuzzOneTokenizer(seed, base);
+    if (f) failures.push(f);
+  }
+  report(failures, TOKEN_ID_CASES);
+  assert(outcomes.tokenizersBuilt > TOKEN_ID_CASES / 10, `only ${outcomes.tokenizersBuilt} built`);
+  assert(outcomes.tokenizersRefused > TOKEN_ID_CASES / 2, `only ${outcomes.tokenizersRefused}`);
+  // The issue's cases: a negative, a huge and a fractional id, and a vocab that is an array.
+  for (const id of [-7, 1e15, 2.5]) {
+    const json = structuredClone(base);
+    json.model.vocab[Object.keys(json.model.vocab)[5]] = id;
+    const e = (() => {
+      try {
+        createTokenizer({ tokenizer: json, source: "tokenizer.json" });
+      } catch (e) {
+        return e;
+      }
+    })();
+    assert(isHiraError(e) && /model\.vocab entry 5 has id/.test(e.message), `${id}: ${e}`);
+  }
+  const arr = structuredClone(base);
+  arr.model.vocab = Object.entries(arr.model.vocab);
+  const e = (() => {
+    try {
+      createTokenizer({ tokenizer: arr, source: "tokenizer.json" });
+    } catch (e) {
+      return e;
+    }
+  })();
+  assert(isHiraError(e) && /model\.vocab of a BPE model must be an object/.test(e.message), `${e}`);
 });

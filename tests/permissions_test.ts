@@ -24,7 +24,8 @@ import { resolveCheckpoint } from "../lib/evaluate_deno.ts";
 import { parseTrainArgs } from "../lib/args.ts";
 import { parseConfig } from "../lib/config.ts";
 import { randomModel } from "../lib/load.ts";
-import { HiraError } from "../lib/errors.ts";
+import { HiraError, isHiraError } from "../lib/errors.ts";
+import { mkdirNoLink } from "../lib/paths_deno.ts";
 import { launch } from "../scripts/launch.ts";
 import { testGpu } from "./_util.ts";
 
@@ -262,6 +263,13 @@ Deno.test("names read from files never become paths", async (t) => {
         dataset: "../../../etc/passwd",
         given: [],
       });
+      // A valid trainer state, so the dataset name is what the resume trips on.
+      await writeJson(join(run, "checkpoint-1", "trainer_state.json"), {
+        global_step: 1,
+        total_steps: 2,
+        loader: { epoch: 0, position: 1, epochRngState: [1, 2, 3, 4] },
+        best_model_checkpoint: null,
+      });
       await assertRejects(
         () => runTraining(parseTrainArgs([`--resume=${run}`]), { quiet: true }),
         HiraError,
@@ -359,6 +367,59 @@ Deno.test("deno task train, eval, rank, merge and report work inside their scope
       assertEquals(r.code, 0, r.out);
       assertStringIncludes(r.out, '"perplexity"');
     });
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("symlinks: only links that stay inside the named folder (or its HF cache entry)", async () => {
+  const tmp = await Deno.realPath(await Deno.makeTempDir({ prefix: "hira-links-" }));
+  try {
+    const secret = join(tmp, "secret.txt");
+    await Deno.writeTextFile(secret, "root:x:0:0:root:/root:/bin/bash\n");
+    // A model folder whose tokenizer.json is a link out of it: refused, naming the link only.
+    const model = join(tmp, "model");
+    await Deno.mkdir(model);
+    await Deno.writeTextFile(join(model, "config.json"), "{}");
+    await Deno.symlink(secret, join(model, "tokenizer.json"));
+    const e = await planTask("train", [`--model=${model}`, `--output_folder=${join(tmp, "o")}`])
+      .then(() => null, (e) => e);
+    assert(isHiraError(e), String(e));
+    assertEquals(
+      e.message,
+      `${join(model, "tokenizer.json")}: is a symlink that leads outside ${model}; ` +
+        "only links that stay inside the folder you named are followed",
+    );
+    // A Hugging Face cache snapshot: its files link into the entry's blobs/, which is allowed,
+    // and the scope lists the real folders too.
+    const entry = join(tmp, "hub", "models--org--tiny");
+    const snap = join(entry, "snapshots", "abc123");
+    await Deno.mkdir(snap, { recursive: true });
+    await Deno.mkdir(join(entry, "blobs"));
+    for (const [f, blob] of [["config.json", "b1"], ["tokenizer.json", "b2"]]) {
+      await Deno.writeTextFile(join(entry, "blobs", blob), "{}");
+      await Deno.symlink(`../../blobs/${blob}`, join(snap, f));
+    }
+    const ok = await planTask("train", [`--model=${snap}`, `--output_folder=${join(tmp, "o")}`]);
+    assert(ok.read.includes(snap), ok.read.join(","));
+    // But a snapshot link out of the cache entry is refused.
+    await Deno.symlink(secret, join(snap, "special_tokens_map.json"));
+    const e2 = await planTask("train", [`--model=${snap}`]).then(() => null, (e) => e);
+    assert(isHiraError(e2) && e2.message.includes("special_tokens_map.json"), String(e2));
+    assert(!e2.message.includes("root:x"));
+    // A run folder whose eval/ links elsewhere: an eval that would write there is refused.
+    const run = join(tmp, "run");
+    await Deno.mkdir(join(run, "checkpoint-1"), { recursive: true });
+    await Deno.writeTextFile(join(run, "log.jsonl"), "");
+    const outside = join(tmp, "outside");
+    await Deno.mkdir(outside);
+    await Deno.symlink(outside, join(run, "eval"));
+    const e3 = await planTask("eval", ["boolq", `--ckpt=${run}`]).then(() => null, (e) => e);
+    assert(isHiraError(e3) && e3.message.startsWith(`${join(run, "eval")}: is a symlink`), `${e3}`);
+    // And in the process itself, output is never written through a link.
+    const e4 = await mkdirNoLink(join(run, "eval")).then(() => null, (e) => e);
+    assert(isHiraError(e4) && e4.message.includes("never written through a link"), String(e4));
+    assertEquals([...Deno.readDirSync(outside)], []);
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
