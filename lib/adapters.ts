@@ -2,7 +2,7 @@
  * HiRA and LoRA adapter layers behind one interface ({@linkcode LinearAdapter}), so the trainer
  * switches between them with `--peft_type`.
  *
- * HiRA follows the reference implementation exactly (shared/reference/hira-reference.md §1):
+ * HiRA follows the reference implementation exactly (docs/reference.md, The HiRA layer):
  * y = x·(W0 ⊙ (1 + B·A))ᵀ (+ bias), A [r, in] ~ U(−1/√in, 1/√in), B [out, r] = 0, no scaling
  * and no dropout. {@linkcode HiraAdapter.kernel} selects how: "fused" kernels that never write an
  * out × in matrix (lib/ops/hira.ts), "materialized" (the reference's order: W_eff = W0 ⊙ (1 + B·A)

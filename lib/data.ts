@@ -1,8 +1,8 @@
 /**
- * Datasets: the reference's name → folder map and split rules (reference §4.1), record parsing
- * with one-line errors, the training layouts (template 4 and template 0, §3.3) in PACKED form
+ * Datasets: the reference's name → folder map and split rules, record parsing
+ * with one-line errors, the training layouts (template 4 and template 0) in PACKED form
  * (no padding), packed batches with next-token targets, a resumable seeded batch order, and
- * test prompts.
+ * test prompts (docs/reference.md, Data layouts and templates).
  * @module
  */
 import { HiraError, jsonReason } from "./errors.ts";
@@ -75,8 +75,8 @@ export function isBoolqType(name: DatasetName): boolean {
 
 /**
  * The file a split is read from, relative to the data root: `{folder}/{split}.json`, except that
- * 'validation' reads test.json for BOOLQ-type sets (reference §4.1; this leaks the test set into
- * checkpoint selection for single-task runs, reference §7.11).
+ * 'validation' reads test.json for BOOLQ-type sets (this leaks the test set into checkpoint
+ * selection for single-task runs; docs/reference.md, Data layouts and templates).
  */
 export function splitPath(name: DatasetName, split: Split, dataRoot = DEFAULT_DATA_ROOT): string {
   const file = split === "validation" && isBoolqType(name) ? "test" : split;
@@ -207,7 +207,7 @@ export interface LayoutLimits {
  * The template-4 (commonsense) training example, packed.
  *
  * The reference builds `[context(256, left-padded) ‖ target(16, right-padded)]` with labels
- * only on the target (reference §3.3). Here:
+ * only on the target (docs/reference.md, Data layouts and templates). Here:
  * - context = the template with target "" (no BOS), tokenized without special tokens and cut
  *   to the FIRST `maxLength` tokens, as the reference's right-side truncation does (so a very
  *   long instruction loses its tail, including "### Response:");
@@ -247,9 +247,9 @@ function countable(id: number, tok: Tokenizer): number {
  * The loss covers the target and EOS only (minus tokens equal to the pad id, as in the
  * reference's collator). This FIXES the reference, whose prompt-masking check
  * is off by one because of the BOS and so falls back to training on the whole sequence
- * (reference §3.3, §7.13). The boundary is the longest common prefix of the full ids and the ids
- * of `BOS + "CONTEXT: {in} TARGET:"`, so a token that merges context and target characters
- * counts as target.
+ * (docs/reference.md, Reference bugs we fix). The boundary is the longest common prefix of the
+ * full ids and the ids of `BOS + "CONTEXT: {in} TARGET:"`, so a token that merges context and
+ * target characters counts as target.
  */
 export function contextTargetTrainExample(
   record: DataRecord,

@@ -1,7 +1,7 @@
 /**
  * Evaluation without file I/O: the `deno task eval` flags, running a dataset's test prompts
- * through a decoder (reference §3.8-§3.9), scoring the predictions (§4.5, §4.7), summary tables
- * and charts, and perplexity.
+ * through a decoder (docs/reference.md, Decoding), scoring the predictions (Scoring), summary
+ * tables and charts, and perplexity.
  *
  * Decoding follows the reference: BOS + the Alpaca template with an empty target
  * (lib/data.ts `testPrompts`), 4-beam search with 16 new tokens for the commonsense sets (200
@@ -320,7 +320,7 @@ export function parseEvalArgs(argv: readonly string[]): EvalArgs {
 // ---------------------------------------------------------------------------------------------
 // Decoding
 
-/** How one dataset is decoded (reference §3.9, §4.4). */
+/** How one dataset is decoded (docs/reference.md, Decoding; Data layouts and templates). */
 export interface DecodeSettings {
   /** Prompt template (4: Alpaca; 0: CONTEXT/TARGET). */
   template: TemplateType;
@@ -508,8 +508,8 @@ const KEYWORD_FAMILIES: readonly RegExp[] = [
 ];
 
 /**
- * Scores one prediction: the commonsense first-keyword rule (reference §4.5), gsm8k's "new acc"
- * (§4.7), and for common_170k (whose test set mixes the eight styles) the keyword family of the
+ * Scores one prediction (docs/reference.md, Scoring): the commonsense first-keyword rule, gsm8k's
+ * "new acc", and for common_170k (whose test set mixes the eight styles) the keyword family of the
  * gold output.
  */
 export function scorePrediction(

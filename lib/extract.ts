@@ -1,7 +1,8 @@
 /**
  * Answer extraction and scoring of the reference: the commonsense first-keyword regexes
- * (`eval_commonsense.py`, reference §4.5), the GSM8K "new acc" number rule (`metamath_eval.py`,
- * §4.7), and the post-processing of a decoded prediction (`train_hira.py:433-443`, §3.9).
+ * (`eval_commonsense.py`), the GSM8K "new acc" number rule (`metamath_eval.py`), and the
+ * post-processing of a decoded prediction (`train_hira.py:433-443`); docs/reference.md, Scoring
+ * and Decoding.
  * @module
  */
 
@@ -98,7 +99,7 @@ export function extractAnswer(dataset: string, text: string): string {
  * Whether a cleaned prediction is correct against the gold record.
  *
  * - The eight commonsense tasks: extract(pred) == extract(goldOutput) with the task's pattern,
- *   and a prediction without a keyword is wrong (reference §4.5).
+ *   and a prediction without a keyword is wrong (docs/reference.md, Scoring).
  * - gsm8k: the "new acc" rule against the record's `answer` ({@linkcode gsm8kCorrect});
  *   `gold` must then carry `answer`.
  * - Any other name (common_170k, whose validation mixes the eight styles): our extension;

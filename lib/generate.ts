@@ -2,8 +2,8 @@
  * Text generation over a next-token log-prob provider: greedy search and beam search following
  * Hugging Face transformers 4.41 (`_greedy_search`, `_beam_search`, `BeamSearchScorer`,
  * `BeamHypotheses`, `NoRepeatNGramLogitsProcessor`) for do_sample=False, early_stopping=False
- * and one returned sequence per prompt, which is how the reference decodes (reference §3.9,
- * §7.17: 4 beams, length_penalty 1.0, or 4 beams, 0.9 and no_repeat_ngram_size 4).
+ * and one returned sequence per prompt, which is how the reference decodes (docs/reference.md,
+ * Decoding: 4 beams, length_penalty 1.0, or 4 beams, 0.9 and no_repeat_ngram_size 4).
  *
  * The model side is abstracted so the search is testable on tables: a {@linkcode StepFn} maps
  * whole sequences to next-token log-probs (simple, used as the oracle), and a
@@ -30,7 +30,8 @@
  *   (prompt included, as HF sees input_ids; HF's left padding is absent here).
  * - Output: the new tokens only. A sequence that ended on EOS includes it, as HF's output does
  *   (greedy: the EOS generated; beam: eos_token_id[0], which HF's finalize appends whichever EOS
- *   ended it). The reference then cuts the decoded text at the first EOS string (§3.9).
+ *   ended it). The reference then cuts the decoded text at the first EOS string
+ *   (docs/reference.md, Decoding).
  * @module
  */
 

@@ -2,7 +2,7 @@
  * WebGPU runtime: adapter and device, GPU tensors, a buffer pool, a pipeline cache and a
  * per-step command recorder.
  *
- * Design constraints (see ../shared/reference/webgpu-probe.md):
+ * Design constraints (docs/reference.md, WebGPU constraints):
  * - every await costs >= 11 ms on Deno, and `queue.submit` blocks, so work is recorded into one
  *   command encoder and submitted once per step; `read()` is the only await in a step;
  * - a storage binding is at most `maxStorageBufferBindingSize` (128 MiB by default), so tensors

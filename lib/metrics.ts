@@ -802,7 +802,7 @@ export interface ConvAI2Scores {
 /**
  * The convai2_eval.py pipeline on one results file's records: group, cut predictions, then
  * BLEU, METEOR, ROUGE-L, token F1 and distinct-1/2, all ×100. BERTScore is not included. The
- * paper's Table 2 Average also needs the three BERTScore numbers (§5.2).
+ * paper's Table 2 Average also needs the three BERTScore numbers (docs/reference.md, Scoring).
  */
 export function scoreConvAI2(records: readonly DialogueRecord[]): ConvAI2Scores {
   const groups = groupMultiReference(records);

@@ -116,7 +116,8 @@ export function contextTargetTrainingText(
 
 /**
  * The test prompt: the BOS string followed by the template with an empty target. Unlike
- * training, the reference includes BOS here (the train/test mismatch of reference §7.5).
+ * training, the reference includes BOS here (a train/test mismatch; docs/reference.md, Data
+ * layouts and templates).
  */
 export function testPrompt(
   type: TemplateType,

@@ -1,8 +1,9 @@
 /**
- * Rank analysis of weight updates for the paper's rank figures (hira-reference.md §5.6), which
- * the reference implementation left as stubs: singular values in f64, numerical rank (numpy
- * `matrix_rank` tolerance), effective rank (Roy & Vetterli 2007), the count of singular values
- * above a threshold (Fig. 4 uses 0.005) and the squared Frobenius norm (Fig. 5).
+ * Rank analysis of weight updates for the paper's rank figures (docs/reference.md, Paper results
+ * we compare with), which the reference implementation left as stubs: singular values in f64,
+ * numerical rank (numpy `matrix_rank` tolerance), effective rank (Roy & Vetterli 2007), the
+ * count of singular values above a threshold (Fig. 4 uses 0.005) and the squared Frobenius norm
+ * (Fig. 5).
  * @module
  */
 

@@ -1,6 +1,6 @@
 /**
  * Plain-loop f64 references for the HiRA and LoRA layers (forward, backward, merge), following
- * the reference implementation (see shared/reference/hira-reference.md §1):
+ * the reference implementation (docs/reference.md, The HiRA layer):
  * - HiRA: y = x·(W0 ⊙ (1 + B·A))ᵀ + bias; with G = dYᵀ·X and M = W0 ⊙ G:
  *   dB = M·Aᵀ, dA = Bᵀ·M, dX = dY·(W0 ⊙ (1 + B·A)).
  * - LoRA: y = x·W0ᵀ + s·dropout(x)·Aᵀ·Bᵀ + bias with s = α/r.
