@@ -60,6 +60,9 @@ import {
 import type { TensorToWrite } from "./safetensors.ts";
 import { writeRunReport } from "./report_deno.ts";
 import { bestCheckpointName } from "./permissions.ts";
+import { isDatasetPath } from "./dataset_file.ts";
+import { loadFileDatasets } from "./dataset_file_deno.ts";
+import { resolveModelDir } from "./hub_deno.ts";
 
 /** What a run folder's trainer_state.json holds. */
 export interface TrainerStateFile {
@@ -142,7 +145,31 @@ async function checkOutputFolder(path: string): Promise<void> {
 export async function loadDatasets(
   args: TrainArgs,
   tok: Tokenizer,
-): Promise<{ train: TrainExample[]; validation: TrainExample[]; validationRecords: DataRecord[] }> {
+  model: { dir: string; maxPositions: number } = { dir: EMBEDDED_MODEL_DIR, maxPositions: 2048 },
+): Promise<
+  {
+    train: TrainExample[];
+    validation: TrainExample[];
+    validationRecords: DataRecord[];
+    /** --dataset=PATH: each file's path, format and record count, for the log. */
+    lines?: string[];
+  }
+> {
+  if (isDatasetPath(args.dataset)) {
+    // Your own files (lib/dataset_file_deno.ts); flags saved by older runs lack the new ones.
+    const d = await loadFileDatasets(
+      {
+        ...args,
+        dataset_format: args.dataset_format ?? "",
+        chat_template: args.chat_template ?? null,
+        validation_split: args.validation_split ?? 0.05,
+      },
+      tok,
+      model.dir,
+      model.maxPositions,
+    );
+    return { train: d.train, validation: d.validation, validationRecords: [], lines: d.lines };
+  }
   if (args.dataset === "pretrain") {
     const file = join(args.data_root, "tiny", "pretrain.json");
     const text = await readText(file, "the pre-training corpus (a JSON array of strings)");
@@ -201,7 +228,10 @@ export function runName(args: TrainArgs, modelName: string, now = new Date()): s
   const stamp = `${now.getFullYear()}-${p(now.getMonth() + 1)}-${p(now.getDate())}-${
     p(now.getHours())
   }-${p(now.getMinutes())}-${p(now.getSeconds())}`;
-  let name = `${modelName}-${args.dataset}-${args.peft_type}-lr=${args.lr.toExponential(2)}-`;
+  const dataset = isDatasetPath(args.dataset)
+    ? basename(args.dataset.replace(/[/\\]+$/, "")).replace(/\.jsonl?$/i, "")
+    : args.dataset;
+  let name = `${modelName}-${dataset}-${args.peft_type}-lr=${args.lr.toExponential(2)}-`;
   if (args.peft_type !== "full") {
     const initials = args.init_ab.split(",").map((s) => s.trim()[0]).join("");
     name += `r_ab=${args.r_ab}-init=${initials}-train=${args.train_ab}-`;
@@ -303,7 +333,8 @@ function adapterConfigOf(args: TrainArgs, modelDir: string): AdapterConfig {
     args.r_ab,
     parseTargetList(args.target_modules),
     { alpha: args.lora_alpha, dropout: args.lora_dropout },
-    modelDir,
+    // A hub id resolved to a cache snapshot is recorded as the id, as PEFT records it.
+    args.model && args.model !== modelDir ? args.model : modelDir,
   );
 }
 
@@ -496,7 +527,9 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     resume = await resolveResume(args.resume);
     args = await savedArgs(resume.runDir, args.resume);
   }
-  const modelDir = args.model || EMBEDDED_MODEL_DIR;
+  const modelDir = args.model
+    ? await resolveModelDir(args.model, args.revision ?? "main")
+    : EMBEDDED_MODEL_DIR;
   const fromScratch = args.dataset === "pretrain" && args.peft_type === "full" && !resume &&
     !(await Deno.stat(join(modelDir, "model.safetensors")).then(() => true, () => false));
   const cfg: LlamaConfig = await readConfig(modelDir);
@@ -515,7 +548,11 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
       `has ${tok.vocabSize} ids but config.json's vocab_size is ${cfg.vocabSize}`,
     );
   }
-  const data = await loadDatasets(args, tok);
+  const data = await loadDatasets(args, tok, {
+    dir: modelDir,
+    maxPositions: cfg.maxPositionEmbeddings,
+  });
+  for (const line of data.lines ?? []) log(line);
   if (args.peft_type !== "full" && !resume) {
     checkRank(cfg, matchTargets(cfg, parseTargetList(args.target_modules)), args.r_ab);
   }
@@ -597,7 +634,10 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
   });
   // Run folder and state.
   const runDir = resume?.runDir ??
-    join(args.output_folder, runName(args, basename(modelDir.replace(/\/+$/, "")) || "model"));
+    join(
+      args.output_folder,
+      runName(args, basename((args.model || modelDir).replace(/\/+$/, "")) || "model"),
+    );
   let state: TrainerStateFile;
   let loader: BatchLoader;
   if (resume) {
@@ -667,6 +707,7 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
       base,
       steps,
       run_dir: runDir,
+      ...(data.lines ? { data: data.lines } : {}),
     });
     if (opts.beforeTraining) await opts.beforeTraining(model, tok, runDir);
   }
