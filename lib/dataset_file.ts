@@ -222,6 +222,7 @@ export async function* jsonArrayRecords(
   // in an element, which ends at a ',' or ']' outside strings and nesting; done: after ']'.
   let state = "before" as "before" | "between" | "inside" | "done";
   let depth = 0;
+  const open: string[] = [];
   let inString = false;
   let escaped = false;
   let pieces: string[] = [];
@@ -258,9 +259,14 @@ export async function* jsonArrayRecords(
           continue;
         }
         if (c === '"') inString = true;
-        else if (c === "{" || c === "[") depth++;
-        else if ((c === "}" || c === "]") && depth > 0) depth--;
-        else if ((c === "," || c === "]") && depth === 0) {
+        else if (c === "{" || c === "[") {
+          open.push(c);
+          depth++;
+        } else if ((c === "}" || c === "]") && depth > 0) {
+          // A closer that does not match its opener: JSON.parse names the fault.
+          if (open.pop() !== (c === "}" ? "{" : "[")) yield finish(buf, i + 1);
+          depth--;
+        } else if ((c === "," || c === "]") && depth === 0) {
           yield finish(buf, i);
           state = c === "]" ? "done" : "between";
         }
@@ -283,6 +289,7 @@ export async function* jsonArrayRecords(
           pieceStart = i;
           pieces = [];
           depth = 0;
+          open.length = 0;
           inString = false;
           escaped = false;
           i--; // rescan this character as the element's first

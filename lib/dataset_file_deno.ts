@@ -89,9 +89,9 @@ async function* fileChunks(file: string): AsyncGenerator<Uint8Array> {
 }
 
 /**
- * The raw records of a dataset file, streamed: a file whose first non-blank character is '['
- * is one JSON array, anything else JSON Lines (Hugging Face's json loader accepts both under
- * either extension).
+ * The raw records of a dataset file, streamed: a .jsonl file is JSON Lines; another file (.json)
+ * whose first non-blank character is '[' is one JSON array, else JSON Lines too (Hugging
+ * Face's json loader reads JSON Lines under .json as well).
  */
 export async function* rawFileRecords(file: string): AsyncGenerator<RawRecord> {
   const it = fileChunks(file)[Symbol.asyncIterator]();
@@ -117,7 +117,8 @@ export async function* rawFileRecords(file: string): AsyncGenerator<RawRecord> {
       await it.return?.(undefined);
     }
   };
-  yield* first === "[" ? jsonArrayRecords(replay(), file) : jsonlRecords(replay(), file);
+  const array = first === "[" && !/\.jsonl$/i.test(file);
+  yield* array ? jsonArrayRecords(replay(), file) : jsonlRecords(replay(), file);
 }
 
 /** Checked records of a file (format forced, or detected from its first record). */
