@@ -6,7 +6,7 @@
  */
 import { parseArgs } from "@std/cli/parse-args";
 import { HiraError } from "./errors.ts";
-import { DATASET_FORMATS, type DatasetFormat } from "./dataset_file.ts";
+import { DATASET_FORMATS, type DatasetFormat } from "./dataset_format.ts";
 
 /** Parsed and validated training flags. */
 export interface TrainArgs {

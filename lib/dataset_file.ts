@@ -13,17 +13,9 @@ import { testPrompt } from "./prompt.ts";
 import { Rng } from "./rand.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { type ChatMessage, chatPrompt, type ChatTemplate, chatTrainExample } from "./chat.ts";
+import type { DatasetFormat } from "./dataset_format.ts";
 
-/** The record formats of a dataset file. */
-export type DatasetFormat = "alpaca" | "chat" | "text" | "prompt_completion";
-
-/** Every format, in --help order. */
-export const DATASET_FORMATS: readonly DatasetFormat[] = [
-  "alpaca",
-  "chat",
-  "text",
-  "prompt_completion",
-];
+export { DATASET_FORMATS, type DatasetFormat, isDatasetPath } from "./dataset_format.ts";
 
 /** What each format's records hold, for messages and the log. */
 export const FORMAT_FIELDS: Readonly<Record<DatasetFormat, string>> = {
@@ -48,15 +40,6 @@ export interface RawRecord {
 
 /** Extensions a dataset file may have. */
 export const DATASET_EXTENSIONS: readonly string[] = [".jsonl", ".json"];
-
-/**
- * Whether a `--dataset` value names a file or folder rather than one of the named sets: it has
- * a path separator or a .json/.jsonl extension. (Named sets are plain words, so a file in the
- * current folder is written `./mine.jsonl` or `mine.jsonl`.)
- */
-export function isDatasetPath(value: string): boolean {
-  return /[/\\]/.test(value) || /\.jsonl?$/i.test(value) || value === "." || value === "..";
-}
 
 function describe(v: unknown): string {
   if (v === null) return "null";

@@ -12,7 +12,7 @@
  */
 import { parseArgs } from "@std/cli/parse-args";
 import { HiraError } from "./errors.ts";
-import { DATASET_FORMATS, type DatasetFormat, isDatasetPath } from "./dataset_file.ts";
+import { DATASET_FORMATS, type DatasetFormat, isDatasetPath } from "./dataset_format.ts";
 import {
   type DataRecord,
   type DatasetName,
