@@ -173,3 +173,93 @@ Deno.test({
     }
   },
 });
+
+// A chat template in the tiny model's character vocabulary; it honours add_generation_prompt,
+// so the assistant text is found by rendering prefixes.
+const TINY_CHAT = "{% for m in messages %}{{ bos_token if loop.first }}{{ m.role }}: " +
+  "{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}";
+
+Deno.test({
+  name: "deno task train: chat records with --chat_template, stopped and resumed in scope",
+  sanitizeOps: false,
+  fn: async () => {
+    const tmp = await Deno.makeTempDir({ prefix: "hira_own_chat_" });
+    try {
+      const data = join(tmp, "chat");
+      await Deno.mkdir(data);
+      const conv = (i: number) => ({
+        messages: [
+          { role: "user", content: `say ${i}` },
+          { role: "assistant", content: `${i}` },
+        ],
+      });
+      const lines = (a: number, b: number) =>
+        Array.from({ length: b - a }, (_, k) => JSON.stringify(conv(a + k))).join("\n") + "\n";
+      await Deno.writeTextFile(join(data, "train.jsonl"), lines(0, 16));
+      await Deno.writeTextFile(join(data, "validation.jsonl"), lines(16, 20));
+      await Deno.writeTextFile(join(data, "test.jsonl"), lines(20, 22));
+      const tmpl = join(tmp, "chat.jinja");
+      await Deno.writeTextFile(tmpl, TINY_CHAT);
+      const out = join(tmp, "out");
+      const launcher = [
+        "run",
+        "--allow-read",
+        "--allow-env=HIRA_SHOW_PERMISSIONS,HF_HUB_CACHE,HUGGINGFACE_HUB_CACHE,HF_HOME,XDG_CACHE_HOME,HOME",
+        "--allow-run=deno",
+        join(REPO_ROOT, "scripts/launch.ts"),
+      ];
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: [
+          ...launcher,
+          "train",
+          `--dataset=${data}`,
+          `--chat_template=${tmpl}`,
+          "--max_steps=2",
+          "--batch=4",
+          `--output_folder=${out}`,
+          "--no-eval_accuracy",
+        ],
+        cwd: REPO_ROOT,
+        env: { ...ENV, HIRA_STOP_AFTER: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
+      assertEquals(r.code, 130, text);
+      assert(
+        text.includes(
+          `dataset ${join(data, "train.jsonl")}: chat format (messages: [{role, content}]), 16`,
+        ),
+        text,
+      );
+      assert(text.includes(`validation ${join(data, "validation.jsonl")}: chat format`), text);
+      const [runName] = [...Deno.readDirSync(out)].map((e) => e.name);
+      assert(runName.startsWith("model-chat-hira-"), runName);
+      const runDir = join(out, runName);
+      // The resumed process gets the dataset folder and the template from args.json.
+      const resumed = await deno([...launcher, "train", `--resume=${runDir}`]);
+      assertEquals(resumed.code, 0, resumed.out + resumed.err);
+      assert(resumed.out.includes(`resuming ${runDir} at step 1/2`), resumed.out);
+      const ev = await deno([
+        ...launcher,
+        "eval",
+        `--dataset=${data}`,
+        `--chat_template=${tmpl}`,
+        `--ckpt=${runDir}`,
+        "--decoding=greedy",
+        "--max_new_tokens=2",
+      ]);
+      assertEquals(ev.code, 0, ev.out + ev.err);
+      assert(ev.out.includes(`dataset ${join(data, "test.jsonl")}: chat format`), ev.out);
+      const preds = (await Deno.readTextFile(join(runDir, "eval", "predictions_chat_greedy.jsonl")))
+        .trim().split("\n").map((l) => JSON.parse(l));
+      assertEquals(preds.map((p) => p.prompt), [
+        "<s>user: say 20\nassistant: ",
+        "<s>user: say 21\nassistant: ",
+      ]);
+      assertEquals(preds.map((p) => p.reference), ["20", "21"]);
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
+  },
+});
