@@ -36,9 +36,13 @@ const GEN_CLOSE = /\{%(-?)\s*endgeneration\s*(-?)%\}/g;
 
 /** The special-token strings a template may use (transformers passes these to Jinja). */
 export interface TemplateTokens {
+  /** The BOS string (Llama-3: `<|begin_of_text|>`). */
   bos_token?: string | null;
+  /** The EOS string. */
   eos_token?: string | null;
+  /** The UNK string, if any. */
   unk_token?: string | null;
+  /** The pad string the config names, if any. */
   pad_token?: string | null;
 }
 

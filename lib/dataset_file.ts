@@ -34,7 +34,9 @@ export type FileRecord =
 
 /** A raw value read from a file and where it was: "line 7" (JSONL) or "record 3 (line 12)". */
 export interface RawRecord {
+  /** The parsed JSON value. */
   value: unknown;
+  /** Its place in the file, for errors. */
   where: string;
 }
 
@@ -329,6 +331,7 @@ export function validationIndices(n: number, split: number, seed: number): Set<n
 
 /** What building training examples from a file needs. */
 export interface ExampleContext {
+  /** The model's tokenizer. */
   tok: Tokenizer;
   /** The model's chat template; only chat records need one. */
   chat: ChatTemplate | null;
@@ -426,7 +429,9 @@ export class TextPacker {
 
 /** A record's decoding prompt and reference answer (null when it has none). */
 export interface FilePrompt {
+  /** The prompt text, formatted as in training. */
   prompt: string;
+  /** The answer predictions are scored against, or null. */
   reference: string | null;
 }
 

@@ -28,8 +28,11 @@ import {
 
 /** The split files of a `--dataset` path. */
 export interface DatasetFiles {
+  /** The train file (a single-file dataset's file). */
   train: string;
+  /** The validation file, or null (then --validation_split applies). */
   validation: string | null;
+  /** The test file, or null. */
   test: string | null;
 }
 
@@ -132,18 +135,27 @@ export function fileRecords(
 
 /** Flags {@linkcode loadFileDatasets} reads. */
 export interface FileDatasetFlags {
+  /** The file or folder. */
   dataset: string;
+  /** A forced format, or "" to detect. */
   dataset_format: string;
+  /** A chat template file instead of the model's, or null. */
   chat_template: string | null;
+  /** Share of train records held out when there is no validation file. */
   validation_split: number;
+  /** Share of each file's records kept (the first ones). */
   dataset_ratio: number;
+  /** Seeds the validation split. */
   seed: number;
+  /** Tokens per example (0: the default, see {@linkcode fileSeqLen}). */
   seq_len: number;
 }
 
 /** What {@linkcode loadFileDatasets} returns. */
 export interface FileDatasets {
+  /** Training examples, in file order. */
   train: TrainExample[];
+  /** Validation examples (the validation file's, or the held-out share). */
   validation: TrainExample[];
   /** One line per split file: its path, format and record count. */
   lines: string[];

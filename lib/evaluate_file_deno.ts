@@ -32,18 +32,25 @@ export const FILE_MAX_NEW_TOKENS = 64;
 
 /** One line of the predictions JSONL of `eval --dataset=PATH`. */
 export interface FilePrediction {
+  /** 0-based position among the evaluated records. */
   index: number;
   /** Where the record is in its file ("line 7", "record 3 (line 12)"). */
   where: string;
+  /** The prompt as decoded. */
   prompt: string;
+  /** The decoded prediction (special tokens dropped, trimmed). */
   pred: string;
+  /** The reference answer, or null when the record has none. */
   reference: string | null;
+  /** Normalised prediction equals the reference (null without one). */
   exact_match: boolean | null;
+  /** Normalised prediction contains the reference (null without one). */
   contains: boolean | null;
 }
 
 /** The scores of a predictions list. */
 export interface FileScores {
+  /** Records evaluated. */
   examples: number;
   /** Records with a reference answer (the others are not scored). */
   scored: number;
