@@ -6,6 +6,7 @@
  */
 import { parseArgs } from "@std/cli/parse-args";
 import { HiraError } from "./errors.ts";
+import { DATASET_FORMATS, type DatasetFormat } from "./dataset_format.ts";
 
 /** Parsed and validated training flags. */
 export interface TrainArgs {
@@ -62,6 +63,14 @@ export interface TrainArgs {
   memory_limit: number;
   seq_len: number;
   log_every: number;
+  /** --dataset=PATH: force a record format ("" = detect per file). */
+  dataset_format: string;
+  /** --dataset=PATH with chat records: a Jinja template file instead of the model's. */
+  chat_template: string | null;
+  /** --dataset=PATH without a validation file: the share of train records held out. */
+  validation_split: number;
+  /** --model=org/name: the branch, tag or commit hash in the Hugging Face cache. */
+  revision: string;
   /** Flags the user set explicitly (so presets only fill the others). */
   given: Set<string>;
 }
@@ -87,14 +96,39 @@ export const TRAIN_FLAGS: readonly FlagDoc[] = [
     type: "string",
     def: "",
     help:
-      "local Hugging Face model folder (config.json, *.safetensors, tokenizer.json); default: the embedded tiny model (--model_name is an alias)",
+      "local Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a hub id org/name found in the local Hugging Face cache (never downloaded); default: the embedded tiny model (--model_name is an alias)",
   },
   {
     name: "dataset",
     type: "string",
     def: "common_170k",
     help:
-      "common_170k, boolq, piqa, siqa, hellas, winog, arce, arcc, obqa, gsm8k, convai2, meta_math (reference default boolq; ours trains on the commonsense mix)",
+      "common_170k, boolq, piqa, siqa, hellas, winog, arce, arcc, obqa, gsm8k, convai2, meta_math (reference default boolq; ours trains on the commonsense mix), or PATH: your .jsonl/.json file or a folder with train.*/validation.*/test.* (docs/data.md)",
+  },
+  {
+    name: "dataset_format",
+    type: "string",
+    def: "",
+    help:
+      "with --dataset=PATH: alpaca | chat | text | prompt_completion (default: detected per file)",
+  },
+  {
+    name: "chat_template",
+    type: "string",
+    def: null,
+    help: "with chat records: a Jinja chat template file (default: the model's)",
+  },
+  {
+    name: "validation_split",
+    type: "number",
+    def: 0.05,
+    help: "with --dataset=PATH and no validation file: share of train records held out (seeded)",
+  },
+  {
+    name: "revision",
+    type: "string",
+    def: "main",
+    help: "with --model=org/name: branch, tag or commit hash in the local Hugging Face cache",
   },
   {
     name: "data_root",
@@ -547,4 +581,22 @@ export function validateTrainArgs(a: TrainArgs): void {
     `must be a non-negative integer, got ${a.early_stop_patience}`,
   );
   check(int("eval_limit") && a.eval_limit >= 0, "eval_limit", "must be a non-negative integer");
+  validateDatasetFileArgs(a);
+}
+
+/** The --dataset=PATH flags' checks (shared with eval's). */
+export function validateDatasetFileArgs(
+  a: Pick<TrainArgs, "dataset_format" | "validation_split" | "revision">,
+): void {
+  check(
+    a.dataset_format === "" || DATASET_FORMATS.includes(a.dataset_format as DatasetFormat),
+    "dataset_format",
+    `'${a.dataset_format}' is not one of ${DATASET_FORMATS.join(", ")}`,
+  );
+  check(
+    a.validation_split >= 0 && a.validation_split < 1,
+    "validation_split",
+    `must be in [0, 1), got ${a.validation_split}`,
+  );
+  check(a.revision !== "", "revision", "needs a branch, tag or commit hash");
 }

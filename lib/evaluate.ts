@@ -13,6 +13,7 @@
 import { parseArgs } from "@std/cli/parse-args";
 import { checkBooleanFlag, decimalFlag } from "./args.ts";
 import { HiraError } from "./errors.ts";
+import { DATASET_FORMATS, type DatasetFormat, isDatasetPath } from "./dataset_format.ts";
 import {
   type DataRecord,
   type DatasetName,
@@ -91,6 +92,16 @@ export interface EvalArgs {
   load_order: number;
   /** Storage of the frozen weight matrices ("auto": f16 where the adapter has shader-f16). */
   weight_dtype: WeightDtypeFlag;
+  /** `--dataset=PATH`: your own file or folder (docs/data.md); null for the named sets. */
+  dataset: string | null;
+  /** With --dataset=PATH: force a record format ("" = detect). */
+  dataset_format: string;
+  /** With chat records: a Jinja chat template file instead of the model's. */
+  chat_template: string | null;
+  /** With --model=org/name: branch, tag or commit hash in the Hugging Face cache. */
+  revision: string;
+  /** With --dataset=PATH: tokens per example (0: 1024, or the model's limit when smaller). */
+  seq_len: number;
   help: boolean;
 }
 
@@ -183,6 +194,30 @@ const EVAL_FLAGS: readonly EvalFlag[] = [
     def: "f32",
     help: "auto | f32 | f16: storage of the frozen weight matrices (auto: f16 with shader-f16)",
   },
+  {
+    name: "dataset_format",
+    type: "string",
+    def: "",
+    help: "with --dataset=PATH: alpaca | chat | text | prompt_completion (default: detected)",
+  },
+  {
+    name: "chat_template",
+    type: "string",
+    def: null,
+    help: "with chat records: a Jinja chat template file (default: the model's)",
+  },
+  {
+    name: "revision",
+    type: "string",
+    def: "main",
+    help: "with --model=org/name: branch, tag or commit hash in the local Hugging Face cache",
+  },
+  {
+    name: "seq_len",
+    type: "number",
+    def: 0,
+    help: "with --dataset=PATH: tokens per example (0: 1024 or the model's limit)",
+  },
 ];
 
 /** `deno task eval --help`. */
@@ -192,6 +227,9 @@ export function evalHelp(): string {
     "  deno task eval <dataset|all> [--ckpt=RUN_OR_ADAPTER] [--model=DIR] [flags]",
     "  deno task eval <dataset|all> --predictions=FILE.jsonl     (re-score, no model)",
     "  deno task eval perplexity --model=DIR [--ckpt=ADAPTER] --tokens=FILE.json | --text=FILE",
+    "  deno task eval --dataset=PATH [--ckpt=...] [--model=DIR|org/name]   (your own data:",
+    "      decodes the test split, writes predictions, exact match / contains-answer)",
+    "  deno task eval perplexity --dataset=PATH [--ckpt=...]   (mean NLL, training's formatting)",
     "  deno task merge --model=DIR --ckpt=ADAPTER --out=DIR [--dtype=f32|f16|bf16] [--force]",
     "  deno task rank --ckpt=ADAPTER [--ckpt2=ADAPTER2] [--model=DIR] [--out=DIR]",
     "",
@@ -262,7 +300,24 @@ export function parseEvalArgs(argv: readonly string[]): EvalArgs {
     } else out[f.name] = v === undefined ? f.def : String(v);
   }
   if (raw.dataset === "") throw flagError("dataset", "needs a value");
-  const dataset = raw.dataset === undefined ? null : String(raw.dataset);
+  let dataset = raw.dataset === undefined ? null : String(raw.dataset);
+  // Your own data: --dataset=PATH (or the path as the command) runs the decode-and-score
+  // command "file", or perplexity over the file.
+  if (dataset === null && positional.length === 1 && isDatasetPath(positional[0])) {
+    dataset = positional.pop()!;
+  }
+  out.dataset = null;
+  if (dataset !== null && isDatasetPath(dataset)) {
+    out.dataset = dataset;
+    if (positional.length === 0) positional.push("file");
+    else if (positional[0] !== "perplexity") {
+      throw flagError(
+        "dataset",
+        `a file dataset goes with perplexity or no command, not '${positional[0]}'`,
+      );
+    }
+    dataset = null;
+  }
   if (positional.length > 1) {
     throw new HiraError(positional[1], "unexpected argument (one command or dataset at a time)");
   }
@@ -308,6 +363,14 @@ export function parseEvalArgs(argv: readonly string[]): EvalArgs {
       `no dataset or command given (one of ${[...EVAL_DATASETS, ...EVAL_COMMANDS].join(", ")})`,
     );
   }
+  if (a.dataset_format !== "" && !DATASET_FORMATS.includes(a.dataset_format as DatasetFormat)) {
+    throw flagError(
+      "dataset_format",
+      `'${a.dataset_format}' is not one of ${DATASET_FORMATS.join(", ")}`,
+    );
+  }
+  posInt("seq_len", 0);
+  if (a.command === "file" && a.dataset !== null) return a;
   if (!EVAL_DATASETS.includes(a.command) && !EVAL_COMMANDS.includes(a.command)) {
     throw new HiraError(
       a.command,

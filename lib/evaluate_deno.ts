@@ -72,6 +72,9 @@ import {
 import { readAdapterModules, writeMergedModelDir } from "./merge_deno.ts";
 import { isRunDir, writeRunReport } from "./report_deno.ts";
 import { bestCheckpointName } from "./permissions.ts";
+import { isHubRepoId } from "./hub.ts";
+import { resolveModelDir } from "./hub_deno.ts";
+import { fileEvalCommand } from "./evaluate_file_deno.ts";
 
 async function isDir(path: string): Promise<boolean> {
   return await Deno.stat(path).then((s) => s.isDirectory, () => false);
@@ -182,21 +185,24 @@ export interface EvalModel {
 /** Flags {@linkcode openEvalModel} uses. */
 export type ModelFlags =
   & Pick<EvalArgs, "ckpt" | "model" | "tokenizer" | "load_order" | "merge">
-  & Partial<Pick<EvalArgs, "weight_dtype">>;
+  & Partial<Pick<EvalArgs, "weight_dtype" | "revision">>;
 
 /**
  * The base model folder for an adapter: `--model`, else the adapter config's
- * base_model_name_or_path when that is a local folder, else (empty) the embedded tiny model.
+ * base_model_name_or_path when that is a local folder or a hub id in the local Hugging Face
+ * cache (lib/hub_deno.ts), else (empty) the embedded tiny model.
  */
 export async function baseModelDir(
   flag: string | null,
   adapterDir: string | null,
   ac: AdapterConfig | null,
+  revision = "main",
 ): Promise<string> {
-  if (flag) return flag;
+  if (flag) return await resolveModelDir(flag, revision);
   const base = ac?.baseModel ?? "";
   if (base === "") return EMBEDDED_MODEL_DIR;
   if (await isDir(base)) return base;
+  if (isHubRepoId(base)) return await resolveModelDir(base, revision);
   throw new HiraError(
     join(adapterDir ?? "", "adapter_config.json"),
     `base_model_name_or_path '${base}' is not a local folder; pass --model=DIR`,
@@ -218,8 +224,9 @@ export async function openEvalModel(
   // after it.
   const ad = ck?.kind === "adapter" ? await openAdapterDir(ck.dir) : null;
   try {
-    const modelDir = ad ? await baseModelDir(f.model, ck!.dir, ad.config) : ck?.dir ?? f.model ??
-      EMBEDDED_MODEL_DIR;
+    const modelDir = ad
+      ? await baseModelDir(f.model, ck!.dir, ad.config, f.revision)
+      : ck?.dir ?? (f.model ? await resolveModelDir(f.model, f.revision) : EMBEDDED_MODEL_DIR);
     let tok: Tokenizer | null = null;
     if (withTokenizer) {
       const candidates = [f.tokenizer, modelDir, f.model].filter((d): d is string => !!d);
@@ -564,7 +571,7 @@ async function rankCommand(a: EvalArgs): Promise<void> {
     const ad = await openAdapterDir(ck.dir);
     const ac = ad.config;
     ad.close();
-    const modelDir = await baseModelDir(a.model, ck.dir, ac);
+    const modelDir = await baseModelDir(a.model, ck.dir, ac, a.revision);
     const cfg = await readConfig(modelDir);
     const { modules } = await readAdapterModules(ck.dir, cfg, modelDir, { layers: a.layers });
     const label = ac.peftType === "HIRA" ? "HiRA" : "LoRA";
@@ -600,6 +607,7 @@ export async function evalMain(argv: readonly string[]): Promise<void> {
     console.log(evalHelp());
     return;
   }
+  if (a.dataset !== null) return await fileEvalCommand(a);
   if (a.command === "perplexity") return await perplexityCommand(a);
   if (a.command === "merge") return await mergeCommand(a);
   if (a.command === "rank") return await rankCommand(a);

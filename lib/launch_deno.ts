@@ -18,6 +18,9 @@ import type { PermissionPlan } from "./permissions.ts";
 import { HiraError } from "./errors.ts";
 import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
 import { checkLinks, realOrAncestor } from "./paths_deno.ts";
+import { isDatasetPath } from "./dataset_file.ts";
+import { modelReadPaths } from "./hub_deno.ts";
+import { isHubRepoId } from "./hub.ts";
 
 /** The repository root (where train.ts, eval.ts, kernels/ and data_file/ are). */
 export const REPO_ROOT: string = fromFileUrl(new URL("../", import.meta.url));
@@ -127,13 +130,24 @@ async function planTrain(
     const saved = await readJsonObject(join(runDir, "args.json"));
     for (const k of ["model", "data_root"]) {
       const v = saved?.[k];
-      if (typeof v === "string" && v !== "") plan.read.push(abs(v));
+      if (typeof v !== "string" || v === "") continue;
+      const rev = typeof saved?.revision === "string" ? saved.revision : "main";
+      plan.read.push(...(k === "model" ? await modelReadPaths(v, rev, abs) : [abs(v)]));
+    }
+    for (const k of ["dataset", "chat_template"]) {
+      const v = saved?.[k];
+      if (typeof v === "string" && (k === "chat_template" || isDatasetPath(v))) {
+        plan.read.push(abs(v));
+      }
     }
     return;
   }
   plan.read.push(abs(a.data_root), abs(a.output_folder));
-  if (a.model) plan.read.push(abs(a.model));
+  // A hub id reads its snapshot and the repo's cache folder (the snapshot links into blobs/).
+  if (a.model) plan.read.push(...await modelReadPaths(a.model, a.revision, abs));
   if (a.init_adapter) plan.read.push(abs(a.init_adapter));
+  if (isDatasetPath(a.dataset)) plan.read.push(abs(a.dataset));
+  if (a.chat_template) plan.read.push(abs(a.chat_template));
   plan.write.push(abs(a.output_folder));
 }
 
@@ -149,9 +163,12 @@ async function planEval(
   } catch {
     return;
   }
-  const given = [a.data_root, a.model, a.tokenizer, a.ckpt, a.ckpt2, a.tokens, a.text, a.out]
+  const given = [a.data_root, a.tokenizer, a.ckpt, a.ckpt2, a.tokens, a.text, a.out]
     .filter((p): p is string => typeof p === "string" && p !== "");
   plan.read.push(...given.map(abs), ...a.predictions.map(abs));
+  // A hub id reads its snapshot and the repo's cache folder (the snapshot links into blobs/).
+  if (a.model) plan.read.push(...await modelReadPaths(a.model, a.revision, abs));
+  for (const p of [a.dataset, a.chat_template]) if (p) plan.read.push(abs(p));
   // An adapter's base model (adapter_config.json's base_model_name_or_path, when it is a local
   // folder and --model does not override it) is read too: that field is a path by design.
   if (!a.model) {
@@ -164,6 +181,8 @@ async function planEval(
         const base = cfg?.base_model_name_or_path;
         if (typeof base === "string" && base !== "" && await isDir(abs(base))) {
           plan.read.push(abs(base));
+        } else if (typeof base === "string" && isHubRepoId(base)) {
+          plan.read.push(...await modelReadPaths(base, a.revision, abs));
         }
       } catch {
         // The eval process reports what is wrong with --ckpt.

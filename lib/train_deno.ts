@@ -64,6 +64,9 @@ import { writeRunReport } from "./report_deno.ts";
 import { exportConfigJson } from "./merge.ts";
 import { bestCheckpointName } from "./permissions.ts";
 import { createRunDir, lockRunDir, type RunLock } from "./runlock_deno.ts";
+import { isDatasetPath } from "./dataset_file.ts";
+import { loadFileDatasets } from "./dataset_file_deno.ts";
+import { resolveModelDir } from "./hub_deno.ts";
 
 /** What a run folder's trainer_state.json holds. */
 export interface TrainerStateFile {
@@ -188,7 +191,31 @@ async function checkWritable(path: string, existing: string): Promise<void> {
 export async function loadDatasets(
   args: TrainArgs,
   tok: Tokenizer,
-): Promise<{ train: TrainExample[]; validation: TrainExample[]; validationRecords: DataRecord[] }> {
+  model: { dir: string; maxPositions: number } = { dir: EMBEDDED_MODEL_DIR, maxPositions: 2048 },
+): Promise<
+  {
+    train: TrainExample[];
+    validation: TrainExample[];
+    validationRecords: DataRecord[];
+    /** --dataset=PATH: each file's path, format and record count, for the log. */
+    lines?: string[];
+  }
+> {
+  if (isDatasetPath(args.dataset)) {
+    // Your own files (lib/dataset_file_deno.ts); flags saved by older runs lack the new ones.
+    const d = await loadFileDatasets(
+      {
+        ...args,
+        dataset_format: args.dataset_format ?? "",
+        chat_template: args.chat_template ?? null,
+        validation_split: args.validation_split ?? 0.05,
+      },
+      tok,
+      model.dir,
+      model.maxPositions,
+    );
+    return { train: d.train, validation: d.validation, validationRecords: [], lines: d.lines };
+  }
   if (args.dataset === "pretrain") {
     const file = join(args.data_root, "tiny", "pretrain.json");
     const text = await readText(file, "the pre-training corpus (a JSON array of strings)");
@@ -247,7 +274,10 @@ export function runName(args: TrainArgs, modelName: string, now = new Date()): s
   const stamp = `${now.getFullYear()}-${p(now.getMonth() + 1)}-${p(now.getDate())}-${
     p(now.getHours())
   }-${p(now.getMinutes())}-${p(now.getSeconds())}`;
-  let name = `${modelName}-${args.dataset}-${args.peft_type}-lr=${args.lr.toExponential(2)}-`;
+  const dataset = isDatasetPath(args.dataset)
+    ? basename(args.dataset.replace(/[/\\]+$/, "")).replace(/\.jsonl?$/i, "")
+    : args.dataset;
+  let name = `${modelName}-${dataset}-${args.peft_type}-lr=${args.lr.toExponential(2)}-`;
   if (args.peft_type !== "full") {
     const initials = args.init_ab.split(",").map((s) => s.trim()[0]).join("");
     name += `r_ab=${args.r_ab}-init=${initials}-train=${args.train_ab}-`;
@@ -361,7 +391,8 @@ function adapterConfigOf(args: TrainArgs, modelDir: string): AdapterConfig {
     args.r_ab,
     parseTargetFlag(args.target_modules),
     { alpha: args.lora_alpha, dropout: args.lora_dropout, useRslora: args.use_rslora },
-    modelDir,
+    // A hub id resolved to a cache snapshot is recorded as the id, as PEFT records it.
+    args.model && args.model !== modelDir ? args.model : modelDir,
   );
 }
 
@@ -812,7 +843,9 @@ async function runTrainingLocked(
     args = await savedArgs(resume.runDir, args.resume);
     resumeState = await readTrainerState(resume.ckpt, resume.runDir);
   }
-  const modelDir = args.model || EMBEDDED_MODEL_DIR;
+  const modelDir = args.model
+    ? await resolveModelDir(args.model, args.revision ?? "main")
+    : EMBEDDED_MODEL_DIR;
   const fromScratch = args.dataset === "pretrain" && args.peft_type === "full" && !resume &&
     !(await Deno.stat(join(modelDir, "model.safetensors")).then(() => true, () => false));
   const cfg: LlamaConfig = await readConfig(modelDir);
@@ -833,7 +866,11 @@ async function runTrainingLocked(
   }
   let initAc: AdapterConfig | null = null;
   if (args.init_adapter && !resume) ({ ac: initAc, args } = await initAdapterConfig(args));
-  const data = await loadDatasets(args, tok);
+  const data = await loadDatasets(args, tok, {
+    dir: modelDir,
+    maxPositions: cfg.maxPositionEmbeddings,
+  });
+  for (const line of data.lines ?? []) log(line);
   if (args.peft_type !== "full" && !resume && !initAc) {
     checkRank(cfg, matchTargets(cfg, parseTargetFlag(args.target_modules)), args.r_ab);
   }
@@ -961,7 +998,7 @@ async function runTrainingLocked(
     // A unique name (the reference's readable one plus the pid), created exclusively, locked.
     held.lock = await createRunDir(
       args.output_folder,
-      runName(args, basename(modelDir.replace(/\/+$/, "")) || "model"),
+      runName(args, basename((args.model || modelDir).replace(/\/+$/, "")) || "model"),
     );
     runDir = held.lock.runDir;
     held.runDir = runDir;
@@ -1015,6 +1052,7 @@ async function runTrainingLocked(
       base,
       steps,
       run_dir: runDir,
+      ...(data.lines ? { data: data.lines } : {}),
     });
     if (opts.beforeTraining && !stopped()) {
       await opts.beforeTraining(model, tok, runDir, stopped);

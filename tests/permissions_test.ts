@@ -254,15 +254,12 @@ Deno.test("names read from files never become paths", async (t) => {
       await writeJson(join(ck, "trainer_state.json"), { best_model_checkpoint: "../../outside" });
       await assertRejects(() => resolveCheckpoint(run), HiraError, "checkpoint-N");
     });
-    await t.step("train --resume refuses a dataset name that is a path", async () => {
+    await t.step("train --resume never turns a dataset name into a path", async () => {
       const run = join(tmp, "evil-run");
       await Deno.mkdir(join(run, "checkpoint-1"), { recursive: true });
       const args = parseTrainArgs([`--output_folder=${tmp}`, "--no-eval_accuracy"]);
-      await writeJson(join(run, "args.json"), {
-        ...args,
-        dataset: "../../../etc/passwd",
-        given: [],
-      });
+      // A plain name is only ever a key of the named sets, never joined into a path.
+      await writeJson(join(run, "args.json"), { ...args, dataset: "etc", given: [] });
       // A valid trainer state, so the dataset name is what the resume trips on.
       await writeJson(join(run, "checkpoint-1", "trainer_state.json"), {
         global_step: 1,
@@ -274,6 +271,15 @@ Deno.test("names read from files never become paths", async (t) => {
         () => runTraining(parseTrainArgs([`--resume=${run}`]), { quiet: true }),
         HiraError,
         "is not a training dataset",
+      );
+      // A value with a separator is a --dataset=PATH file (issue 18), read as that path (like
+      // the saved model and data_root), not looked up under the data root.
+      const evil = join(tmp, "nowhere", "..", "..", "x.jsonl");
+      await writeJson(join(run, "args.json"), { ...args, dataset: evil, given: [] });
+      await assertRejects(
+        () => runTraining(parseTrainArgs([`--resume=${run}`]), { quiet: true }),
+        HiraError,
+        `${evil}: --dataset: no such file or folder`,
       );
     });
     await t.step("the launcher runs only its own tasks", async () => {
