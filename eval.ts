@@ -9,8 +9,8 @@
  * `--help` lists every flag. Bad input prints one line `error: <file>: <reason>` and exits 2.
  * @module
  */
-import { isHiraError } from "./lib/errors.ts";
-import { evalMain } from "./lib/evaluate_deno.ts";
+import { isHiraError } from "./lib/engine/errors.ts";
+import { evalMain } from "./lib/cli/eval.ts";
 
 if (import.meta.main) {
   // Under the launcher, an eval whose launcher died (even by SIGKILL) exits rather than run on

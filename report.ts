@@ -7,8 +7,8 @@
  * Bad input prints one line `error: <file>: <reason>` and exits 2.
  * @module
  */
-import { HiraError, isHiraError } from "./lib/errors.ts";
-import { writeRunReport } from "./lib/report_deno.ts";
+import { HiraError, isHiraError } from "./lib/engine/errors.ts";
+import { writeRunReport } from "./lib/io/report_deno.ts";
 
 if (import.meta.main) {
   try {

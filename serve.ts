@@ -4,7 +4,7 @@
  *
  * The page's script is web/app.ts bundled at start-up with Deno's own bundler (`Deno.bundle`,
  * behind `--unstable-bundle`), so there is no build step; kernels/ and data_file/ are served as
- * they are (lib/gpu.ts fetches kernels/*.wgsl from the URL the page passes as `kernelsUrl`).
+ * they are (lib/engine/gpu.ts fetches kernels/*.wgsl from the URL the page passes as `kernelsUrl`).
  * `--port=0` picks a free port; the first line printed is `serving http://127.0.0.1:PORT/`.
  *
  * Only regular files whose real path (after decoding and every symlink) lies inside web/ (the

@@ -6,10 +6,10 @@
  * Flags follow the reference train_hira.py; `--help` lists them all.
  * @module
  */
-import { parseTrainArgs, trainHelp } from "./lib/args.ts";
-import { isHiraError } from "./lib/errors.ts";
-import { effectiveTrainArgs, interruptedExitCode, runTraining } from "./lib/train_deno.ts";
-import { accuracyHooks } from "./lib/evaluate_deno.ts";
+import { parseTrainArgs, trainHelp } from "./lib/cli/args.ts";
+import { isHiraError } from "./lib/engine/errors.ts";
+import { effectiveTrainArgs, interruptedExitCode, runTraining } from "./lib/cli/train.ts";
+import { accuracyHooks } from "./lib/cli/eval.ts";
 
 if (import.meta.main) {
   try {

@@ -13,7 +13,7 @@
  * @module
  */
 import { parseArgs } from "@std/cli/parse-args";
-import { createGpu, type Gpu } from "../lib/gpu.ts";
+import { createGpu, type Gpu } from "../lib/engine/gpu.ts";
 import type { MatmulVariant } from "../lib/ops/matmul.ts";
 import { benchMatmul, formatMatmul, type PeerName, PEERS } from "./matmul.ts";
 import { benchDecode, formatDecode } from "./decode.ts";

@@ -1,8 +1,8 @@
 /**
- * Decoding benchmark: greedy generation with the KV cache (lib/decode.ts KvCacheDecoder) on the
+ * Decoding benchmark: greedy generation with the KV cache (lib/eval/decode.ts KvCacheDecoder) on the
  * embedded tiny model and on a larger random Llama-shaped config, through a HiRA adapter on every
  * projection (unmerged: W0 ⊙ (1 + B·A) applied per call) and with the adapter merged into the
- * weights (lib/merge.ts), plus the base model alone for reference.
+ * weights (lib/model/merge.ts), plus the base model alone for reference.
  *
  * Method: P prompts of L random tokens; one warm-up generation compiles every kernel; then the
  * timed run: `start` (the prefill, one readback) and T greedy `step`s (each one readback of
@@ -11,15 +11,15 @@
  * same tokens (`sameTokens`): merging is exact up to f32 rounding.
  * @module
  */
-import type { Gpu } from "../lib/gpu.ts";
-import { type LlamaConfig, parseConfig } from "../lib/config.ts";
-import type { LlamaModel } from "../lib/model.ts";
-import { randomModel, type WeightDtype } from "../lib/load.ts";
-import { loadModelDir } from "../lib/model_deno.ts";
-import { attachAdapters } from "../lib/attach.ts";
-import { KvCacheDecoder } from "../lib/decode.ts";
-import { mergeAdaptersInPlace } from "../lib/merge.ts";
-import { Rng } from "../lib/rand.ts";
+import type { Gpu } from "../lib/engine/gpu.ts";
+import { type LlamaConfig, parseConfig } from "../lib/model/config.ts";
+import type { LlamaModel } from "../lib/model/model.ts";
+import { randomModel, type WeightDtype } from "../lib/model/load.ts";
+import { loadModelDir } from "../lib/io/model_deno.ts";
+import { attachAdapters } from "../lib/model/attach.ts";
+import { KvCacheDecoder } from "../lib/eval/decode.ts";
+import { mergeAdaptersInPlace } from "../lib/model/merge.ts";
+import { Rng } from "../lib/engine/rand.ts";
 
 /** One timed decoding run. */
 export interface DecodeTiming {

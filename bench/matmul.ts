@@ -14,9 +14,9 @@
  */
 import type { Array as JaxArray } from "@jax-js/jax";
 import type { Tensor as TfTensor } from "@tensorflow/tfjs-core";
-import type { Gpu, Tensor } from "../lib/gpu.ts";
+import type { Gpu, Tensor } from "../lib/engine/gpu.ts";
 import { matmul, type MatmulVariant } from "../lib/ops/matmul.ts";
-import { Rng } from "../lib/rand.ts";
+import { Rng } from "../lib/engine/rand.ts";
 
 /** Timing of one implementation at one size, or why it could not run. */
 export interface MatmulTiming {

@@ -12,7 +12,7 @@
  * both are reported).
  * @module
  */
-import type { Gpu } from "../lib/gpu.ts";
+import type { Gpu } from "../lib/engine/gpu.ts";
 
 /** One row of a profile: every replayed dispatch of one kernel entry with one set of uniforms. */
 export interface ProfileRow {
@@ -97,7 +97,7 @@ export async function profileDispatches(
       const key = kernel.key + " " + uniforms;
       const name = `${kernel.spec.file}#${kernel.spec.entry}`;
       const row = rows.get(key) ??
-        // The key is the name, "#", the defines (lib/gpu.ts kernelKey).
+        // The key is the name, "#", the defines (lib/engine/gpu.ts kernelKey).
         { kernel: name, defines: kernel.key.slice(name.length + 1), uniforms, calls: 0, ms: 0 };
       row.calls++;
       row.ms += ms;

@@ -4,7 +4,7 @@
  * and PEFT-style HiRA (y = x·W0ᵀ + x·(W0 ⊙ B·A)ᵀ with the delta weight materialised), at the
  * same rank, all seven projections adapted.
  *
- * Method: each (config, method) gets its own device, a random-weight model (lib/load.ts
+ * Method: each (config, method) gets its own device, a random-weight model (lib/model/load.ts
  * randomModel, f32 weights) and one fixed batch of packed random sequences, and runs two warm-up
  * steps (compiling every kernel). Then the methods are timed round-robin, one step of each per
  * round, and each reports the median of its `reps` steps; a step is one `Trainer.trainStep`
@@ -23,15 +23,20 @@
  * AdamW and elementwise work are left out (under 1% here). hira_over_lora_flops is hira / lora.
  * @module
  */
-import { attachAdapters } from "../lib/attach.ts";
-import type { HiraAdapter, HiraKernel } from "../lib/adapters.ts";
-import { type LlamaConfig, parseConfig, PROJECTIONS, projectionShape } from "../lib/config.ts";
-import { createGpu } from "../lib/gpu.ts";
-import { randomModel } from "../lib/load.ts";
-import type { Batch } from "../lib/model.ts";
+import { attachAdapters } from "../lib/model/attach.ts";
+import type { HiraAdapter, HiraKernel } from "../lib/model/adapters.ts";
+import {
+  type LlamaConfig,
+  parseConfig,
+  PROJECTIONS,
+  projectionShape,
+} from "../lib/model/config.ts";
+import { createGpu } from "../lib/engine/gpu.ts";
+import { randomModel } from "../lib/model/load.ts";
+import type { Batch } from "../lib/model/model.ts";
 import type { HiraVariant } from "../lib/ops/hira.ts";
-import { Rng } from "../lib/rand.ts";
-import { Trainer } from "../lib/trainer.ts";
+import { Rng } from "../lib/engine/rand.ts";
+import { Trainer } from "../lib/train/trainer.ts";
 import { type DispatchProfile, formatProfile, profileDispatches } from "./profile.ts";
 
 /** The methods the benchmark knows. */

@@ -1,6 +1,6 @@
 /**
  * The launcher behind `deno task train|eval|merge|rank|report`: works out which folders the
- * command line names (lib/launch_deno.ts), then runs the task in a child `deno run` that may
+ * command line names (lib/cli/launch.ts), then runs the task in a child `deno run` that may
  * read only those folders and the project's kernels/ and data_file/, and write only the output
  * folder. The launcher itself reads (to resolve folders) and starts `deno`; it writes nothing.
  *
@@ -13,9 +13,9 @@
  * @module
  */
 import { join } from "@std/path";
-import { isHiraError } from "../lib/errors.ts";
-import { planTask, REPO_ROOT } from "../lib/launch_deno.ts";
-import { denoRunArgs } from "../lib/permissions.ts";
+import { isHiraError } from "../lib/engine/errors.ts";
+import { planTask, REPO_ROOT } from "../lib/cli/launch.ts";
+import { denoRunArgs } from "../lib/cli/permissions.ts";
 
 /** Plans and runs one task; resolves to the exit code. */
 export async function launch(task: string, argv: readonly string[]): Promise<number> {

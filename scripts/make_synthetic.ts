@@ -10,7 +10,7 @@
  */
 import { parseArgs } from "@std/cli/parse-args";
 import { dirname, join } from "@std/path";
-import { generateSynthetic, SYNTHETIC_SEED } from "../lib/synthetic.ts";
+import { generateSynthetic, SYNTHETIC_SEED } from "./synthetic.ts";
 
 if (import.meta.main) {
   const args = parseArgs(Deno.args, { string: ["out", "seed"] });

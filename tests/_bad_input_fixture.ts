@@ -6,11 +6,11 @@
  * @module
  */
 import { join } from "@std/path";
-import { type LlamaConfig, modulePath, parseConfig, projectionShape } from "../lib/config.ts";
-import { expectedTensors } from "../lib/model.ts";
-import { adapterConfigJson, adapterKey } from "../lib/peft.ts";
-import { Rng } from "../lib/rand.ts";
-import { concatBytes, encodeSafetensors, type TensorToWrite } from "../lib/safetensors.ts";
+import { type LlamaConfig, modulePath, parseConfig, projectionShape } from "../lib/model/config.ts";
+import { expectedTensors } from "../lib/model/model.ts";
+import { adapterConfigJson, adapterKey } from "../lib/model/peft.ts";
+import { Rng } from "../lib/engine/rand.ts";
+import { concatBytes, encodeSafetensors, type TensorToWrite } from "../lib/model/safetensors.ts";
 
 const TOKENIZER_DIR = new URL("../data_file/tiny/model/", import.meta.url).pathname;
 const TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];

@@ -2,8 +2,8 @@
  * Helpers for tests that use the PyTorch golden fixtures.
  * @module
  */
-import { packBatch as packExamples } from "../lib/data.ts";
-import type { Batch } from "../lib/model.ts";
+import { packBatch as packExamples } from "../lib/train/data.ts";
+import type { Batch } from "../lib/model/model.ts";
 
 /**
  * Packs the fixtures' token sequences into one batch with the engine's own packer: target t is

@@ -1,10 +1,10 @@
 /**
- * Subprocess of tests/dataset_file_test.ts: streams every record of the dataset file given as
+ * Subprocess of tests/train/dataset_file_test.ts: streams every record of the dataset file given as
  * the first argument and prints the record count and the process's resident memory (RSS)
  * before and at its peak and the peak V8 heap in use (sampled every 1,000 records), as JSON.
  * @module
  */
-import { fileRecords } from "../lib/dataset_file_deno.ts";
+import { fileRecords } from "../lib/io/dataset_file_deno.ts";
 
 const file = Deno.args[0];
 const baseline = Deno.memoryUsage().rss;

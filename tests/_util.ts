@@ -2,9 +2,9 @@
  * Shared test helpers: one GPU per test file, seeded random data and tolerance comparisons.
  * @module
  */
-import type { Gpu } from "../lib/gpu.ts";
-import { createDenoGpu } from "../lib/gpu_deno.ts";
-import { Rng } from "../lib/rand.ts";
+import type { Gpu } from "../lib/engine/gpu.ts";
+import { createDenoGpu } from "../lib/io/gpu_deno.ts";
+import { Rng } from "../lib/engine/rand.ts";
 
 let gpuPromise: Promise<Gpu> | null = null;
 

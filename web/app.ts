@@ -12,17 +12,21 @@
  *
  * All engine work goes through ./session.ts (lib/ underneath); this file is DOM only.
  * `window.hiraTest` exposes the state, a logits probe and a matmul kernel check for
- * tests/browser_test.ts.
+ * tests/browser/browser_test.ts.
  * @module
  */
-import { createGpu, type Gpu } from "../lib/gpu.ts";
+import { createGpu, type Gpu } from "../lib/engine/gpu.ts";
 import type { MatmulVariant } from "../lib/ops/matmul.ts";
-import type { AccuracySummary } from "../lib/evaluate.ts";
-import { baseParameterCount } from "../lib/config.ts";
-import { type AdapterConfig, targetText } from "../lib/peft.ts";
-import type { TrainExample } from "../lib/data.ts";
-import { COMMONSENSE_TASKS, COMMONSENSE_TITLES, type CommonsenseTask } from "../lib/extract.ts";
-import { Tokenizer } from "../lib/tokenizer.ts";
+import { type AccuracySummary } from "../lib/eval/evaluate.ts";
+import { baseParameterCount } from "../lib/model/config.ts";
+import { type AdapterConfig, targetText } from "../lib/model/peft.ts";
+import type { TrainExample } from "../lib/train/data.ts";
+import {
+  COMMONSENSE_TASKS,
+  COMMONSENSE_TITLES,
+  type CommonsenseTask,
+} from "../lib/eval/extract.ts";
+import { Tokenizer } from "../lib/model/tokenizer.ts";
 import {
   type AdapterFileBytes,
   entriesOfFileList,
@@ -30,7 +34,7 @@ import {
   type FolderEntry,
   readAdapterFolder,
   urlFolder,
-} from "../lib/browser_io.ts";
+} from "../lib/io/browser_io.ts";
 import * as S from "./session.ts";
 import { lossChart } from "./chart.ts";
 import { type FileSource, folderSummary, plainMessage } from "./messages.ts";
@@ -1227,7 +1231,7 @@ new ResizeObserver(() => {
 }).observe(ui.lossChart);
 setUpDrop();
 
-/** What tests/browser_test.ts reads and calls. */
+/** What tests/browser/browser_test.ts reads and calls. */
 const hiraTest = {
   /** A JSON snapshot of the page's state. */
   state: () => ({

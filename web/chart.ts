@@ -1,12 +1,12 @@
 /**
  * The page's loss chart: an SVG drawn at the pixel size of its box, so that its text is its
- * font size on screen at every window width (lib/svg.ts's lineChart draws a fixed 640-wide
+ * font size on screen at every window width (lib/report/svg.ts's lineChart draws a fixed 640-wide
  * figure for run reports, which a phone shrinks to half size). Training loss as a line,
  * validation loss as a dashed line with a marker per measurement, the x axis running to the
  * run's last step, and an optional logarithmic y axis. No DOM: it returns markup.
  * @module
  */
-import { escapeXml, niceTicks } from "../lib/svg.ts";
+import { escapeXml, niceTicks } from "../lib/report/svg.ts";
 
 /** One line of the chart. */
 export interface ChartSeries {

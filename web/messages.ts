@@ -3,7 +3,7 @@
  * can check it under Deno). lib/ words its errors for the CLI, where a raw number such as
  * "header length 2338328219631577204 bytes" helps whoever debugs a file; on the page the same
  * fact reads better as what it means ("is not a safetensors file"). The CLI's messages are
- * unchanged: tests/bad_input_test.ts and tests/safetensors_test.ts assert them.
+ * unchanged: tests/cli/bad_input_test.ts and tests/model/safetensors_test.ts assert them.
  * @module
  */
 

@@ -2,26 +2,26 @@
  * What the web page does with the engine, without any DOM: load a model from a folder, attach
  * or load adapters, train them, measure held-out accuracy, answer a prompt, compute logits and
  * encode the adapter as a PEFT folder. Every step is the lib/ code `deno task train` and
- * `deno task eval` run (lib/load.ts, lib/attach.ts, lib/trainer.ts, lib/data.ts,
- * lib/evaluate.ts, lib/merge.ts); this module only wires them together as lib/train_deno.ts
+ * `deno task eval` run (lib/model/load.ts, lib/model/attach.ts, lib/train/trainer.ts, lib/train/data.ts,
+ * lib/eval/evaluate.ts, lib/model/merge.ts); this module only wires them together as lib/cli/train.ts
  * does for the CLI, minus the run folder. It runs under Deno too (the browser test uses that).
  * @module
  */
-import type { Gpu, Tensor } from "../lib/gpu.ts";
+import type { Gpu, Tensor } from "../lib/engine/gpu.ts";
 import { matmul, type MatmulVariant, resolveMatmulVariant } from "../lib/ops/matmul.ts";
 import { matmulRef } from "../lib/ref/matmul.ts";
-import { Rng } from "../lib/rand.ts";
-import { loadModel } from "../lib/load.ts";
-import type { LlamaModel } from "../lib/model.ts";
-import { Tokenizer } from "../lib/tokenizer.ts";
-import { HiraError } from "../lib/errors.ts";
+import { Rng } from "../lib/engine/rand.ts";
+import { loadModel } from "../lib/model/load.ts";
+import type { LlamaModel } from "../lib/model/model.ts";
+import { Tokenizer } from "../lib/model/tokenizer.ts";
+import { HiraError } from "../lib/engine/errors.ts";
 import {
   adapterParameterCount,
   adapterTensors,
   attachAdapters,
   loadAdapters,
-} from "../lib/attach.ts";
-import type { AdapterConfig } from "../lib/peft.ts";
+} from "../lib/model/attach.ts";
+import type { AdapterConfig } from "../lib/model/peft.ts";
 import {
   BatchLoader,
   type DataRecord,
@@ -32,8 +32,8 @@ import {
   splitPath,
   type TrainExample,
   trainExamples,
-} from "../lib/data.ts";
-import { type StepReport, Trainer } from "../lib/trainer.ts";
+} from "../lib/train/data.ts";
+import { type StepReport, Trainer } from "../lib/train/trainer.ts";
 import {
   type AccuracySummary,
   type DatasetScore,
@@ -44,18 +44,18 @@ import {
   predictTexts,
   scoreRecords,
   summarize,
-} from "../lib/evaluate.ts";
-import { mergeAdaptersInPlace } from "../lib/merge.ts";
-import { COMMONSENSE_TASKS } from "../lib/extract.ts";
-import { DEMO_LR, DEMO_PRESET } from "../lib/args.ts";
-import { parseTargetList, runAdapterConfig } from "../lib/peft.ts";
+} from "../lib/eval/evaluate.ts";
+import { mergeAdaptersInPlace } from "../lib/model/merge.ts";
+import { COMMONSENSE_TASKS } from "../lib/eval/extract.ts";
+import { DEMO_LR, DEMO_PRESET } from "../lib/cli/args.ts";
+import { parseTargetList, runAdapterConfig } from "../lib/model/peft.ts";
 import {
   type AdapterFileBytes,
   adapterFileBytes,
   type AdapterFolderContents,
   type FolderSource,
   readModelFolder,
-} from "../lib/browser_io.ts";
+} from "../lib/io/browser_io.ts";
 
 /** A model on the GPU with its tokenizer. */
 export interface LoadedModel {
@@ -68,7 +68,7 @@ export interface LoadedModel {
 }
 
 /**
- * Loads a Hugging Face model folder onto the GPU with its tokenizer (as lib/train_deno.ts does
+ * Loads a Hugging Face model folder onto the GPU with its tokenizer (as lib/cli/train.ts does
  * with model_deno.ts and tokenizer_deno.ts). `baseModel` is what adapters trained on it will
  * name as their base: "" for the embedded tiny model (which `deno task eval` then picks).
  */
@@ -107,10 +107,10 @@ export interface TrainSettings {
   loraDropout: number;
 }
 
-/** The CLI's per-method demo learning rates (lib/args.ts DEMO_LR). */
+/** The CLI's per-method demo learning rates (lib/cli/args.ts DEMO_LR). */
 export { DEMO_LR };
 
-/** Defaults: the CLI's demo preset for the embedded model (lib/args.ts), 30 steps of 8. */
+/** Defaults: the CLI's demo preset for the embedded model (lib/cli/args.ts), 30 steps of 8. */
 export const DEFAULT_SETTINGS: Readonly<TrainSettings> = {
   peftType: "hira",
   r: Number(DEMO_PRESET.r_ab),
@@ -125,7 +125,7 @@ export const DEFAULT_SETTINGS: Readonly<TrainSettings> = {
   loraDropout: 0.05,
 };
 
-/** The adapter config a run with these settings writes (as the CLI's, lib/peft.ts). */
+/** The adapter config a run with these settings writes (as the CLI's, lib/model/peft.ts). */
 export function adapterConfigFor(s: TrainSettings, baseModel: string): AdapterConfig {
   return runAdapterConfig(s.peftType, s.r, s.targetModules, {
     alpha: s.loraAlpha,
@@ -206,7 +206,7 @@ export interface TrainResult {
  * kernel compiles on its first use, which makes a cold first step take seconds (tens of seconds
  * on a CPU rasterizer); doing it here lets the page say so. The gradients it accumulates are
  * zeroed by the first optimizer step, and the batch loader is not touched, so training is
- * unchanged (tests/browser_test.ts compares the losses).
+ * unchanged (tests/browser/browser_test.ts compares the losses).
  */
 export async function compileKernels(
   model: LlamaModel,
@@ -220,8 +220,8 @@ export async function compileKernels(
 }
 
 /**
- * Trains the attached adapters for `s.steps` optimizer steps with the CLI's recipe (lib/trainer.ts:
- * AdamW, linear warmup then decay, clipping at 1.0; lib/data.ts's seeded BatchLoader over
+ * Trains the attached adapters for `s.steps` optimizer steps with the CLI's recipe (lib/train/trainer.ts:
+ * AdamW, linear warmup then decay, clipping at 1.0; lib/train/data.ts's seeded BatchLoader over
  * packed batches). With `validation` examples, their teacher-forced loss (Trainer.evalLoss, in
  * batches of `s.batch` as the CLI) is measured before and after. The optimizer state is freed
  * at the end.
@@ -329,7 +329,7 @@ export interface AccuracyOptions {
 
 /**
  * Accuracy on held-out sets as train.ts reports it before and after training
- * (lib/evaluate_deno.ts accuracyHooks): adapters merged for decoding and restored exactly,
+ * (lib/cli/eval.ts accuracyHooks): adapters merged for decoding and restored exactly,
  * each set decoded with the reference's settings (greedy unless `beams` > 1) and scored with
  * the reference's keyword rules.
  */
@@ -434,7 +434,7 @@ export async function adapterFiles(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Kernel check (tests/browser_test.ts): the matmul kernels on the page's own GPU
+// Kernel check (tests/browser/browser_test.ts): the matmul kernels on the page's own GPU
 
 /** One product of {@linkcode matmulCheck}: its largest error and the tolerance it was held to. */
 export interface MatmulCheckCase {
@@ -464,7 +464,7 @@ export interface MatmulCheckReport {
 /**
  * Runs one matmul kernel family on `gpu` for every layout on ragged, thin and aligned f32 shapes,
  * batched (broadcast b, alpha) and accumulating into a column block, and compares each product
- * with the f64 CPU reference (tolerance rtol 1e-5, atol 2e-6·√K, as tests/matmul_test.ts). The
+ * with the f64 CPU reference (tolerance rtol 1e-5, atol 2e-6·√K, as tests/ops/matmul_test.ts). The
  * browser test runs it with "subgroup" on SwiftShader, whose device has the subgroups feature,
  * because Deno's adapter here has none.
  */

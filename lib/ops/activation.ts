@@ -3,7 +3,7 @@
  * over flat f32 tensors of any shape.
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
+import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
 
 function spec(entry: string, bindings: KernelSpec["bindings"]): KernelSpec {
   return { file: "activation.wgsl", entry, bindings };

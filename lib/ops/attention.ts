@@ -17,7 +17,7 @@ import {
   loopBudgetError,
   type Tensor,
   withinLoopBudget,
-} from "../gpu.ts";
+} from "../engine/gpu.ts";
 
 /**
  * Kernel family: "cpu" (CPU rasterizers) runs the blocked rows kernels where the head size is a

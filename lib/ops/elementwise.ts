@@ -2,7 +2,7 @@
  * Elementwise ops on GPU tensors (kernels/elementwise.wgsl).
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
+import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
 
 const BINARY: readonly ("uniform" | "read" | "rw")[] = ["uniform", "read", "read", "rw"];
 

@@ -5,7 +5,7 @@
  * stored in half precision); the rows come out f32.
  * @module
  */
-import { cdiv, type Gpu, grid, type Tensor } from "../gpu.ts";
+import { cdiv, type Gpu, grid, type Tensor } from "../engine/gpu.ts";
 
 /** An embedding table [V, C], whole or as consecutive row shards [rows_i, C]. */
 export type EmbeddingTable = Tensor | readonly Tensor[];

@@ -29,7 +29,7 @@ import {
   loopBudgetError,
   type Tensor,
   withinLoopBudget,
-} from "../gpu.ts";
+} from "../engine/gpu.ts";
 import { matmul } from "./matmul.ts";
 
 /** Fused kernel family: "cpu" for CPU rasterizers, "tiled" (workgroup memory) for real GPUs. */
@@ -82,7 +82,7 @@ export function cpuStripSupported(adapterDescription: string): boolean {
 
 /**
  * Tokens per call up to which HiRA's "auto" kernel choice runs the fused kernels on a CPU
- * rasterizer (lib/adapters.ts HiraAdapter.kernelFor; lib/memory.ts counts what that runs): 128
+ * rasterizer (lib/model/adapters.ts HiraAdapter.kernelFor; lib/train/memory.ts counts what that runs): 128
  * where the strip kernel runs (on par with materialising or faster up to there on lavapipe), else
  * 16 (mm_cpu's register block: decoding).
  */

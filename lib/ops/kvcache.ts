@@ -8,7 +8,7 @@
  * so every dispatch moves both.
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
+import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
 
 const SCATTER: KernelSpec = {
   file: "kvcache.wgsl",

@@ -2,7 +2,7 @@
  * Linear-layer helpers (kernels/linear.wgsl): bias add, bias gradient, column-block copy.
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
+import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
 
 function spec(entry: string): KernelSpec {
   return { file: "linear.wgsl", entry, bindings: ["uniform", "read", "rw"] };

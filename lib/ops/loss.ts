@@ -7,7 +7,7 @@
  * blocks, passing each block's targets (a `rows()` view or a fresh tensor), and sum the losses.
  * @module
  */
-import { type Gpu, grid, loopBudgetError, type Tensor, withinLoopBudget } from "../gpu.ts";
+import { type Gpu, grid, loopBudgetError, type Tensor, withinLoopBudget } from "../engine/gpu.ts";
 import { rowWorkgroupSize } from "./norm.ts";
 
 /** Options for {@linkcode crossEntropy}. */

@@ -12,7 +12,14 @@
  * every family widens every load to f32 and accumulates in f32; the output is always f32.
  * @module
  */
-import { type BufferWindow, cdiv, DTYPE_BYTES, type Gpu, grid, type Tensor } from "../gpu.ts";
+import {
+  type BufferWindow,
+  cdiv,
+  DTYPE_BYTES,
+  type Gpu,
+  grid,
+  type Tensor,
+} from "../engine/gpu.ts";
 
 /**
  * Kernel family: "cpu" for CPU rasterizers, "tiled" (workgroup memory) for real GPUs, "subgroup"

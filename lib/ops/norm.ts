@@ -3,7 +3,7 @@
  * (kernels/norm.wgsl), with its backward.
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
+import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
 
 /** Options shared by the row kernels. */
 export interface RowKernelOptions {

@@ -5,7 +5,7 @@
  * another that the AdamW kernel reads directly.
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../gpu.ts";
+import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
 
 /** Elements reduced by one workgroup of the sum-of-squares kernel (256 threads × 16). */
 export const NORM_CHUNK = 256 * 16;

@@ -3,7 +3,7 @@
  * not interleaved), with the llama3 frequency scaling (kernels/rope.wgsl).
  * @module
  */
-import { cdiv, type Gpu, grid, type Tensor } from "../gpu.ts";
+import { cdiv, type Gpu, grid, type Tensor } from "../engine/gpu.ts";
 
 /** A config's `rope_scaling` block as HF writes it (only "llama3" and "default" are supported). */
 export interface RopeScalingJson {

@@ -10,7 +10,7 @@ import {
   loopBudgetError,
   type Tensor,
   withinLoopBudget,
-} from "../gpu.ts";
+} from "../engine/gpu.ts";
 
 /**
  * Kernel family: "cpu" runs one invocation per row (no barriers, for CPU rasterizers),

@@ -5,7 +5,7 @@
  * definition the GPU layers must agree with.
  * @module
  */
-import type { LlamaConfig } from "../config.ts";
+import type { LlamaConfig } from "../model/config.ts";
 
 /** Base weights by Hugging Face tensor name, as f64 (or f32) arrays. */
 export type RefWeights = Map<string, ArrayLike<number>>;

@@ -1,0 +1,11 @@
+/**
+ * Training without file I/O: the trainer (AdamW, schedule, clipping, accumulation), datasets and
+ * their templates and loss masks, your own data's formats, and the memory estimator. May import
+ * engine/, ops/ and model/.
+ * @module
+ */
+export * from "./trainer.ts";
+export * from "./schedule.ts";
+export * from "./prompt.ts";
+export * from "./data.ts";
+export * from "./memory.ts";
