@@ -17,7 +17,7 @@
  */
 import { createGpu, type Gpu } from "../lib/engine/gpu.ts";
 import type { MatmulVariant } from "../lib/ops/matmul.ts";
-import { type AccuracySummary } from "../lib/eval/evaluate.ts";
+import type { AccuracySummary } from "../lib/eval/evaluate.ts";
 import { baseParameterCount } from "../lib/model/config.ts";
 import { type AdapterConfig, targetText } from "../lib/model/peft.ts";
 import type { TrainExample } from "../lib/train/data.ts";
