@@ -14,6 +14,7 @@
  * Everything is a pure function of the seed; scripts/make_synthetic.ts writes the files.
  * @module
  */
+import { COMMONSENSE_TASKS, type CommonsenseTask, DATASET_FOLDERS } from "../lib/train/datasets.ts";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { formatTemplate, testPrompt, trainingTarget } from "../lib/train/prompt.ts";
 import { Rng } from "../lib/engine/rand.ts";
@@ -95,7 +96,7 @@ export interface KeyedRecord {
 }
 
 /** The eight task styles, by the reference's dataset names. */
-export type StyleName = "boolq" | "piqa" | "siqa" | "hellas" | "winog" | "arce" | "arcc" | "obqa";
+export type StyleName = CommonsenseTask;
 
 /** Sizes of the generated sets. */
 export const SYNTHETIC_SIZES = {
@@ -108,27 +109,11 @@ export const SYNTHETIC_SIZES = {
 } as const;
 
 /** Folder of each style's test set under data_file/llm_adapt/. */
-export const STYLE_FOLDERS: Readonly<Record<StyleName, string>> = {
-  boolq: "boolq",
-  piqa: "piqa",
-  siqa: "social_i_qa",
-  hellas: "hellaswag",
-  winog: "winogrande",
-  arce: "ARC-Easy",
-  arcc: "ARC-Challenge",
-  obqa: "openbookqa",
-};
+export const STYLE_FOLDERS: Readonly<Record<StyleName, string>> = Object.fromEntries(
+  COMMONSENSE_TASKS.map((t) => [t, DATASET_FOLDERS[t].replace(/^llm_adapt\//, "")]),
+) as Record<StyleName, string>;
 
-const STYLES: readonly StyleName[] = [
-  "boolq",
-  "piqa",
-  "siqa",
-  "hellas",
-  "winog",
-  "arce",
-  "arcc",
-  "obqa",
-];
+const STYLES: readonly StyleName[] = COMMONSENSE_TASKS;
 
 /** Number of choices (2 for true/false) of each style. */
 export const STYLE_CHOICES: Readonly<Record<StyleName, number>> = {

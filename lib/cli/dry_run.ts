@@ -6,6 +6,7 @@
 import type { LlamaConfig } from "../model/config.ts";
 import { parseTargetFlag, targetText } from "../model/peft.ts";
 import { resolveWeightDtype } from "../model/load.ts";
+import { hiraTrainingKernel } from "../model/adapters.ts";
 import {
   checkMemory,
   estimateMemory,
@@ -49,13 +50,12 @@ export function dryRunReport(
     ? "f32"
     : args.weight_dtype;
   const opts = memoryOptionsOf(args, wdt, limits);
-  // What HiraAdapter's "auto" runs in training: fused on GPUs; on CPU rasterizers the backward
-  // materialises at any length (without a device, the materialising path: the larger for real
-  // models).
+  // What HiraAdapter's "auto" runs in training; without a device, the materialising path (the
+  // larger for real models).
   const gpu = device !== null && device.isCpuAdapter !== true;
   const est = estimateMemory(cfg, {
     ...opts,
-    hiraKernel: gpu ? "fused" : "materialized",
+    hiraKernel: hiraTrainingKernel(!gpu),
     hiraVariant: gpu ? "tiled" : "cpu",
   });
   const budget = args.memory_limit > 0 ? args.memory_limit * 2 ** 30 : undefined;

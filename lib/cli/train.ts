@@ -13,6 +13,7 @@ import { HiraError, isHiraError, parseJson, preview } from "../engine/errors.ts"
 import { JSON_CAPS, osError, osReason, readRegularText, TEXT_CAP } from "../io/fs_deno.ts";
 import { baseParameterCount, type LlamaConfig } from "../model/config.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir, readConfig } from "../io/model_deno.ts";
+import { hiraTrainingKernel } from "../model/adapters.ts";
 import {
   frozenWeightDtype,
   randomModel,
@@ -912,7 +913,7 @@ async function runTrainingLocked(
   // Refuse before allocating anything: the estimate and check --dry_run prints.
   const est = estimateMemory(cfg, {
     ...memoryOptionsOf(args, weightDtype, gpu.limits, dataShape(data.train, args.batch)),
-    hiraKernel: gpu.isCpuAdapter ? "materialized" : "fused",
+    hiraKernel: hiraTrainingKernel(gpu.isCpuAdapter),
   });
   const tooBig = refusal(
     checkMemory(est, gpu.limits, args.memory_limit > 0 ? args.memory_limit * 2 ** 30 : undefined),
@@ -995,8 +996,8 @@ async function runTrainingLocked(
     loader = new BatchLoader(data.train, args.batch, state.loader);
     for (const [path, ad] of model.adapters) {
       const c = state.dropout_counters?.[path];
-      if (c !== undefined && "dropoutCounter" in ad) {
-        (ad as { dropoutCounter: number }).dropoutCounter = c;
+      if (c !== undefined && ad.dropoutCounter !== undefined) {
+        ad.dropoutCounter = c;
       }
     }
     if (held.lock?.recoveredFrom != null) {
@@ -1109,8 +1110,8 @@ async function runTrainingLocked(
     state.loader = loader.state;
     state.epoch = loader.epoch + loader.position / loader.batchesPerEpoch;
     for (const [path, ad] of model.adapters) {
-      if ("dropoutCounter" in ad) {
-        state.dropout_counters[path] = (ad as { dropoutCounter: number }).dropoutCounter;
+      if (ad.dropoutCounter !== undefined) {
+        state.dropout_counters[path] = ad.dropoutCounter;
       }
     }
     if (metric !== null) {

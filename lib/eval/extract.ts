@@ -6,44 +6,8 @@
  * @module
  */
 
-/** The eight commonsense evaluation sets, by the reference's dataset names. */
-export type CommonsenseTask =
-  | "boolq"
-  | "piqa"
-  | "siqa"
-  | "hellas"
-  | "winog"
-  | "arce"
-  | "arcc"
-  | "obqa";
-
-/** The eight commonsense tasks in the reference's reporting order. */
-export const COMMONSENSE_TASKS: readonly CommonsenseTask[] = [
-  "boolq",
-  "piqa",
-  "siqa",
-  "hellas",
-  "winog",
-  "arce",
-  "arcc",
-  "obqa",
-];
-
-/**
- * The sets' published names, for display (the short names above are the reference's file and
- * result keys): siqa is Social IQa, hellas HellaSwag, winog WinoGrande, arce/arcc the easy and
- * challenge sets of ARC, obqa OpenBookQA.
- */
-export const COMMONSENSE_TITLES: Readonly<Record<CommonsenseTask, string>> = {
-  boolq: "BoolQ",
-  piqa: "PIQA",
-  siqa: "Social IQa",
-  hellas: "HellaSwag",
-  winog: "WinoGrande",
-  arce: "ARC-Easy",
-  arcc: "ARC-Challenge",
-  obqa: "OpenBookQA",
-};
+export { COMMONSENSE_TASKS, COMMONSENSE_TITLES, type CommonsenseTask } from "../train/datasets.ts";
+import { COMMONSENSE_TASKS, type CommonsenseTask } from "../train/datasets.ts";
 
 const ANSWER_N = /answer1|answer2|answer3|answer4|answer5/;
 

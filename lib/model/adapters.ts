@@ -57,6 +57,12 @@ export interface AdapterBackwardOptions {
 export interface LinearAdapter {
   readonly peftType: PeftType;
   readonly r: number;
+  /**
+   * Where the adapter's dropout mask stream stands (the id the next training forward takes);
+   * undefined for adapters without dropout. Checkpoints save it so a resumed run draws the same
+   * masks, and activation checkpointing sets it back to recompute a forward.
+   */
+  dropoutCounter?: number;
   readonly inFeatures: number;
   readonly outFeatures: number;
   /**
@@ -124,6 +130,16 @@ export type HiraKernel = "auto" | "fused" | "materialized" | "peft";
 
 /** A {@linkcode HiraKernel} other than "auto". */
 export type HiraKernelResolved = Exclude<HiraKernel, "auto">;
+
+/**
+ * What "auto" runs for a training step's backward, which sizes its memory: the fused kernels on
+ * GPUs, the materialising path on CPU rasterizers (measured faster there at every length). The
+ * one statement of the choice: {@linkcode HiraAdapter.kernelFor} and the memory estimates (train
+ * and --dry_run) use it.
+ */
+export function hiraTrainingKernel(isCpuAdapter: boolean): "fused" | "materialized" {
+  return isCpuAdapter ? "materialized" : "fused";
+}
 
 const LORA_DROPOUT = (entry: string): KernelSpec => ({
   file: "lora.wgsl",
@@ -254,8 +270,9 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
    */
   kernelFor(tokens: number, pass: "forward" | "backward" = "forward"): HiraKernelResolved {
     if (this.kernel === "auto") {
-      if (!this.gpu.isCpuAdapter) return "fused";
-      if (pass === "backward") return "materialized";
+      if (!this.gpu.isCpuAdapter || pass === "backward") {
+        return hiraTrainingKernel(this.gpu.isCpuAdapter);
+      }
       const short = tokens <= cpuFusedMaxTokens(this.gpu.description);
       return short &&
           hiraFusedFits(

@@ -227,12 +227,12 @@ export class LlamaModel {
   }
 
   /** The LoRA dropout mask ids the adapters of layer `l` will use next. */
-  #dropoutCounters(l: number): Map<unknown, number> {
-    const m = new Map<unknown, number>();
+  #dropoutCounters(l: number): Map<LinearAdapter, number> {
+    const m = new Map<LinearAdapter, number>();
     for (const p of PROJECTIONS) {
       const ad = this.adapters.get(modulePath(l, p));
-      if (ad && "dropoutCounter" in ad) {
-        m.set(ad, (ad as { dropoutCounter: number }).dropoutCounter);
+      if (ad?.dropoutCounter !== undefined) {
+        m.set(ad, ad.dropoutCounter);
       }
     }
     return m;
@@ -520,7 +520,7 @@ export class LlamaModel {
     let x = this.#track(await embedding(g, this.weights.embed, c.ids));
     const acts: LayerActs[] = [];
     // LoRA dropout draws a new mask per forward; a recomputed layer must reuse its mask ids.
-    const maskIds: Map<unknown, number>[] = [];
+    const maskIds: Map<LinearAdapter, number>[] = [];
     for (let l = 0; l < cfg.numLayers; l++) {
       maskIds.push(this.#dropoutCounters(l));
       const { out, acts: a } = await this.#layerForward(
@@ -613,7 +613,7 @@ export class LlamaModel {
     for (let l = cfg.numLayers - 1; l >= 0; l--) {
       let a = acts[l];
       if (this.gradCheckpointing) {
-        for (const [ad, id] of maskIds[l]) (ad as { dropoutCounter: number }).dropoutCounter = id;
+        for (const [ad, id] of maskIds[l]) ad.dropoutCounter = id;
         const r = await this.#layerForward(l, a.x, c, true);
         this.#free(r.out);
         a = r.acts;

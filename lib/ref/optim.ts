@@ -51,14 +51,3 @@ export function gradNormRef(grads: readonly ArrayLike<number>[]): number {
 export function clipScaleRef(norm: number, maxNorm: number): number {
   return Math.min(1, maxNorm / (norm + 1e-6));
 }
-
-/** Clips gradients in place as torch.nn.utils.clip_grad_norm_; returns the norm and scale. */
-export function clipGradsRef(
-  grads: Float64Array[],
-  maxNorm: number,
-): { norm: number; scale: number } {
-  const norm = gradNormRef(grads);
-  const scale = clipScaleRef(norm, maxNorm);
-  for (const g of grads) for (let i = 0; i < g.length; i++) g[i] *= scale;
-  return { norm, scale };
-}

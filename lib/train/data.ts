@@ -18,41 +18,8 @@ import { Rng } from "../engine/rand.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import type { Batch } from "../model/model.ts";
 
-/** Dataset names the project knows (the reference's `--dataset` choices that we support). */
-export type DatasetName =
-  | "common_170k"
-  | "boolq"
-  | "piqa"
-  | "siqa"
-  | "hellas"
-  | "winog"
-  | "arce"
-  | "arcc"
-  | "obqa"
-  | "gsm8k"
-  | "convai2"
-  | "meta_math"
-  | "common_all";
-
-/**
- * Dataset name → folder under the data root (the reference's `dataset_map`,
- * `format_inputs.py:58-78`; the data root is `data_file`). common_all reads boolq's folder.
- */
-export const DATASET_FOLDERS: Readonly<Record<DatasetName, string>> = {
-  common_170k: "llm_adapt/commonsense_170k",
-  boolq: "llm_adapt/boolq",
-  piqa: "llm_adapt/piqa",
-  siqa: "llm_adapt/social_i_qa",
-  hellas: "llm_adapt/hellaswag",
-  winog: "llm_adapt/winogrande",
-  arce: "llm_adapt/ARC-Easy",
-  arcc: "llm_adapt/ARC-Challenge",
-  obqa: "llm_adapt/openbookqa",
-  gsm8k: "llm_adapt/gsm8k",
-  convai2: "convai2",
-  meta_math: "meta_math",
-  common_all: "llm_adapt/boolq",
-};
+export { DATASET_FOLDERS, type DatasetName } from "./datasets.ts";
+import { DATASET_FOLDERS, type DatasetName } from "./datasets.ts";
 
 /** The default data root, as in the reference (relative to the repo root). */
 export const DEFAULT_DATA_ROOT = "data_file";

@@ -12,6 +12,7 @@
  * - Template 7 (`{cinput}{target}`) is mmlu's.
  * @module
  */
+import { COMMONSENSE_TASKS } from "./datasets.ts";
 
 /**
  * The reference's `BOOLQ_TEMPLATE` (template 4). Note the TWO spaces after "request." before
@@ -38,16 +39,9 @@ const TEMPLATES: Record<TemplateType, string> = {
 
 /** Datasets that the reference's collator formats with template 4 (`train_hira.py:228-233`). */
 const TEMPLATE4_DATASETS: ReadonlySet<string> = new Set([
-  "boolq",
+  ...COMMONSENSE_TASKS,
   "gsm8k",
   "common_170k",
-  "piqa",
-  "siqa",
-  "hellas",
-  "winog",
-  "arce",
-  "arcc",
-  "obqa",
   "common_all",
 ]);
 

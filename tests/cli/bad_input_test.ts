@@ -29,7 +29,7 @@ import {
   trainFlags,
 } from "../_bad_input_fixture.ts";
 
-const REPO = new URL("..", import.meta.url).pathname;
+const REPO = new URL("../..", import.meta.url).pathname;
 const CFG = parseConfig(TINY_CONFIG);
 
 /** How a case is run. */

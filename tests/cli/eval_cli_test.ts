@@ -8,7 +8,7 @@ import { join } from "@std/path";
 import { assertClose } from "../_util.ts";
 import { openSafetensors } from "../../lib/io/safetensors_deno.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
+const ROOT = new URL("../..", import.meta.url).pathname;
 const FIX = new URL("../fixtures/golden/", import.meta.url).pathname;
 
 interface Run {

@@ -14,7 +14,7 @@ import type { LlamaModel } from "../../lib/model/model.ts";
 import { type Fixture, makeFixture, trainFlags } from "../_bad_input_fixture.ts";
 import { testGpu } from "../_util.ts";
 
-const REPO = new URL("..", import.meta.url).pathname;
+const REPO = new URL("../..", import.meta.url).pathname;
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 const decoder = new TextDecoder();
 
