@@ -27,13 +27,13 @@ import {
   type DataRecord,
   fieldsFor,
   packBatch,
-  type PackedBatch,
   parseRecords,
   splitPath,
   type TrainExample,
   trainExamples,
 } from "../lib/train/data.ts";
 import { type StepReport, Trainer } from "../lib/train/trainer.ts";
+import { MAX_GRAD_NORM, trainLoop, validationBatches } from "../lib/train/loop.ts";
 import {
   type AccuracySummary,
   type DatasetScore,
@@ -238,22 +238,22 @@ export async function trainAdapters(
     warmup: s.warmup,
     weightDecay: s.weightDecay,
     gradAcc: 1,
-    maxGradNorm: 1.0,
+    maxGradNorm: MAX_GRAD_NORM,
     totalSteps: s.steps,
   });
   const loader = new BatchLoader(examples, s.batch, s.seed);
-  const valBatches: PackedBatch[] = [];
-  for (let i = 0; i < validation.length; i += s.batch) {
-    valBatches.push(packBatch(validation.slice(i, i + s.batch)));
-  }
+  const valBatches = validationBatches(validation, s.batch);
   const measured: [number, number][] = [];
-  const valLoss = async () => {
-    if (!valBatches.length) return NaN;
-    hooks.onValidationStart?.(trainer.step);
-    const v = await trainer.evalLoss(valBatches);
+  const record = (v: number) => {
     measured.push([trainer.step, v]);
     hooks.onValidation?.(trainer.step, v);
     return v;
+  };
+  // Before and after training, outside the loop (the page compares the two).
+  const valLoss = async () => {
+    if (!valBatches.length) return NaN;
+    hooks.onValidationStart?.(trainer.step);
+    return record(await trainer.evalLoss(valBatches));
   };
   const every = Math.max(0, Math.floor(hooks.validateEvery ?? 0));
   const losses: number[] = [];
@@ -263,18 +263,23 @@ export async function trainAdapters(
   let stopped = false;
   try {
     validationBefore = await valLoss();
-    while (trainer.step < s.steps) {
-      if (hooks.shouldStop?.()) {
-        stopped = true;
-        break;
-      }
-      const r = await trainer.trainStep([loader.next()]);
-      losses.push(r.loss);
-      tokens += r.tokens;
-      const secs = Math.max(1e-6, (performance.now() - t0) / 1000);
-      hooks.onStep?.({ ...r, totalSteps: s.steps, tokensPerSecond: tokens / secs });
-      if (every > 0 && r.step % every === 0 && r.step < s.steps) await valLoss();
-    }
+    const end = await trainLoop(trainer, s.steps, () => [loader.next()], valBatches, {
+      shouldStop: hooks.shouldStop,
+      onStep: (r) => {
+        losses.push(r.loss);
+        tokens += r.tokens;
+        const secs = Math.max(1e-6, (performance.now() - t0) / 1000);
+        hooks.onStep?.({ ...r, totalSteps: s.steps, tokensPerSecond: tokens / secs });
+      },
+      evalAt: (step) => every > 0 && step % every === 0 && step < s.steps,
+      beforeEval: (step) => {
+        if (valBatches.length) hooks.onValidationStart?.(step);
+      },
+      onEval: (_step, v) => {
+        if (v !== null) record(v);
+      },
+    });
+    stopped = end === "shouldStop";
     // A run stopped before its first step has nothing new to measure.
     validationAfter = trainer.step > 0 ? await valLoss() : validationBefore;
   } finally {

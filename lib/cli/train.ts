@@ -29,6 +29,7 @@ import {
   refusal,
 } from "../train/memory.ts";
 import { dryRunReport } from "./dry_run.ts";
+import { MAX_GRAD_NORM, trainLoop, validationBatches } from "../train/loop.ts";
 import type { LlamaModel } from "../model/model.ts";
 import { loadTokenizer } from "../io/tokenizer_deno.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
@@ -39,7 +40,6 @@ import {
   fieldsFor,
   isDatasetName,
   type LoaderState,
-  packBatch,
   type PackedBatch,
   parseRecords,
   splitPath,
@@ -981,7 +981,7 @@ async function runTrainingLocked(
     warmup: args.warmup,
     weightDecay: args.weight_decay,
     gradAcc: args.grad_acc,
-    maxGradNorm: 1.0,
+    maxGradNorm: MAX_GRAD_NORM,
     totalSteps: steps,
   });
   // Run folder and state.
@@ -1080,17 +1080,14 @@ async function runTrainingLocked(
     : args.eval_strategy === "epoch"
     ? perEpoch
     : 0;
-  const valBatches: PackedBatch[] = [];
-  const evalBatch = Math.max(1, args.batch);
-  for (let i = 0; i < data.validation.length; i += evalBatch) {
-    valBatches.push(packBatch(data.validation.slice(i, i + evalBatch)));
-  }
+  const valBatches = validationBatches(data.validation, args.batch);
   let interrupted = false;
   const progress = new Progress(steps, trainer.step);
   let lastLoss = NaN;
   let lastSaved = resume ? state.global_step : -1;
   // A NaN/Inf or a lost GPU stops the run: the error names the step, the checkpoint left behind
   // and what to try, and goes to the log and report too. Other errors pass through unchanged.
+  const halted = new WeakSet<object>();
   const halt = async (e: unknown): Promise<unknown> => {
     if (!(e instanceof NonFiniteError) && !(e instanceof DeviceLostAtStepError)) return e;
     const ctx = {
@@ -1103,6 +1100,7 @@ async function runTrainingLocked(
     progress.break();
     await jlog.write({ type: "error", step: err.step, message: err.message }).catch(() => {});
     if (!opts.noReport) await writeRunReport(runDir).catch(() => {});
+    halted.add(err);
     return err;
   };
   const checkpoint = async (metric: number | null) => {
@@ -1140,61 +1138,56 @@ async function runTrainingLocked(
     return dir;
   };
   try {
-    // A signal during the accuracy pass before training: stop before the first step.
-    while (!stopped() && trainer.step < steps) {
+    // A signal during the accuracy pass before training stops before the first step (the
+    // loop checks before every step).
+    const nextMicro = () => {
       const micro: PackedBatch[] = [];
       for (let i = 0; i < args.grad_acc; i++) micro.push(loader.next());
-      let r: StepReport;
-      try {
-        r = await trainer.trainStep(micro);
-      } catch (e) {
-        throw await halt(e);
-      }
-      lastLoss = r.loss;
-      if (r.step === trainer.opts.totalSteps || r.step === 1 || !Number.isFinite(lastLoss)) {
-        const mb = (model.peakActivationBytes / 2 ** 20).toFixed(1);
-        await jlog.write({
-          type: "memory",
-          step: r.step,
-          activation_peak_bytes: model.peakActivationBytes,
-          grad_ckpt: args.enable_grad_ckpt,
-        });
-        if (r.step === 1 || (resume && r.step === trainer.step)) {
-          progress.break();
-          log(
-            `activation memory at peak: ${mb} MiB (gradient checkpointing ${
-              args.enable_grad_ckpt ? "on" : "off"
-            })`,
-          );
-        }
-      }
-      progress.update(r, args.log_every);
-      const rec = {
-        type: "train",
-        step: r.step,
-        loss: r.loss,
-        lr: r.lr,
-        grad_norm: r.gradNorm,
-        tokens: r.tokens,
-        epoch: loader.epoch + loader.position / loader.batchesPerEpoch,
-        time: Date.now(),
-      };
-      state.log_history.push(rec);
-      await jlog.write(rec);
-      const evalNow = evalEvery > 0 && (r.step % evalEvery === 0 || r.step === steps);
-      if (evalNow) {
-        let metric: number | null = null;
-        if (valBatches.length) {
-          metric = await trainer.evalLoss(valBatches).catch(async (e) => {
-            throw await halt(e);
+      return micro;
+    };
+    await trainLoop(trainer, steps, nextMicro, valBatches, {
+      shouldStop: stopped,
+      onStep: async (r) => {
+        lastLoss = r.loss;
+        if (r.step === trainer.opts.totalSteps || r.step === 1 || !Number.isFinite(lastLoss)) {
+          const mb = (model.peakActivationBytes / 2 ** 20).toFixed(1);
+          await jlog.write({
+            type: "memory",
+            step: r.step,
+            activation_peak_bytes: model.peakActivationBytes,
+            grad_ckpt: args.enable_grad_ckpt,
           });
-          // Checked before the checkpoint, so a NaN model is never saved.
-          if (!Number.isFinite(metric)) {
-            throw await halt(new NonFiniteError(r.step, "the validation loss"));
+          if (r.step === 1 || (resume && r.step === trainer.step)) {
+            progress.break();
+            log(
+              `activation memory at peak: ${mb} MiB (gradient checkpointing ${
+                args.enable_grad_ckpt ? "on" : "off"
+              })`,
+            );
           }
+        }
+        progress.update(r, args.log_every);
+        const rec = {
+          type: "train",
+          step: r.step,
+          loss: r.loss,
+          lr: r.lr,
+          grad_norm: r.gradNorm,
+          tokens: r.tokens,
+          epoch: loader.epoch + loader.position / loader.batchesPerEpoch,
+          time: Date.now(),
+        };
+        state.log_history.push(rec);
+        await jlog.write(rec);
+      },
+      evalAt: (step) => evalEvery > 0 && (step % evalEvery === 0 || step === steps),
+      onEval: async (step, metric) => {
+        if (metric !== null) {
+          // Checked before the checkpoint, so a NaN model is never saved.
+          if (!Number.isFinite(metric)) throw new NonFiniteError(step, "the validation loss");
           progress.break();
-          log(`step ${r.step}: eval_loss ${metric.toFixed(4)}`);
-          const erec = { type: "eval", step: r.step, eval_loss: metric, time: Date.now() };
+          log(`step ${step}: eval_loss ${metric.toFixed(4)}`);
+          const erec = { type: "eval", step, eval_loss: metric, time: Date.now() };
           state.log_history.push(erec);
           await jlog.write(erec);
         }
@@ -1204,18 +1197,24 @@ async function runTrainingLocked(
           state.evals_without_improvement >= args.early_stop_patience
         ) {
           log(`early stop: ${args.early_stop_patience} evaluations without improvement`);
-          break;
+          return "stop";
         }
-      }
-      if (opts.afterStep) await opts.afterStep(r, model);
-      if (stopped() || (opts.stopAfter !== undefined && r.step >= opts.stopAfter)) {
-        if (!evalNow) await checkpoint(null);
-        progress.break();
-        log(`stopped at step ${r.step}; resume with --resume=${runDir}`);
-        interrupted = true;
-        break;
-      }
-    }
+      },
+      afterStep: async (r, evaluated) => {
+        if (opts.afterStep) await opts.afterStep(r, model);
+        if (stopped() || (opts.stopAfter !== undefined && r.step >= opts.stopAfter)) {
+          if (!evaluated) await checkpoint(null);
+          progress.break();
+          log(`stopped at step ${r.step}; resume with --resume=${runDir}`);
+          interrupted = true;
+          return "stop";
+        }
+      },
+    }).catch(async (e) => {
+      // A step's or a validation's NaN or lost device, named with the checkpoint left behind;
+      // a checkpoint's own failure was reported by checkpoint() already.
+      throw halted.has(e) ? e : await halt(e);
+    });
     if (!interrupted && evalEvery === 0 && lastSaved !== trainer.step) await checkpoint(null);
   } finally {
     // The signal listeners stay until runTraining returns: the final copy and the accuracy

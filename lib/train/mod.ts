@@ -9,3 +9,5 @@ export * from "./schedule.ts";
 export * from "./prompt.ts";
 export * from "./data.ts";
 export * from "./memory.ts";
+export * from "./loop.ts";
+export * from "./datasets.ts";
