@@ -20,7 +20,8 @@ import { resolveWeightDtype } from "../model/load.ts";
 import { type AdapterConfig, loraScale } from "../model/peft.ts";
 import { openAdapterDir } from "../io/peft_deno.ts";
 import { loadAdapters } from "../model/attach.ts";
-import { listCheckpoints } from "./train.ts";
+import { listCheckpoints } from "./run_folder.ts";
+import type { RunOptions } from "./train.ts";
 import { writeFileAtomic } from "../io/safetensors_deno.ts";
 import {
   type DataRecord,
@@ -610,23 +611,11 @@ export async function evalMain(argv: readonly string[]): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // train.ts accuracy report
 
-/** The hooks {@linkcode accuracyHooks} adds to train.ts's RunOptions. */
-export interface AccuracyHooks {
-  /** `stopped()` turns true when a signal asks the run to stop: the pass ends between sets. */
-  beforeTraining?: (
-    model: LlamaModel,
-    tok: Tokenizer,
-    runDir: string,
-    stopped?: () => boolean,
-  ) => Promise<void>;
-  /** As beforeTraining. */
-  afterTraining?: (
-    model: LlamaModel,
-    tok: Tokenizer,
-    runDir: string,
-    stopped?: () => boolean,
-  ) => Promise<void>;
-}
+/**
+ * The hooks {@linkcode accuracyHooks} adds to train.ts's RunOptions (a signal's `stopped()` ends
+ * the pass between sets).
+ */
+export type AccuracyHooks = Pick<RunOptions, "beforeTraining" | "afterTraining">;
 
 /** The held-out sets of a training dataset for the accuracy report (empty: no report). */
 export async function heldOutSets(dataset: string, dataRoot: string): Promise<string[]> {

@@ -12,4 +12,5 @@ export * from "./eval_file.ts";
 export * from "./eval_flags.ts";
 export * from "./launch.ts";
 export * from "./permissions.ts";
+export * from "./run_folder.ts";
 export * from "./train.ts";

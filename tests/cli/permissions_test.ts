@@ -19,7 +19,8 @@ import {
   type PermissionPlan,
   safeName,
 } from "../../lib/cli/permissions.ts";
-import { bestCheckpointIn, runTraining, writeModelDir } from "../../lib/cli/train.ts";
+import { bestCheckpointIn } from "../../lib/cli/run_folder.ts";
+import { runTraining, writeModelDir } from "../../lib/cli/train.ts";
 import { resolveCheckpoint } from "../../lib/cli/eval.ts";
 import { parseTrainArgs } from "../../lib/cli/args.ts";
 import { parseConfig } from "../../lib/model/config.ts";
