@@ -158,26 +158,6 @@ fn hadamard(a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
   return mat4x4<f32>(a[0] * b[0], a[1] * b[1], a[2] * b[2], a[3] * b[3]);
 }
 
-// One block row (4 output rows from m) against the CB column blocks.
-fn mm_block_row(
-  c0: ptr<function, mat4x4<f32>>,
-  c1: ptr<function, mat4x4<f32>>,
-  c2: ptr<function, mat4x4<f32>>,
-  c3: ptr<function, mat4x4<f32>>,
-  m: u32,
-  k: u32,
-  w0: mat4x4<f32>,
-  w1: mat4x4<f32>,
-  w2: mat4x4<f32>,
-  w3: mat4x4<f32>,
-) {
-  let am = mm_act_block(m, k);
-  mac_block(c0, am, w0);
-  if (CB > 1u) { mac_block(c1, am, w1); }
-  if (CB > 2u) { mac_block(c2, am, w2); }
-  if (CB > 3u) { mac_block(c3, am, w3); }
-}
-
 fn mm_store_block(m: u32, n: u32, v: mat4x4<f32>, add_old: bool) {
   mm_store4(m, n, v[0], add_old);
   mm_store4(m + 1u, n, v[1], add_old);
@@ -310,10 +290,16 @@ fn mm_cpu(
     var w2: mat4x4<f32>;
     var w3: mat4x4<f32>;
     mm_weff_step(&pre, k, n0, &w0, &w1, &w2, &w3);
-    mm_block_row(&c00, &c01, &c02, &c03, m0, k, w0, w1, w2, w3);
-    if (RB > 1u) { mm_block_row(&c10, &c11, &c12, &c13, m0 + 4u, k, w0, w1, w2, w3); }
-    if (RB > 2u) { mm_block_row(&c20, &c21, &c22, &c23, m0 + 8u, k, w0, w1, w2, w3); }
-    if (RB > 3u) { mm_block_row(&c30, &c31, &c32, &c33, m0 + 12u, k, w0, w1, w2, w3); }
+    mac_blocks(&c00, &c01, &c02, &c03, mm_act_block(m0, k), w0, w1, w2, w3);
+    if (RB > 1u) {
+      mac_blocks(&c10, &c11, &c12, &c13, mm_act_block(m0 + 4u, k), w0, w1, w2, w3);
+    }
+    if (RB > 2u) {
+      mac_blocks(&c20, &c21, &c22, &c23, mm_act_block(m0 + 8u, k), w0, w1, w2, w3);
+    }
+    if (RB > 3u) {
+      mac_blocks(&c30, &c31, &c32, &c33, mm_act_block(m0 + 12u, k), w0, w1, w2, w3);
+    }
   }
   mm_store_tile(m0, n0, ACC, c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31,
     c32, c33);

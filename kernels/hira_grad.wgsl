@@ -153,23 +153,6 @@ fn g_x_at(x: vec4<u32>, t: u32, i: u32) -> mat4x4<f32> {
   return g_x_block(t, i);
 }
 
-fn g_block_row(
-  c0: ptr<function, mat4x4<f32>>,
-  c1: ptr<function, mat4x4<f32>>,
-  c2: ptr<function, mat4x4<f32>>,
-  c3: ptr<function, mat4x4<f32>>,
-  am: mat4x4<f32>,
-  b0: mat4x4<f32>,
-  b1: mat4x4<f32>,
-  b2: mat4x4<f32>,
-  b3: mat4x4<f32>,
-) {
-  mac_block(c0, am, b0);
-  if (CB > 1u) { mac_block(c1, am, b1); }
-  if (CB > 2u) { mac_block(c2, am, b2); }
-  if (CB > 3u) { mac_block(c3, am, b3); }
-}
-
 // G block scaled by W0[o..o+3, i..i+3] (column q is row o + q).
 fn g_scale(g: mat4x4<f32>, o: u32, i: u32) -> mat4x4<f32> {
   return mat4x4<f32>(g[0] * g_w04(o, i), g[1] * g_w04(o + 1u, i), g[2] * g_w04(o + 2u, i),
@@ -281,10 +264,10 @@ fn grad_cpu(
       if (CB > 1u) { b1 = g_x_block(t, i0 + 4u); }
       if (CB > 2u) { b2 = g_x_block(t, i0 + 8u); }
       if (CB > 3u) { b3 = g_x_block(t, i0 + 12u); }
-      g_block_row(&g00, &g01, &g02, &g03, g_dy_block(t, o0), b0, b1, b2, b3);
-      g_block_row(&g10, &g11, &g12, &g13, g_dy_block(t, o0 + 4u), b0, b1, b2, b3);
-      g_block_row(&g20, &g21, &g22, &g23, g_dy_block(t, o0 + 8u), b0, b1, b2, b3);
-      g_block_row(&g30, &g31, &g32, &g33, g_dy_block(t, o0 + 12u), b0, b1, b2, b3);
+      mac_blocks(&g00, &g01, &g02, &g03, g_dy_block(t, o0), b0, b1, b2, b3);
+      mac_blocks(&g10, &g11, &g12, &g13, g_dy_block(t, o0 + 4u), b0, b1, b2, b3);
+      mac_blocks(&g20, &g21, &g22, &g23, g_dy_block(t, o0 + 8u), b0, b1, b2, b3);
+      mac_blocks(&g30, &g31, &g32, &g33, g_dy_block(t, o0 + 12u), b0, b1, b2, b3);
     }
     // M = W0 ⊙ G (zero outside out × in): g{rb}{c} column q = M[o0 + 4rb + q, i0 + 4c..+3].
     g00 = g_scale(g00, o0, i0); g01 = g_scale(g01, o0, i0 + 4u);

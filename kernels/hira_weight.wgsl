@@ -15,8 +15,10 @@
 @group(0) @binding(3) var<storage, read> lora_b: array<f32>;
 @group(0) @binding(4) var<storage, read_write> w_dst: array<f32>;
 
-// Σ_r B[o, r]·A[r, i]
-fn rank_product(o: u32, i: u32) -> f32 {
+// Σ_r B[o, r]·A[r, i] for the element idx = o·in + i.
+fn rank_product(idx: u32) -> f32 {
+  let o = idx / wp.in_features;
+  let i = idx % wp.in_features;
   var s = 0.0;
   for (var k = 0u; k < wp.rank; k++) {
     s += lora_b[o * wp.rank + k] * lora_a[k * wp.in_features + i];
@@ -32,9 +34,7 @@ fn effective_weight(
 ) {
   let idx = flat(gid, nwg);
   if (idx >= wp.out_features * wp.in_features) { return; }
-  let o = idx / wp.in_features;
-  let i = idx % wp.in_features;
-  w_dst[idx] = f32(w_src[idx]) * (1.0 + rank_product(o, i));
+  w_dst[idx] = f32(w_src[idx]) * (1.0 + rank_product(idx));
 }
 
 // w_dst = W0 ⊙ (B·A): PEFT's stored delta weight (the bench's unfused PEFT-style path).
@@ -45,9 +45,7 @@ fn delta_weight(
 ) {
   let idx = flat(gid, nwg);
   if (idx >= wp.out_features * wp.in_features) { return; }
-  let o = idx / wp.in_features;
-  let i = idx % wp.in_features;
-  w_dst[idx] = f32(w_src[idx]) * rank_product(o, i);
+  w_dst[idx] = f32(w_src[idx]) * rank_product(idx);
 }
 
 // w_dst = W' ⊘ (1 + B·A), with w_src = W' (a merged weight). Ill-conditioned where 1 + B·A ≈ 0.
@@ -58,9 +56,7 @@ fn unmerge(
 ) {
   let idx = flat(gid, nwg);
   if (idx >= wp.out_features * wp.in_features) { return; }
-  let o = idx / wp.in_features;
-  let i = idx % wp.in_features;
-  w_dst[idx] = f32(w_src[idx]) / (1.0 + rank_product(o, i));
+  w_dst[idx] = f32(w_src[idx]) / (1.0 + rank_product(idx));
 }
 
 //! struct ElemParams
