@@ -16,7 +16,7 @@ import type { Gpu } from "../lib/engine/gpu.ts";
 
 /** One row of a profile: every replayed dispatch of one kernel entry with one set of uniforms. */
 export interface ProfileRow {
-  /** Kernel file and entry, e.g. "hira.wgsl#mm_cpu_strip". */
+  /** Kernel file and entry, e.g. "hira_fused.wgsl#mm_cpu_strip". */
   kernel: string;
   /** The kernel's compile-time defines (rows of one entry can differ only in these). */
   defines: string;

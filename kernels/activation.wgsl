@@ -8,9 +8,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-  return gid.x + gid.y * nwg.x * 256u;
-}
+//! include "common/flat.wgsl"
 
 // WGSL lets implementations assume no overflow, so exp() only ever sees non-positive arguments.
 fn sigmoid(x: f32) -> f32 {

@@ -6,9 +6,7 @@
 // Define WTYPE: the element type of the forward's table ("f32", or "f16" for frozen tables stored
 // in half precision; rows are widened to f32). The backward's tables are always f32.
 
-fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-  return gid.x + gid.y * nwg.x * 256u;
-}
+//! include "common/flat.wgsl"
 
 // ---- forward: out[t, :] = table[ids[t], :] ----
 

@@ -32,9 +32,7 @@ struct GatherParams {
 @group(0) @binding(4) var<storage, read_write> dst_k: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dst_v: array<f32>;
 
-fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-  return gid.x + gid.y * nwg.x * 256u;
-}
+//! include "common/flat.wgsl"
 
 // dst[rows[r], :] = src[r, :] for the keys and the values.
 @compute @workgroup_size(256)

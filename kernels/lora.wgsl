@@ -4,9 +4,7 @@
 // backward pass regenerates exactly the forward's mask without storing it.
 // lib/ref/adapters.ts (loraDropoutMaskRef) mirrors the hash bit for bit.
 
-fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-  return gid.x + gid.y * nwg.x * 256u;
-}
+//! include "common/flat.wgsl"
 
 // "lowbias32" integer finaliser (Chris Wellons): a full-avalanche u32 -> u32 mix.
 fn mix32(v: u32) -> u32 {

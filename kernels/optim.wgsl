@@ -4,9 +4,7 @@
 //
 // Entry points declare disjoint variable sets; bindings are numbered per entry point.
 
-fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-  return gid.x + gid.y * nwg.x * 256u;
-}
+//! include "common/flat.wgsl"
 
 // ---------------------------------------------------------------------------------------------
 // AdamW, one invocation per element. Host-side scalars (computed in f64, passed as f32):

@@ -68,9 +68,7 @@ fn pair_of(i: u32) -> Pair {
   return Pair(token_head * 2u * p.half + k, sc.y, p.sign * sc.x);
 }
 
-fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-  return gid.x + gid.y * nwg.x * 256u;
-}
+//! include "common/flat.wgsl"
 
 @group(0) @binding(3) var<storage, read> r_x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> r_out: array<f32>;

@@ -4,7 +4,7 @@
  */
 import { parseArgs } from "@std/cli/parse-args";
 import { EVAL_COMMANDS, EVAL_DATASETS } from "../eval/evaluate.ts";
-import { checkBooleanFlag, decimalFlag } from "../cli/args.ts";
+import { checkBooleanFlag, decimalFlag } from "./args.ts";
 import { HiraError } from "../engine/errors.ts";
 import { DATASET_FORMATS, type DatasetFormat, isDatasetPath } from "../train/dataset_format.ts";
 import type { WeightDtypeFlag } from "../model/load.ts";

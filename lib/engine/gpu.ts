@@ -48,6 +48,193 @@ export interface KernelSpec {
    * value. Used for tile sizes and element types, which WGSL `override` cannot express.
    */
   defines?: Record<string, string | number>;
+  /**
+   * Uniform structs the source splices in with a `//! struct NAME` line (see
+   * {@linkcode uniformStruct}). Constants of the op module: the cache key leaves them out.
+   */
+  structs?: readonly UniformStruct[];
+}
+
+/** Scalar types of a {@linkcode uniformStruct} field: 4 bytes each, packed in order. */
+export type UniformType = "u32" | "i32" | "f32";
+
+/**
+ * One description of a kernel's uniform block, from which both sides follow: {@linkcode pack}
+ * turns named values into the positional list {@linkcode Gpu.dispatch} writes, and
+ * {@linkcode wgsl} is the WGSL struct a kernel splices in with `//! struct NAME`.
+ */
+export interface UniformStruct<F extends string = string> {
+  readonly name: string;
+  readonly fields: readonly (readonly [F, UniformType])[];
+  /** `struct NAME { field: type, ... }` as WGSL text (one field a line). */
+  readonly wgsl: string;
+  /** The values in field order, each typed as its field (u32 as a plain number). */
+  pack(values: Readonly<Record<F, number>>): UniformValue[];
+}
+
+/**
+ * Describes a uniform struct of 4-byte scalars once, for both the host's buffer layout and the
+ * WGSL declaration (docs/kernels.md): `uniformStruct("MmParams", [["M", "u32"], ...])`.
+ */
+export function uniformStruct<const F extends string>(
+  name: string,
+  fields: readonly (readonly [F, UniformType])[],
+): UniformStruct<F> {
+  if (!/^[A-Za-z_]\w*$/.test(name)) throw new Error(`uniformStruct: bad name "${name}"`);
+  const seen = new Set<string>();
+  for (const [f, t] of fields) {
+    if (!/^[A-Za-z_]\w*$/.test(f) || seen.has(f)) {
+      throw new Error(`uniformStruct ${name}: bad or repeated field "${f}"`);
+    }
+    if (t !== "u32" && t !== "i32" && t !== "f32") {
+      throw new Error(`uniformStruct ${name}.${f}: type ${t} is not u32, i32 or f32`);
+    }
+    seen.add(f);
+  }
+  if (!fields.length) throw new Error(`uniformStruct ${name}: no fields`);
+  const wgsl = `struct ${name} {\n${fields.map(([f, t]) => `  ${f}: ${t},\n`).join("")}}`;
+  return {
+    name,
+    fields,
+    wgsl,
+    pack(values) {
+      return fields.map(([f, t]) => {
+        const v = values[f];
+        if (typeof v !== "number") throw new Error(`${name}.${f}: no value given`);
+        if (t === "u32") {
+          if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) {
+            throw new Error(`${name}.${f}: ${v} is not a u32`);
+          }
+          return v;
+        }
+        return t === "i32" ? { i32: v } : { f32: v };
+      });
+    },
+  };
+}
+
+/** Where one line of an expanded kernel source came from (kernels/-relative file, 1-based). */
+export interface SourceLine {
+  file: string;
+  line: number;
+}
+
+/** A kernel file with its includes spliced in (see {@linkcode expandIncludes}). */
+export interface ExpandedSource {
+  /** The WGSL text. */
+  code: string;
+  /** The origin of each line of `code`. */
+  lines: readonly SourceLine[];
+  /** Every file spliced in, the kernel file first, in the order they were read. */
+  files: readonly string[];
+}
+
+const INCLUDE_LINE = /^\s*\/\/!\s*include\b(.*)$/;
+const STRUCT_LINE = /^\s*\/\/!\s*struct\b(.*)$/;
+
+/** A kernels/-relative include path, checked: `name.wgsl` or `folder/name.wgsl`, no "..". */
+function includePath(raw: string): string | null {
+  const m = /^\s*"([^"]+)"\s*$/.exec(raw);
+  if (!m) return null;
+  const parts = m[1].split("/");
+  if (
+    !m[1].endsWith(".wgsl") ||
+    parts.some((p) => p === "" || p === "." || p === ".." || p.includes("\\"))
+  ) return null;
+  return m[1];
+}
+
+/**
+ * Splices the includes of a kernel file: a line `//! include "common/flat.wgsl"` is replaced by
+ * that file (paths relative to kernels/), recursively. Each file is spliced once per module (a
+ * second include of it is dropped); an include cycle, a malformed directive or a file that cannot
+ * be read is an error naming the including file and line. `read` gets kernels/-relative paths.
+ * Runs before the defines are substituted (docs/kernels.md).
+ */
+export async function expandIncludes(
+  file: string,
+  read: (file: string) => Promise<string>,
+): Promise<ExpandedSource> {
+  const out: string[] = [];
+  const lines: SourceLine[] = [];
+  const done = new Set<string>();
+  const stack: string[] = [];
+  const visit = async (f: string, from?: SourceLine): Promise<void> => {
+    if (stack.includes(f)) {
+      const cycle = [...stack.slice(stack.indexOf(f)), f].map((x) => `kernels/${x}`);
+      throw new Error(`kernels/${from!.file}:${from!.line}: include cycle ${cycle.join(" -> ")}`);
+    }
+    if (done.has(f)) return;
+    done.add(f);
+    let text: string;
+    try {
+      text = await read(f);
+    } catch (e) {
+      if (!from) throw e;
+      throw new Error(
+        `kernels/${from.file}:${from.line} includes kernels/${f}, which cannot be read: ` +
+          (e instanceof Error ? e.message : String(e)),
+      );
+    }
+    stack.push(f);
+    const src = text.split("\n");
+    for (let i = 0; i < src.length; i++) {
+      const m = INCLUDE_LINE.exec(src[i]);
+      if (!m) {
+        out.push(src[i]);
+        lines.push({ file: f, line: i + 1 });
+        continue;
+      }
+      const path = includePath(m[1]);
+      if (!path) {
+        throw new Error(
+          `kernels/${f}:${i + 1}: malformed include ${src[i].trim()} (want //! include ` +
+            `"folder/name.wgsl", relative to kernels/)`,
+        );
+      }
+      await visit(path, { file: f, line: i + 1 });
+    }
+    stack.pop();
+  };
+  await visit(file);
+  return { code: out.join("\n"), lines, files: [...done] };
+}
+
+/**
+ * Replaces each `//! struct NAME` line of an expanded source by the WGSL of the struct of that
+ * name in `structs`; a directive whose struct is not given is an error.
+ */
+export function spliceStructs(
+  src: ExpandedSource,
+  structs: readonly UniformStruct[] = [],
+  what = `kernels/${src.files[0]}`,
+): ExpandedSource {
+  const code = src.code.split("\n");
+  if (!code.some((l) => STRUCT_LINE.test(l))) return src;
+  const out: string[] = [];
+  const lines: SourceLine[] = [];
+  code.forEach((l, i) => {
+    const m = STRUCT_LINE.exec(l);
+    if (!m) {
+      out.push(l);
+      lines.push(src.lines[i]);
+      return;
+    }
+    const name = m[1].trim();
+    const s = structs.find((x) => x.name === name);
+    if (!s) {
+      const at = src.lines[i];
+      throw new Error(
+        `${what}: kernels/${at.file}:${at.line} splices struct ${name}, which its kernel spec ` +
+          `does not give (structs: ${structs.map((x) => x.name).join(", ") || "none"})`,
+      );
+    }
+    for (const sl of s.wgsl.split("\n")) {
+      out.push(sl);
+      lines.push(src.lines[i]);
+    }
+  });
+  return { code: out.join("\n"), lines, files: src.files };
 }
 
 /** The compiled-kernel cache key of a spec: "file#entry#NAME=value,..." with the defines sorted. */
@@ -293,6 +480,7 @@ export class Gpu {
   ) => void;
 
   #sources = new Map<string, Promise<string>>();
+  #expanded = new Map<string, Promise<ExpandedSource>>();
   #kernels = new Map<string, Kernel>();
   #pending = new Map<string, Promise<Kernel>>();
   #encoder: GPUCommandEncoder | null = null;
@@ -368,8 +556,24 @@ export class Gpu {
         return r.text();
       });
       this.#sources.set(file, p);
+      // A failed read is not cached: the next kernel asks again.
+      p.catch(() => this.#sources.delete(file));
     }
     return await p;
+  }
+
+  /**
+   * A kernel file of {@linkcode kernelsUrl} with its `//! include` lines spliced in (once per
+   * file; see {@linkcode expandIncludes}), before defines and structs.
+   */
+  kernelSource(file: string): Promise<ExpandedSource> {
+    let p = this.#expanded.get(file);
+    if (!p) {
+      p = expandIncludes(file, (f) => this.#source(f));
+      this.#expanded.set(file, p);
+      p.catch(() => this.#expanded.delete(file));
+    }
+    return p;
   }
 
   /**
@@ -413,13 +617,21 @@ export class Gpu {
   }
 
   async #compile(key: string, spec: KernelSpec): Promise<Kernel> {
-    let code = await this.#source(spec.file);
+    const src = spliceStructs(
+      await this.kernelSource(spec.file),
+      spec.structs,
+      `kernels/${spec.file} (${spec.entry})`,
+    );
+    let code = src.code;
+    // Lines prepended below (enable directives) come before the expanded source's first line.
+    let prefix = 0;
     for (const [k, v] of Object.entries(spec.defines ?? {})) {
       code = code.replaceAll(`{{${k}}}`, String(v));
     }
     // A directive, not a mention in a comment, decides whether the source already enables f16.
     if (this.hasF16 && /\bf16\b/.test(code) && !/^\s*enable f16;/m.test(code)) {
       code = "enable f16;\n" + code;
+      prefix++;
     }
     // Subgroup builtins (here a mention in a comment counts too, which is harmless).
     if (
@@ -427,14 +639,24 @@ export class Gpu {
       await this.#acceptsSubgroupsDirective()
     ) {
       code = "enable subgroups;\n" + code;
+      prefix++;
     }
     const module = this.device.createShaderModule({ code, label: key });
     const info = await module.getCompilationInfo();
     const errors = info.messages.filter((m) => m.type === "error");
     if (errors.length) {
+      // Deno reports every message at 1:1 with the position in its text ("wgsl:L:C"); browsers
+      // give lineNum. Either counts lines of the compiled code: name the file line it came from.
+      const at = (m: GPUCompilationMessage) => {
+        const pos = /\bwgsl:(\d+):(\d+)/.exec(m.message);
+        const line = pos ? Number(pos[1]) : m.lineNum;
+        const col = pos ? Number(pos[2]) : m.linePos;
+        const from = src.files.length > 1 ? src.lines[line - 1 - prefix] : undefined;
+        return `line ${line}:${col}${from ? ` (kernels/${from.file}:${from.line})` : ""}`;
+      };
       throw new Error(
         `WGSL error in kernels/${spec.file} (${spec.entry}): ` +
-          errors.map((m) => `line ${m.lineNum}:${m.linePos} ${m.message}`).join("; "),
+          errors.map((m) => `${at(m)} ${m.message}`).join("; "),
       );
     }
     const layout = this.device.createBindGroupLayout({

@@ -1,5 +1,6 @@
 /**
- * HiRA kernels (kernels/hira.wgsl) on GPU tensors.
+ * HiRA kernels on GPU tensors: kernels/hira_weight.wgsl (unfused), hira_fused.wgsl (the fused
+ * product) and hira_grad.wgsl (the fused gradients).
  *
  * Unfused ops materialise an out × in matrix as the reference does: {@linkcode hiraEffectiveWeight}
  * (W0 ⊙ (1 + B·A), with B·A from the matmul kernels), {@linkcode hiraDeltaWeight} (PEFT's
@@ -28,6 +29,7 @@ import {
   type KernelSpec,
   loopBudgetError,
   type Tensor,
+  uniformStruct,
   withinLoopBudget,
 } from "../engine/gpu.ts";
 import { matmul } from "./matmul.ts";
@@ -90,7 +92,6 @@ export function cpuFusedMaxTokens(adapterDescription: string): number {
   return cpuStripSupported(adapterDescription) ? 128 : CPU_FEW_ROWS;
 }
 
-const FILE = "hira.wgsl";
 const TILE = 64;
 /** Workgroups the CPU gradient kernel aims for (llvmpipe runs one workgroup per thread). */
 const CPU_GRAD_WORKGROUPS = 16;
@@ -154,8 +155,82 @@ export function resolveHiraVariant(
   return gpu.isCpuAdapter ? "cpu" : "tiled";
 }
 
-/** Every define of kernels/hira.wgsl (each entry is compiled with a full set). */
-interface Defines {
+/** Kernel files: the unfused weight kernels, the fused product, the fused gradients. */
+const WEIGHT_FILE = "hira_weight.wgsl";
+const FUSED_FILE = "hira_fused.wgsl";
+const GRAD_FILE = "hira_grad.wgsl";
+
+// The uniform blocks of the HiRA kernels (each spliced into its file by `//! struct NAME`).
+/** effective_weight, delta_weight, unmerge. */
+const WEIGHT_PARAMS = uniformStruct("WeightParams", [
+  ["out_features", "u32"],
+  ["in_features", "u32"],
+  ["rank", "u32"],
+]);
+/** mul_inplace (`cols` is unused). */
+const ELEM_PARAMS = uniformStruct("ElemParams", [["n", "u32"], ["cols", "u32"]]);
+/** apply_factor: one = 1 for W_eff, 0 for PEFT's delta weight. */
+const FACTOR_PARAMS = uniformStruct("FactorParams", [["n", "u32"], ["one", "f32"]]);
+/**
+ * The fused product: out [M, N] = act [M, K] × op(W_eff); grid tiles tilesN along N and
+ * totalTiles in all; segRows: mm_cpu_strip's rows per workgroup segment (a multiple of 4·RB).
+ */
+const MM_PARAMS = uniformStruct("MmParams", [
+  ["M", "u32"],
+  ["N", "u32"],
+  ["K", "u32"],
+  ["out_f", "u32"],
+  ["in_f", "u32"],
+  ["rank", "u32"],
+  ["tilesN", "u32"],
+  ["totalTiles", "u32"],
+  ["segRows", "u32"],
+]);
+/**
+ * The fused gradients on N tokens; blocks_per_seg: grad_cpu's 16-row blocks of `out` per
+ * segment; tiles_c, tiles_r: grad_tiled's 64×64 tiles per workgroup along `in` and `out`.
+ */
+const GRAD_PARAMS = uniformStruct("GradParams", [
+  ["N", "u32"],
+  ["out_f", "u32"],
+  ["in_f", "u32"],
+  ["rank", "u32"],
+  ["blocks_per_seg", "u32"],
+  ["tiles_c", "u32"],
+  ["tiles_r", "u32"],
+]);
+/** reduce_grads: lengths and part counts of the dA and dB partial sums. */
+const REDUCE_PARAMS = uniformStruct("ReduceParams", [
+  ["len_a", "u32"],
+  ["parts_a", "u32"],
+  ["len_b", "u32"],
+  ["parts_b", "u32"],
+]);
+
+/** The uniform structs a kernel file splices, for tests (docs/kernels.md). */
+export const HIRA_UNIFORMS = {
+  [WEIGHT_FILE]: [WEIGHT_PARAMS, ELEM_PARAMS, FACTOR_PARAMS],
+  [FUSED_FILE]: [MM_PARAMS],
+  [GRAD_FILE]: [GRAD_PARAMS, REDUCE_PARAMS],
+} as const;
+
+/** The define of kernels/hira_weight.wgsl: W0's element type. */
+function weightSpec(
+  entry: string,
+  bindings: KernelSpec["bindings"],
+  wt: "f32" | "f16",
+): KernelSpec {
+  return {
+    file: WEIGHT_FILE,
+    entry,
+    bindings,
+    defines: { WTYPE: wt },
+    structs: HIRA_UNIFORMS[WEIGHT_FILE],
+  };
+}
+
+/** Every define of kernels/hira_fused.wgsl (each entry is compiled with a full set). */
+interface ProductDefines {
   WTYPE: "f32" | "f16";
   DX: boolean;
   ACC: boolean;
@@ -169,39 +244,67 @@ interface Defines {
   VEC_N: boolean;
 }
 
-function spec(entry: string, bindings: KernelSpec["bindings"], d: Partial<Defines>): KernelSpec {
-  const full: Defines = {
+function productSpec(entry: string, d: ProductDefines): KernelSpec {
+  return {
+    file: FUSED_FILE,
+    entry,
+    bindings: ["uniform", "read", "read", "read", "read", "rw"],
+    defines: {
+      WTYPE: d.WTYPE,
+      DX: String(d.DX),
+      ACC: String(d.ACC),
+      RANK: d.RANK,
+      RB: d.RB,
+      CB: d.CB,
+      BL: d.RANK * d.CB,
+      KS: d.KS,
+      VEC_K: String(d.VEC_K),
+      VEC_IN: String(d.VEC_IN),
+      VEC_R: String(d.VEC_R),
+      VEC_N: String(d.VEC_N),
+    },
+    structs: HIRA_UNIFORMS[FUSED_FILE],
+  };
+}
+
+/** Every define of kernels/hira_grad.wgsl (reduce_grads takes the defaults). */
+interface GradDefines {
+  WTYPE: "f32" | "f16";
+  /** Rank of the per-invocation arrays (grad_cpu; 1 elsewhere). */
+  RANK: number;
+  CB: number;
+  VEC_K: boolean;
+  VEC_IN: boolean;
+  VEC_R: boolean;
+}
+
+function gradSpec(
+  entry: string,
+  bindings: KernelSpec["bindings"],
+  g: Partial<GradDefines>,
+): KernelSpec {
+  const d: GradDefines = {
     WTYPE: "f32",
-    DX: false,
-    ACC: false,
     RANK: 1,
-    RB: 1,
     CB: 1,
-    KS: 4,
     VEC_K: false,
     VEC_IN: false,
     VEC_R: false,
-    VEC_N: false,
-    ...d,
+    ...g,
   };
   return {
-    file: FILE,
+    file: GRAD_FILE,
     entry,
     bindings,
     defines: {
-      WTYPE: full.WTYPE,
-      DX: String(full.DX),
-      ACC: String(full.ACC),
-      RANK: full.RANK,
-      RB: full.RB,
-      CB: full.CB,
-      BL: full.RANK * full.CB,
-      KS: full.KS,
-      VEC_K: String(full.VEC_K),
-      VEC_IN: String(full.VEC_IN),
-      VEC_R: String(full.VEC_R),
-      VEC_N: String(full.VEC_N),
+      WTYPE: d.WTYPE,
+      CB: d.CB,
+      BL: d.RANK * d.CB,
+      VEC_K: String(d.VEC_K),
+      VEC_IN: String(d.VEC_IN),
+      VEC_R: String(d.VEC_R),
     },
+    structs: HIRA_UNIFORMS[GRAD_FILE],
   };
 }
 
@@ -260,10 +363,11 @@ async function weightOp(
 ): Promise<Tensor> {
   const { out, inF, r } = adapterDims(entry, src, a, b);
   const k = await gpu.kernel(
-    spec(entry, ["uniform", "read", "read", "read", "rw"], { WTYPE: wtype(src) }),
+    weightSpec(entry, ["uniform", "read", "read", "read", "rw"], wtype(src)),
   );
   const dst = gpu.empty([out, inF]);
-  gpu.dispatch(k, [[out, inF, r], src, a, b, dst], grid(cdiv(out * inF, 256)));
+  const params = WEIGHT_PARAMS.pack({ out_features: out, in_features: inF, rank: r });
+  gpu.dispatch(k, [params, src, a, b, dst], grid(cdiv(out * inF, 256)));
   return dst;
 }
 
@@ -281,8 +385,9 @@ async function factorWeight(
 ): Promise<Tensor> {
   const { out, inF } = adapterDims("hira weight", w0, a, b);
   const dst = await matmul(gpu, b, a);
-  const k = await gpu.kernel(spec("apply_factor", ["uniform", "read", "rw"], { WTYPE: wtype(w0) }));
-  gpu.dispatch(k, [[out * inF, { f32: one }], w0, dst], grid(cdiv(out * inF, 256)));
+  const k = await gpu.kernel(weightSpec("apply_factor", ["uniform", "read", "rw"], wtype(w0)));
+  const params = FACTOR_PARAMS.pack({ n: out * inF, one });
+  gpu.dispatch(k, [params, w0, dst], grid(cdiv(out * inF, 256)));
   return dst;
 }
 
@@ -333,10 +438,8 @@ export function unmergeHira(gpu: Gpu, merged: Tensor, a: Tensor, b: Tensor): Pro
 export async function mulByWeight(gpu: Gpu, dst: Tensor, w: Tensor): Promise<void> {
   if (dst.size !== w.size) throw new Error(`mulByWeight: sizes ${dst.size} and ${w.size} differ`);
   checkF32("mulByWeight", dst);
-  const k = await gpu.kernel(
-    spec("mul_inplace", ["uniform", "read", "rw"], { WTYPE: wtype(w) }),
-  );
-  gpu.dispatch(k, [[dst.size, 0], w, dst], grid(cdiv(dst.size, 256)));
+  const k = await gpu.kernel(weightSpec("mul_inplace", ["uniform", "read", "rw"], wtype(w)));
+  gpu.dispatch(k, [ELEM_PARAMS.pack({ n: dst.size, cols: 0 }), w, dst], grid(cdiv(dst.size, 256)));
 }
 
 /** Register block edge (in 4s) for an output dimension of `n` on the CPU kernels. */
@@ -383,7 +486,7 @@ interface ProductPlan {
 }
 
 /**
- * Loop iterations per invocation of the CPU fused product kernels (kernels/hira.wgsl's mm_cpu
+ * Loop iterations per invocation of the CPU fused product kernels (kernels/hira_fused.wgsl's mm_cpu
  * and mm_cpu_strip), for {@linkcode Gpu.loopBudget}: an estimate fitted to where llvmpipe's
  * results went wrong ({@linkcode withinLoopBudget} leaves a margin).
  */
@@ -518,14 +621,7 @@ async function fusedProduct(
   }
   const { variant, entry, rb, cb, ks, segRows, tilesN, totalTiles } = plan;
   const kernel = await gpu.kernel(
-    spec(entry, [
-      "uniform",
-      "read",
-      "read",
-      "read",
-      "read",
-      "rw",
-    ], {
+    productSpec(entry, {
       WTYPE: wtype(w0),
       DX: dx,
       ACC: opts.accumulate ?? false,
@@ -541,7 +637,7 @@ async function fusedProduct(
     }),
   );
   gpu.dispatch(kernel, [
-    [M, N, K, outF, inF, r, tilesN, totalTiles, segRows],
+    MM_PARAMS.pack({ M, N, K, out_f: outF, in_f: inF, rank: r, tilesN, totalTiles, segRows }),
     vec4Window(act),
     vec4Window(w0),
     vec4Window(a),
@@ -627,7 +723,7 @@ export async function hiraWeightGradsFused(
   const lay = gradLayout(variant, outF, inF, opts.tileBlock);
   const { cb, cols: colTiles, rows: segs } = lay;
   const kernel = await gpu.kernel(
-    spec(variant === "cpu" ? "grad_cpu" : "grad_tiled", [
+    gradSpec(variant === "cpu" ? "grad_cpu" : "grad_tiled", [
       "uniform",
       "read",
       "read",
@@ -639,7 +735,6 @@ export async function hiraWeightGradsFused(
     ], {
       WTYPE: wtype(w0),
       RANK: variant === "cpu" ? r : 1,
-      RB: 4,
       CB: cb,
       // grad_cpu reads dY rows as vec4 when out % 4 == 0.
       VEC_K: outF % 4 === 0,
@@ -650,7 +745,15 @@ export async function hiraWeightGradsFused(
   const partA = gpu.empty([segs, r, inF]);
   const partB = gpu.empty([lay.bParts, outF, r]);
   gpu.dispatch(kernel, [
-    [n, outF, inF, r, lay.blocksPerSeg, lay.tc, lay.tr],
+    GRAD_PARAMS.pack({
+      N: n,
+      out_f: outF,
+      in_f: inF,
+      rank: r,
+      blocks_per_seg: lay.blocksPerSeg,
+      tiles_c: lay.tc,
+      tiles_r: lay.tr,
+    }),
     vec4Window(dy),
     vec4Window(x),
     vec4Window(w0),
@@ -660,10 +763,16 @@ export async function hiraWeightGradsFused(
     partB,
   ], [colTiles, segs]);
   const reduce = await gpu.kernel(
-    spec("reduce_grads", ["uniform", "read", "read", "rw", "rw"], {}),
+    gradSpec("reduce_grads", ["uniform", "read", "read", "rw", "rw"], {}),
   );
   const lenA = r * inF, lenB = outF * r;
-  gpu.dispatch(reduce, [[lenA, segs, lenB, lay.bParts], partA, partB, gradA, gradB], [
+  const reduceParams = REDUCE_PARAMS.pack({
+    len_a: lenA,
+    parts_a: segs,
+    len_b: lenB,
+    parts_b: lay.bParts,
+  });
+  gpu.dispatch(reduce, [reduceParams, partA, partB, gradA, gradB], [
     ...grid(cdiv(lenA + lenB, 256)),
   ]);
   partA.release();

@@ -145,7 +145,7 @@ Deno.test("serve: request paths map to the page, kernels/ and data_file/ only", 
   );
   for (
     const bad of [
-      "/lib/gpu.ts",
+      "/lib/engine/gpu.ts",
       "/deno.json",
       "/kernels",
       "/kernels/",
@@ -491,7 +491,7 @@ Deno.test({
       assertEquals(r.serverChecks["/app.js"], 200);
       assertEquals(r.serverChecks["/kernels/matmul.wgsl"], 200);
       assertEquals(r.serverChecks["/data_file/tiny/model/config.json"], 200);
-      assertEquals(r.serverChecks["/lib/gpu.ts"], 404);
+      assertEquals(r.serverChecks["/lib/engine/gpu.ts"], 404);
       assertEquals(r.serverChecks["/deno.json"], 404);
 
       // The subgroup matmul kernel ran with subgroups (SwiftShader: size 4) and matches the f64
@@ -740,7 +740,7 @@ async function drive(url: string, outDir: string): Promise<void> {
       "/app.js",
       "/kernels/matmul.wgsl",
       "/data_file/tiny/model/config.json",
-      "/lib/gpu.ts",
+      "/lib/engine/gpu.ts",
       "/deno.json",
     ]
   ) {

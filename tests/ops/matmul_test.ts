@@ -381,7 +381,8 @@ Deno.test({
     // Deno's WGSL compiler (Naga) checks the capability after parsing and type checking, so on
     // an adapter without subgroups this still catches syntax and type errors in the section.
     const gpu = await testGpu();
-    let code = await Deno.readTextFile(new URL("../../kernels/matmul.wgsl", import.meta.url));
+    // The file with its `//! include` lines spliced in, as the loader compiles it.
+    let { code } = await gpu.kernelSource("matmul.wgsl");
     const defines: Record<string, string> = {
       TRANS_A: "true",
       TRANS_B: "false",
