@@ -80,7 +80,6 @@ import {
 import type { TensorToWrite } from "../model/safetensors.ts";
 import { writeRunReport } from "../io/report_deno.ts";
 import { exportConfigJson } from "../model/merge.ts";
-import { bestCheckpointName } from "./permissions.ts";
 import { createRunDir, lockRunDir, type RunLock } from "../io/runlock_deno.ts";
 import { isDatasetPath } from "../train/dataset_file.ts";
 import { loadFileDatasets } from "../io/dataset_file_deno.ts";

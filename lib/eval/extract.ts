@@ -7,7 +7,7 @@
  */
 
 export { COMMONSENSE_TASKS, COMMONSENSE_TITLES, type CommonsenseTask } from "../train/datasets.ts";
-import { COMMONSENSE_TASKS, type CommonsenseTask } from "../train/datasets.ts";
+import type { CommonsenseTask } from "../train/datasets.ts";
 
 const ANSWER_N = /answer1|answer2|answer3|answer4|answer5/;
 
