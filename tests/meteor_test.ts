@@ -151,8 +151,8 @@ Deno.test("METEOR per item and corpus equal nltk 3.8.1's meteor_score within 1e-
   // The issue's example: nltk keeps "ok." as one token, so it scores 71.82, not 89.29.
   assertEquals(RECORDS[0].pred, "ok. i like it.");
   assertAlmostEquals(RECORDS[0].score, 0.7182, 5e-5);
-  // Synonyms nltk finds ("car" ~ "automobile", "ran" ~ "run" through morphy's exceptions) and one
-  // it does not: it looks up Porter stems, and "large" stems to "larg".
+  // Synonyms nltk finds ("car" ~ "auto"; "ran" ~ "run" through morphy's exceptions) and one it
+  // does not: it compares Porter stems, and "large" stems to "larg".
   const byPred = (p: string) => RECORDS.find((r) => r.pred === p)!;
   assert(byPred("my car is red").synonyms);
   assert(byPred("i ran home").synonyms);
