@@ -65,12 +65,29 @@ function lines(text: string): Map<string, string> {
   return out;
 }
 
+/**
+ * Reads an index table: sorted lines, each one base-36 digit (the number of leading characters
+ * shared with the previous lemma), the rest of the lemma, then " ids" where it has synsets.
+ */
+function frontCoded(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  let prev = "";
+  for (const line of text.split("\n")) {
+    const sp = line.indexOf(" ");
+    const head = sp < 0 ? line : line.slice(0, sp);
+    const lemma = prev.slice(0, parseInt(head[0], 36)) + head.slice(1);
+    out.set(lemma, sp < 0 ? "" : line.slice(sp + 1));
+    prev = lemma;
+  }
+  return out;
+}
+
 function load(): Tables {
   if (tables) return tables;
   const index = {} as Record<WordNetPos, Map<string, string>>;
   const exc = {} as Record<WordNetPos, Map<string, string[]>>;
   for (const pos of POS_LIST) {
-    index[pos] = lines(WORDNET.index[pos]);
+    index[pos] = frontCoded(WORDNET.index[pos]);
     exc[pos] = new Map(
       [...lines(WORDNET.exc[pos])].map(([k, v]) => [k, v === "" ? [] : v.split(" ")]),
     );
