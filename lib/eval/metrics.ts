@@ -15,6 +15,7 @@
 
 import { PY_S, PY_W, pyLen, pySplit, pyStrip } from "./pystr.ts";
 import { sentTokenize } from "./punkt.ts";
+import { synonyms } from "./wordnet.ts";
 
 export { sentTokenize };
 
@@ -675,12 +676,34 @@ function countChunks(matches: readonly [number, number][]): number {
 }
 
 /**
- * nltk `single_meteor_score(reference, hypothesis)` on pre-tokenised input: lowercase, align by
- * exact match then Porter-stem match (NLTK_EXTENSIONS), P = m/|hyp|, R = m/|ref|,
+ * nltk `_enum_wordnetsyn_match`: for each hypothesis word from the END, its WordNet synonyms
+ * (the lemma names without "_" of `wordnet.synsets(word)`, plus the word itself), and the first
+ * reference word from the end among them; matched pairs are removed. The words here are the
+ * Porter stems the stem stage left unmatched, as in nltk.
+ */
+function matchSynonyms(hyp: Enum, ref: Enum): [number, number][] {
+  const matches: [number, number][] = [];
+  for (let i = hyp.length - 1; i >= 0; i--) {
+    const syns = new Set(synonyms(hyp[i][1]));
+    syns.add(hyp[i][1]);
+    for (let j = ref.length - 1; j >= 0; j--) {
+      if (syns.has(ref[j][1])) {
+        matches.push([hyp[i][0], ref[j][0]]);
+        hyp.splice(i, 1);
+        ref.splice(j, 1);
+        break;
+      }
+    }
+  }
+  return matches;
+}
+
+/**
+ * nltk `single_meteor_score(reference, hypothesis)` on pre-tokenised input with nltk's default
+ * WordNet (3.0): lowercase, align by exact match, then Porter-stem match (NLTK_EXTENSIONS), then
+ * WordNet synonyms of the remaining stems ({@link synonyms}); P = m/|hyp|, R = m/|ref|,
  * Fmean = P·R / (α·P + (1−α)·R), penalty = γ·(chunks/m)^β, score = (1 − penalty)·Fmean;
  * 0 when nothing matches or either side is empty.
- * WordNet synonym matching (nltk's third stage) is NOT done: WordNet is not available offline, so
- * scores can be lower than nltk's where a hypothesis word is a WordNet synonym of a reference word.
  */
 export function singleMeteor(
   refTokens: readonly string[],
@@ -693,12 +716,13 @@ export function singleMeteor(
   const translationLength = hyp.length;
   const referenceLength = ref.length;
   const exact = matchEnums(hyp, ref);
-  const stemmed = matchEnums(
-    hyp.map(([i, w]) => [i, porterStem(w)]),
-    ref.map(([i, w]) => [i, porterStem(w)]),
-  );
+  // The stem stage leaves the unmatched words as stems, and the synonym stage looks those up.
+  const hypStems: Enum = hyp.map(([i, w]) => [i, porterStem(w)]);
+  const refStems: Enum = ref.map(([i, w]) => [i, porterStem(w)]);
+  const stemmed = matchEnums(hypStems, refStems);
+  const synonym = matchSynonyms(hypStems, refStems);
   // Python's sort is stable; ties on the hypothesis index cannot happen.
-  const matches = [...exact, ...stemmed].sort((a, b) => a[0] - b[0]);
+  const matches = [...exact, ...stemmed, ...synonym].sort((a, b) => a[0] - b[0]);
   const m = matches.length;
   if (m === 0 || translationLength === 0 || referenceLength === 0) return 0;
   const precision = m / translationLength;
@@ -711,8 +735,8 @@ export function singleMeteor(
 /**
  * Corpus METEOR as HF evaluate's "meteor": every text goes through {@link wordTokenize}, each
  * prediction scores the max of {@link singleMeteor} over its references (nltk `meteor_score`),
- * and the result is the mean over predictions (0 for an empty corpus). No WordNet synonyms (see
- * {@link singleMeteor}); otherwise nltk 3.8.1's value (tests/eval/meteor_test.ts checks it to 1e-9).
+ * and the result is the mean over predictions (0 for an empty corpus): nltk 3.8.1's value with
+ * its WordNet 3.0 (tests/eval/meteor_test.ts checks it to 1e-9).
  */
 export function meteor(
   preds: readonly string[],

@@ -1,7 +1,8 @@
 /**
- * METEOR, word_tokenize (Punkt + Treebank) and the Porter stemmer against real nltk 3.8.1 output:
- * the fixtures in tests/fixtures/meteor/ were written by tests/fixtures/make_meteor.py with
- * nltk 3.8.1 and nltk_data's English Punkt model (see docs/metrics.md). No Python runs here.
+ * METEOR, word_tokenize (Punkt + Treebank), the Porter stemmer and WordNet's morphy/synsets against
+ * real nltk 3.8.1 output: the fixtures in tests/fixtures/meteor/ were written by
+ * tests/fixtures/make_meteor.py and make_wordnet.py with nltk 3.8.1, nltk_data's English Punkt
+ * model and WordNet 3.0 (see docs/metrics.md). No Python runs here.
  */
 import { assert, assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
 import { predictionLines } from "../../lib/eval/evaluate.ts";
@@ -13,14 +14,23 @@ import {
   wordTokenize,
 } from "../../lib/eval/metrics.ts";
 import { PUNKT_ENGLISH } from "../../lib/eval/punkt.ts";
+import { morphy, POS_LIST, synonyms, type WordNetPos } from "../../lib/eval/wordnet.ts";
 import TOKENIZE from "../fixtures/meteor/tokenize.json" with { type: "json" };
 import PORTER from "../fixtures/meteor/porter.json" with { type: "json" };
 import METEOR from "../fixtures/meteor/meteor.json" with { type: "json" };
+import WORDNET from "../fixtures/meteor/wordnet.json" with { type: "json" };
 
 interface MeteorRecord {
   pred: string;
   refs: string[];
   score: number;
+  synonyms: boolean;
+}
+
+interface WordNetCase {
+  word: string;
+  morphy: Record<WordNetPos, string[]>;
+  names: string[];
 }
 
 const RECORDS: MeteorRecord[] = METEOR.records;
@@ -45,6 +55,15 @@ Deno.test("the fixtures hold the hard cases they are meant to", () => {
   assert(RECORDS.filter((r) => r.refs.length >= 3).length > 50, "several references");
   assert(RECORDS.filter((r) => r.pred.trim() === "").length >= 5, "empty predictions");
   assert(RECORDS.filter((r) => /\p{Extended_Pictographic}/u.test(r.pred)).length > 20, "emoji");
+  assert(RECORDS.filter((r) => r.synonyms).length >= 40, "items the synonym stage changes");
+  const cases = WORDNET as WordNetCase[];
+  assert(cases.length >= 3000);
+  assert(cases.filter((c) => c.names.length > 0).length > 2000, "words with synonyms");
+  for (const pos of POS_LIST) {
+    const changed = cases.filter((c) => c.morphy[pos].some((f) => f !== c.word));
+    // adv.exc has 7 entries, and adverbs have no detachment rules.
+    assert(changed.length >= (pos === "r" ? 7 : 100), `${pos}: words morphy changes`);
+  }
 });
 
 Deno.test("the English Punkt model is nltk_data's, table for table", () => {
@@ -101,6 +120,31 @@ Deno.test("porterStem equals nltk's PorterStemmer, non-BMP characters included",
   assert(PORTER.NLTK_EXTENSIONS.filter(([w]) => /[\u{10000}-\u{10ffff}]/u.test(w)).length > 500);
 });
 
+Deno.test("morphy and synsets() equal nltk 3.8.1's WordNet reader on 5,000 words", () => {
+  const bad: unknown[] = [];
+  for (const c of WORDNET as WordNetCase[]) {
+    for (const pos of POS_LIST) {
+      const ours = morphy(c.word.toLowerCase(), pos);
+      if (JSON.stringify(ours) !== JSON.stringify(c.morphy[pos])) {
+        bad.push({ word: c.word, pos, nltk: c.morphy[pos], ours });
+      }
+    }
+    const ours = synonyms(c.word);
+    if (JSON.stringify(ours) !== JSON.stringify(c.names)) {
+      bad.push({ word: c.word, nltk: c.names, ours });
+    }
+  }
+  assertEquals(bad.slice(0, 5), [], `${bad.length} differences`);
+  // Exceptions, detachment rules and words that are Object.prototype keys.
+  assertEquals(morphy("geese", "n"), ["goose"]);
+  assertEquals(morphy("ran", "v"), ["run"]);
+  assert(synonyms("car").includes("automobile"));
+  assert(synonyms("big").includes("large"));
+  assertEquals(synonyms("constructor"), ["builder", "constructor"]);
+  assertEquals(synonyms("toString"), []);
+  assertEquals(synonyms("__proto__"), []);
+});
+
 Deno.test("METEOR per item and corpus equal nltk 3.8.1's meteor_score within 1e-9", () => {
   const bad: (MeteorRecord & { ours: number })[] = [];
   for (const r of RECORDS) {
@@ -113,6 +157,12 @@ Deno.test("METEOR per item and corpus equal nltk 3.8.1's meteor_score within 1e-
   // The issue's example: nltk keeps "ok." as one token, so it scores 71.82, not 89.29.
   assertEquals(RECORDS[0].pred, "ok. i like it.");
   assertAlmostEquals(RECORDS[0].score, 0.7182, 5e-5);
+  // Synonyms nltk finds ("car" ~ "auto"; "ran" ~ "run" through morphy's exceptions) and one it
+  // does not: it compares Porter stems, and "large" stems to "larg".
+  const byPred = (p: string) => RECORDS.find((r) => r.pred === p)!;
+  assert(byPred("my car is red").synonyms);
+  assert(byPred("i ran home").synonyms);
+  assert(!byPred("i have a big dog").synonyms);
 });
 
 Deno.test("the predictions reader keeps lines whose strings contain }{ or {{", () => {
