@@ -16,12 +16,11 @@ import { f16OverflowIndex, type LoadOptions, readBaseWeights } from "../../lib/m
 import { parseConfig } from "../../lib/model/config.ts";
 import { isHiraError } from "../../lib/engine/errors.ts";
 import { makeFixture, modelTensors, safetensorsBytes, TINY_CONFIG } from "../_bad_input_fixture.ts";
-import { openSafetensors } from "../../lib/io/safetensors_deno.ts";
 import { loadAdapterDir } from "../../lib/io/peft_deno.ts";
 import { attachAdapters } from "../../lib/model/attach.ts";
 import { mergeAdaptersInPlace } from "../../lib/model/merge.ts";
 import { assertClose, maxAbsDiff, randn, testGpu } from "../_util.ts";
-import { packBatch } from "../_fixtures.ts";
+import { packBatch, readTensors } from "../_fixtures.ts";
 
 const FIX = new URL("../fixtures/golden/", import.meta.url).pathname;
 
@@ -99,12 +98,8 @@ Deno.test({
   },
 });
 
-async function golden(name: string): Promise<Map<string, Float32Array>> {
-  const f = await openSafetensors(FIX + "golden/" + name);
-  const out = new Map<string, Float32Array>();
-  for (const n of f.names) out.set(n, await f.read(n, "f32") as Float32Array);
-  f.close();
-  return out;
+function golden(name: string): Promise<Map<string, Float32Array>> {
+  return readTensors(FIX + "golden/" + name);
 }
 
 async function withAdapter(g: Gpu, dir: string, opts: LoadOptions, adapter?: string) {

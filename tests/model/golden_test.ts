@@ -29,7 +29,7 @@ import { KvCacheDecoder } from "../../lib/eval/decode.ts";
 import { generate } from "../../lib/eval/generate.ts";
 import { Trainer } from "../../lib/train/trainer.ts";
 import { assertClose, testGpu } from "../_util.ts";
-import { packBatch } from "../_fixtures.ts";
+import { packBatch, readTensors } from "../_fixtures.ts";
 
 const FIX = new URL("../fixtures/golden/", import.meta.url).pathname;
 
@@ -37,12 +37,8 @@ async function json<T>(name: string): Promise<T> {
   return JSON.parse(await Deno.readTextFile(FIX + name));
 }
 
-async function golden(name: string): Promise<Map<string, Float32Array>> {
-  const f = await openSafetensors(FIX + name);
-  const out = new Map<string, Float32Array>();
-  for (const n of f.names) out.set(n, await f.read(n, "f32") as Float32Array);
-  f.close();
-  return out;
+function golden(name: string): Promise<Map<string, Float32Array>> {
+  return readTensors(FIX + name);
 }
 
 function maxAbs(a: ArrayLike<number>): number {

@@ -3,10 +3,11 @@
  * golden checkpoints, merged folders that load and compute what the adapter computes, in-place
  * merge/restore, unmerge round trips, bf16/f16 export, overwrite protection, and the rank table.
  */
+import { readTensors } from "../_fixtures.ts";
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
 import { join } from "@std/path";
 import { loadModelDir, readConfig } from "../../lib/io/model_deno.ts";
-import { openModelWeights, openSafetensors } from "../../lib/io/safetensors_deno.ts";
+import { openModelWeights } from "../../lib/io/safetensors_deno.ts";
 import { loadAdapterDir } from "../../lib/io/peft_deno.ts";
 import type { LlamaModel } from "../../lib/model/model.ts";
 import { PROJECTIONS } from "../../lib/model/config.ts";
@@ -42,13 +43,7 @@ async function withAdapter(dir: string | null): Promise<LlamaModel> {
   return model;
 }
 
-async function goldenTensors(file: string): Promise<Map<string, Float32Array>> {
-  const f = await openSafetensors(file);
-  const out = new Map<string, Float32Array>();
-  for (const n of f.names) out.set(n, await f.read(n, "f32"));
-  f.close();
-  return out;
-}
+const goldenTensors = readTensors;
 
 /** Logits of every fixture sequence, one packed batch. */
 async function allLogits(model: LlamaModel, seqs: number[][]): Promise<Float32Array> {

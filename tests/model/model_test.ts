@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals } from "@std/assert";
 import { loadModelDir, readConfig } from "../../lib/io/model_deno.ts";
-import { openModelWeights, openSafetensors } from "../../lib/io/safetensors_deno.ts";
+import { openModelWeights } from "../../lib/io/safetensors_deno.ts";
 import { loadAdapterDir } from "../../lib/io/peft_deno.ts";
 import { adapterTensors, attachAdapters } from "../../lib/model/attach.ts";
 import type { LlamaModel } from "../../lib/model/model.ts";
@@ -16,7 +16,7 @@ import { randomModel, readBaseWeights } from "../../lib/model/load.ts";
 import { Rng } from "../../lib/engine/rand.ts";
 import { AdamW } from "../../lib/ops/optim.ts";
 import { assertClose, testGpu } from "../_util.ts";
-import { packBatch } from "../_fixtures.ts";
+import { packBatch, readTensors } from "../_fixtures.ts";
 
 const FIX = new URL("../fixtures/golden/", import.meta.url).pathname;
 
@@ -29,12 +29,8 @@ async function tokensFile(name: string): Promise<Tokens> {
   return JSON.parse(await Deno.readTextFile(FIX + name));
 }
 
-async function golden(name: string): Promise<Map<string, Float32Array>> {
-  const f = await openSafetensors(FIX + "golden/" + name);
-  const out = new Map<string, Float32Array>();
-  for (const n of f.names) out.set(n, await f.read(n, "f32") as Float32Array);
-  f.close();
-  return out;
+function golden(name: string): Promise<Map<string, Float32Array>> {
+  return readTensors(FIX + "golden/" + name);
 }
 
 async function withAdapter(dir: string | null): Promise<LlamaModel> {
