@@ -24,6 +24,6 @@ export * from "./lib/model/mod.ts";
 export * from "./lib/train/mod.ts";
 export * from "./lib/eval/mod.ts";
 export * from "./lib/report/mod.ts";
-export * from "./lib/cli/eval_flags.ts";
+export * from "./lib/cli/flags.ts";
 export * from "./lib/cli/dry_run.ts";
 export * from "./lib/cli/permissions.ts";

@@ -6,7 +6,7 @@
  * Flags follow the reference train_hira.py; `--help` lists them all.
  * @module
  */
-import { parseTrainArgs, trainHelp } from "./lib/cli/args.ts";
+import { parseTrainArgs, trainHelp } from "./lib/cli/flags.ts";
 import { isHiraError } from "./lib/engine/errors.ts";
 import { effectiveTrainArgs, interruptedExitCode, runTraining } from "./lib/cli/train.ts";
 import { accuracyHooks } from "./lib/cli/eval.ts";

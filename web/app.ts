@@ -17,7 +17,7 @@
  */
 import { createGpu, type Gpu } from "../lib/engine/gpu.ts";
 import type { MatmulVariant } from "../lib/ops/matmul.ts";
-import type { AccuracySummary } from "../lib/eval/evaluate.ts";
+import type { AccuracySummary } from "../lib/eval/scoring.ts";
 import { baseParameterCount } from "../lib/model/config.ts";
 import { type AdapterConfig, targetText } from "../lib/model/peft.ts";
 import type { TrainExample } from "../lib/train/data.ts";
@@ -25,7 +25,7 @@ import {
   COMMONSENSE_TASKS,
   COMMONSENSE_TITLES,
   type CommonsenseTask,
-} from "../lib/eval/extract.ts";
+} from "../lib/eval/scoring.ts";
 import { Tokenizer } from "../lib/model/tokenizer.ts";
 import {
   type AdapterFileBytes,

@@ -38,16 +38,13 @@ import {
   type AccuracySummary,
   type DatasetScore,
   datasetScore,
-  decodeSettings,
-  decodingTag,
-  inEvalMode,
-  predictTexts,
   scoreRecords,
   summarize,
-} from "../lib/eval/evaluate.ts";
+} from "../lib/eval/scoring.ts";
+import { decodeSettings, decodingTag, inEvalMode, predictTexts } from "../lib/eval/evaluate.ts";
 import { mergeAdaptersInPlace } from "../lib/model/merge.ts";
-import { COMMONSENSE_TASKS } from "../lib/eval/extract.ts";
-import { DEMO_LR, DEMO_PRESET } from "../lib/cli/args.ts";
+import { COMMONSENSE_TASKS } from "../lib/eval/scoring.ts";
+import { DEMO_LR, DEMO_PRESET } from "../lib/cli/flags.ts";
 import { parseTargetList, runAdapterConfig } from "../lib/model/peft.ts";
 import {
   type AdapterFileBytes,
@@ -107,10 +104,10 @@ export interface TrainSettings {
   loraDropout: number;
 }
 
-/** The CLI's per-method demo learning rates (lib/cli/args.ts DEMO_LR). */
+/** The CLI's per-method demo learning rates (lib/cli/flags.ts DEMO_LR). */
 export { DEMO_LR };
 
-/** Defaults: the CLI's demo preset for the embedded model (lib/cli/args.ts), 30 steps of 8. */
+/** Defaults: the CLI's demo preset for the embedded model (lib/cli/flags.ts), 30 steps of 8. */
 export const DEFAULT_SETTINGS: Readonly<TrainSettings> = {
   peftType: "hira",
   r: Number(DEMO_PRESET.r_ab),

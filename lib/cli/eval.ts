@@ -11,7 +11,7 @@ import { createDenoGpu } from "../io/gpu_deno.ts";
 import { HiraError, isHiraError, parseJson } from "../engine/errors.ts";
 import { JSON_CAPS, readRegularText } from "../io/fs_deno.ts";
 import { mkdirNoLink } from "../io/paths_deno.ts";
-import type { TrainArgs } from "./args.ts";
+import type { TrainArgs } from "./flags.ts";
 import type { LlamaModel } from "../model/model.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { loadTokenizer } from "../io/tokenizer_deno.ts";
@@ -31,7 +31,7 @@ import {
   parseRecords,
   splitPath,
 } from "../train/data.ts";
-import { COMMONSENSE_TASKS } from "../eval/extract.ts";
+import { COMMONSENSE_TASKS } from "../eval/scoring.ts";
 import { scoreConvAI2 } from "../eval/metrics.ts";
 import type { DialogueRecord } from "../eval/metrics.ts";
 import {
@@ -45,21 +45,23 @@ import {
   datasetFromFileName,
   type DatasetScore,
   datasetScore,
+  mergeSummary,
+  predictionLines,
+  type PredictionRecord,
+  rescorePredictions,
+  scoreRecords,
+  summarize,
+} from "../eval/scoring.ts";
+import {
   type DecodeSettings,
   decodeSettings,
   decodingTag,
   dialogueRecords,
-  mergeSummary,
-  predictionLines,
-  type PredictionRecord,
   predictionsFileName,
   predictTexts,
-  rescorePredictions,
-  scoreRecords,
-  summarize,
 } from "../eval/evaluate.ts";
 import { documentTokens, parseTextFile, parseTokenFile, perplexity } from "../eval/perplexity.ts";
-import { type EvalArgs, evalHelp, parseEvalArgs } from "./eval_flags.ts";
+import { type EvalArgs, evalHelp, parseEvalArgs } from "./flags.ts";
 import { mergeAdaptersInPlace, type MergeHandle } from "../model/merge.ts";
 import { adapterRanks, rankChart, rankMarkdown } from "../report/rank.ts";
 import { readAdapterModules, writeMergedModelDir } from "../io/merge_deno.ts";

@@ -9,7 +9,7 @@
 import { basename, join } from "@std/path";
 import { createDenoGpu } from "../io/gpu_deno.ts";
 import { HiraError } from "../engine/errors.ts";
-import type { EvalArgs } from "./eval_flags.ts";
+import type { EvalArgs } from "./flags.ts";
 import { decodeTokens, inEvalMode, stopIds } from "../eval/evaluate.ts";
 import { openEvalModel, writePredictions } from "./eval.ts";
 import { packBatch, type TrainExample } from "../train/data.ts";

@@ -11,8 +11,8 @@
  */
 import { basename, dirname, fromFileUrl, join, resolve } from "@std/path";
 import { mergePartialDir } from "../io/merge_deno.ts";
-import { parseTrainArgs, type TrainArgs } from "./args.ts";
-import { type EvalArgs, parseEvalArgs } from "./eval_flags.ts";
+import { parseTrainArgs, type TrainArgs } from "./flags.ts";
+import { type EvalArgs, parseEvalArgs } from "./flags.ts";
 import { resolveCheckpoint } from "./eval.ts";
 import type { PermissionPlan } from "./permissions.ts";
 import { HiraError } from "../engine/errors.ts";

@@ -5,11 +5,10 @@
  * Not re-exported by the root mod.ts: import the modules you need directly.
  * @module
  */
-export * from "./args.ts";
+export * from "./flags.ts";
 export * from "./dry_run.ts";
 export * from "./eval.ts";
 export * from "./eval_file.ts";
-export * from "./eval_flags.ts";
 export * from "./launch.ts";
 export * from "./permissions.ts";
 export * from "./run_folder.ts";

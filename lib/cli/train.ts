@@ -8,7 +8,7 @@
 import { basename, dirname, join } from "@std/path";
 import type { Gpu } from "../engine/gpu.ts";
 import { createDenoGpu } from "../io/gpu_deno.ts";
-import { TRAIN_FLAGS, type TrainArgs, validateTrainArgs } from "./args.ts";
+import { TRAIN_FLAGS, type TrainArgs, validateTrainArgs } from "./flags.ts";
 import { HiraError, isHiraError, parseJson, preview } from "../engine/errors.ts";
 import { JSON_CAPS, osError, osReason, readRegularText, TEXT_CAP } from "../io/fs_deno.ts";
 import { baseParameterCount, type LlamaConfig } from "../model/config.ts";

@@ -1,7 +1,7 @@
 /**
  * Evaluation without file I/O: running a dataset's test prompts through a decoder
- * (docs/reference.md, Decoding), scoring the predictions (Scoring) and the accuracy summary. The
- * flags are lib/cli/eval_flags.ts, the Markdown and charts lib/report/accuracy.ts, perplexity
+ * (docs/reference.md, Decoding); scoring is lib/eval/scoring.ts. The
+ * flags are lib/cli/flags.ts, the Markdown and charts lib/report/accuracy.ts, perplexity
  * lib/eval/perplexity.ts.
  *
  * Decoding follows the reference: BOS + the Alpaca template with an empty target
@@ -19,28 +19,13 @@ import {
   maxTokenLength,
   testPrompts,
 } from "../train/data.ts";
-import {
-  ANSWER_PATTERNS,
-  cleanPrediction,
-  COMMONSENSE_TASKS,
-  extractAnswer,
-  extractGsm8kNumber,
-  gsm8kCorrect,
-  isCommonsenseTask,
-  isCorrect,
-} from "./extract.ts";
+import { cleanPrediction, isCommonsenseTask } from "./scoring.ts";
 import { generate, type GenerateOptions, type StepFn, type Stepper } from "./generate.ts";
 import { KvCacheDecoder, recomputeStep } from "./decode.ts";
 import type { LlamaModel } from "../model/model.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import type { TemplateType } from "../train/prompt.ts";
 import type { DialogueRecord } from "./metrics.ts";
-
-/** Datasets `deno task eval` decodes and scores: the eight commonsense sets, gsm8k, convai2. */
-export const EVAL_DATASETS: readonly string[] = [...COMMONSENSE_TASKS, "gsm8k", "convai2"];
-
-/** Sub-commands of eval.ts besides a dataset name. */
-export const EVAL_COMMANDS: readonly string[] = ["all", "perplexity", "merge", "rank"];
 
 // ---------------------------------------------------------------------------------------------
 // Decoding
@@ -204,216 +189,6 @@ export async function predictTexts(
       eosToken: tok.eosToken,
     })
   );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Scoring
-
-/** One scored example, as written to the predictions JSONL. */
-export interface PredictionRecord {
-  /** The instruction (the reference's "context"). */
-  context: string;
-  /** The cleaned prediction. */
-  pred: string;
-  /** The gold output text (the reference's "gt"). */
-  gold: string;
-  /** What the scorer read from pred: the keyword, or gsm8k's number ("" when none). */
-  extracted: string;
-  correct: boolean;
-  /** gsm8k: the record's `answer` the number is compared with. */
-  answer?: unknown;
-}
-
-const KEYWORD_FAMILIES: readonly RegExp[] = [
-  ANSWER_PATTERNS.boolq,
-  ANSWER_PATTERNS.piqa,
-  ANSWER_PATTERNS.siqa,
-  ANSWER_PATTERNS.hellas,
-  ANSWER_PATTERNS.winog,
-];
-
-/**
- * Scores one prediction (docs/reference.md, Scoring): the commonsense first-keyword rule, gsm8k's
- * "new acc", and for common_170k (whose test set mixes the eight styles) the keyword family of the
- * gold output.
- */
-export function scorePrediction(
-  dataset: string,
-  pred: string,
-  gold: string,
-  answer?: unknown,
-): { extracted: string; correct: boolean } {
-  if (dataset === "gsm8k") {
-    const n = extractGsm8kNumber(pred);
-    return { extracted: n === null ? "" : String(n), correct: gsm8kCorrect(pred, answer) };
-  }
-  if (isCommonsenseTask(dataset)) {
-    return { extracted: extractAnswer(dataset, pred), correct: isCorrect(dataset, pred, gold) };
-  }
-  const family = KEYWORD_FAMILIES.find((re) => re.test(gold));
-  return {
-    extracted: family?.exec(pred)?.[0] ?? "",
-    correct: isCorrect(dataset, pred, gold),
-  };
-}
-
-/** Builds the scored records of a dataset from its test records and predictions. */
-export function scoreRecords(
-  dataset: string,
-  records: readonly DataRecord[],
-  preds: readonly string[],
-): PredictionRecord[] {
-  if (records.length !== preds.length) {
-    throw new Error(`scoreRecords: ${records.length} records but ${preds.length} predictions`);
-  }
-  return records.map((r, i) => {
-    const s = scorePrediction(dataset, preds[i], r.output, r.answer);
-    const rec: PredictionRecord = {
-      context: r.instruction,
-      pred: preds[i],
-      gold: r.output,
-      extracted: s.extracted,
-      correct: s.correct,
-    };
-    if (dataset === "gsm8k") rec.answer = r.answer;
-    return rec;
-  });
-}
-
-/** Accuracy of one dataset. */
-export interface DatasetScore {
-  dataset: string;
-  /** Examples scored. */
-  n: number;
-  correct: number;
-  /** correct / n × 100 (0 for an empty set). */
-  accuracy: number;
-}
-
-/** Counts the correct records. */
-export function datasetScore(dataset: string, records: readonly PredictionRecord[]): DatasetScore {
-  const correct = records.filter((r) => r.correct).length;
-  return {
-    dataset,
-    n: records.length,
-    correct,
-    accuracy: records.length ? (100 * correct) / records.length : 0,
-  };
-}
-
-/**
- * Reads a predictions JSONL (ours, or the reference's `*_eval.jsonl` / `output.jsonl` with its
- * leading args/config lines and `gt` for the gold) and re-scores every example from `pred` and
- * the gold text (stored `extracted`/`correct` are recomputed, not trusted). Lines without a
- * string `pred` are skipped (the reference's header lines); a line that is not JSON is an error.
- *
- * gsm8k is scored against each record's `answer`. The reference's files lack it (its scorer
- * re-reads test.json), so `testRecords` (the gsm8k test set) supplies it by position, checked
- * against the line's context.
- */
-export function rescorePredictions(
-  text: string,
-  file: string,
-  dataset: string,
-  testRecords?: readonly DataRecord[],
-): PredictionRecord[] {
-  const out: PredictionRecord[] = [];
-  for (const { i, r } of predictionLines(text, file)) {
-    const gold = typeof r.gold === "string" ? r.gold : typeof r.gt === "string" ? r.gt : null;
-    if (gold === null) throw new HiraError(file, `line ${i + 1}: no 'gold' (or 'gt') string`);
-    const context = typeof r.context === "string" ? r.context : "";
-    let answer = r.answer;
-    if (dataset === "gsm8k" && !("answer" in r)) {
-      const t = testRecords?.[out.length];
-      if (!t) throw new HiraError(file, `line ${i + 1}: gsm8k needs the record's 'answer'`);
-      if (t.instruction !== context) {
-        throw new HiraError(
-          file,
-          `line ${i + 1}: no 'answer', and its context differs from test record ${out.length}`,
-        );
-      }
-      answer = t.answer;
-    }
-    const s = scorePrediction(dataset, r.pred, gold, answer);
-    const rec: PredictionRecord = {
-      context,
-      pred: r.pred,
-      gold,
-      extracted: s.extracted,
-      correct: s.correct,
-    };
-    if (dataset === "gsm8k") rec.answer = answer;
-    out.push(rec);
-  }
-  if (out.length === 0) throw new HiraError(file, "no prediction lines (objects with 'pred')");
-  return out;
-}
-
-/**
- * The lines of a predictions JSONL that are objects with a string `pred` (others, like the
- * reference's header lines, are skipped), lazily and in order, with their 0-based index `i`; a
- * line that is not JSON is an error naming `file` and its line number.
- */
-export function* predictionLines(
-  text: string,
-  file: string,
-): Generator<{ i: number; r: Record<string, unknown> & { pred: string } }> {
-  const lines = text.split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    if (lines[i].trim() === "") continue;
-    let v: unknown;
-    try {
-      v = JSON.parse(lines[i]);
-    } catch (e) {
-      throw new HiraError(file, `line ${i + 1}: not valid JSON (${(e as Error).message})`);
-    }
-    if (typeof v !== "object" || v === null || Array.isArray(v)) continue;
-    const r = v as Record<string, unknown>;
-    if (typeof r.pred === "string") yield { i, r: r as Record<string, unknown> & { pred: string } };
-  }
-}
-
-/**
- * The dataset a predictions file belongs to, from its name: ours `output_{dataset}_..._eval.jsonl`
- * or the reference's `output_{load_order}_{dataset}_..._eval.jsonl`. Null when none matches.
- */
-export function datasetFromFileName(name: string): string | null {
-  const base = name.split(/[\\/]/).pop() ?? name;
-  const m = /^output_(?:-?\d+_)?([a-z0-9_]+?)_(?:beam=|greedy|prob|maxT=|limit=|eval)/.exec(base);
-  if (m && EVAL_DATASETS.includes(m[1])) return m[1];
-  return null;
-}
-
-/** An accuracy table: one row per dataset and their unweighted mean. */
-export interface AccuracySummary {
-  /** The decoding tag ("beam=4", "greedy", ...). */
-  decoding: string;
-  rows: DatasetScore[];
-  /** Unweighted mean of the rows' accuracies (the reference's Average), null without rows. */
-  average: number | null;
-}
-
-/** Rows in the reference's reporting order (commonsense order first, then the rest by name). */
-export function summarize(decoding: string, rows: readonly DatasetScore[]): AccuracySummary {
-  const order = (d: string) => {
-    const i = EVAL_DATASETS.indexOf(d);
-    return i < 0 ? EVAL_DATASETS.length : i;
-  };
-  const sorted = [...rows].sort((a, b) =>
-    order(a.dataset) - order(b.dataset) || a.dataset.localeCompare(b.dataset)
-  );
-  const average = sorted.length ? sorted.reduce((s, r) => s + r.accuracy, 0) / sorted.length : null;
-  return { decoding, rows: sorted, average };
-}
-
-/** Merges new rows into a summary, replacing rows of the same dataset. */
-export function mergeSummary(
-  old: AccuracySummary | null,
-  decoding: string,
-  rows: readonly DatasetScore[],
-): AccuracySummary {
-  const keep = (old?.rows ?? []).filter((r) => !rows.some((n) => n.dataset === r.dataset));
-  return summarize(decoding, [...keep, ...rows]);
 }
 
 /** ConvAI2 dialogue records from the test records and predictions ({context, pred, gt}). */

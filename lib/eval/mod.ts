@@ -4,7 +4,7 @@
  * import the layers below (engine/ to train/).
  * @module
  */
-export * from "./extract.ts";
+export * from "./scoring.ts";
 export * from "./metrics.ts";
 export * from "./rank.ts";
 export * from "./generate.ts";

@@ -8,7 +8,7 @@
 import { basename, join } from "@std/path";
 import { HiraError, isHiraError } from "../engine/errors.ts";
 import { JSON_CAPS, readRegularText } from "./fs_deno.ts";
-import type { AccuracySummary } from "../eval/evaluate.ts";
+import type { AccuracySummary } from "../eval/scoring.ts";
 import {
   buildRunReport,
   type NamedSummary,

@@ -2,7 +2,7 @@
  * Accuracy and ConvAI2 results as Markdown tables and an SVG chart.
  * @module
  */
-import type { AccuracySummary } from "../eval/evaluate.ts";
+import type { AccuracySummary } from "../eval/scoring.ts";
 import type { ConvAI2Scores } from "../eval/metrics.ts";
 import { barChart } from "./svg.ts";
 

@@ -5,7 +5,7 @@
  * @module
  */
 import { barChart, lineChart, type LineSeries } from "./svg.ts";
-import type { AccuracySummary } from "../eval/evaluate.ts";
+import type { AccuracySummary } from "../eval/scoring.ts";
 
 /** One optimizer step as log.jsonl records it. */
 export interface TrainPoint {

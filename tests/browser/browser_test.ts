@@ -41,7 +41,7 @@ import type { Tokenizer } from "../../lib/model/tokenizer.ts";
 import * as S from "../../web/session.ts";
 import { folderSummary, plainMessage } from "../../web/messages.ts";
 import { lossChart } from "../../web/chart.ts";
-import { COMMONSENSE_TASKS } from "../../lib/eval/extract.ts";
+import { COMMONSENSE_TASKS } from "../../lib/eval/scoring.ts";
 import { splitPath } from "../../lib/train/data.ts";
 import { resolveRequestPath } from "../../serve.ts";
 

@@ -1,8 +1,8 @@
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import { join } from "@std/path";
 import { HiraError } from "../../lib/engine/errors.ts";
-import { parseTrainArgs } from "../../lib/cli/args.ts";
-import { parseEvalArgs } from "../../lib/cli/eval_flags.ts";
+import { parseTrainArgs } from "../../lib/cli/flags.ts";
+import { parseEvalArgs } from "../../lib/cli/flags.ts";
 import { isDatasetPath } from "../../lib/train/dataset_file.ts";
 import { REPO_ROOT } from "../../lib/cli/launch.ts";
 

@@ -22,7 +22,7 @@ import {
 import { bestCheckpointIn } from "../../lib/cli/run_folder.ts";
 import { runTraining, writeModelDir } from "../../lib/cli/train.ts";
 import { resolveCheckpoint } from "../../lib/cli/eval.ts";
-import { parseTrainArgs } from "../../lib/cli/args.ts";
+import { parseTrainArgs } from "../../lib/cli/flags.ts";
 import { parseConfig } from "../../lib/model/config.ts";
 import { randomModel } from "../../lib/model/load.ts";
 import { HiraError, isHiraError } from "../../lib/engine/errors.ts";

@@ -8,7 +8,7 @@ import { assert, assertEquals, assertNotEquals, assertRejects } from "@std/asser
 import { join } from "@std/path";
 import { createRunDir, LOCK_FILE, lockRunDir } from "../../lib/io/runlock_deno.ts";
 import { HiraError, isHiraError } from "../../lib/engine/errors.ts";
-import { parseTrainArgs } from "../../lib/cli/args.ts";
+import { parseTrainArgs } from "../../lib/cli/flags.ts";
 import { runTraining } from "../../lib/cli/train.ts";
 import { makeFixture, snapshot, trainFlags } from "../_bad_input_fixture.ts";
 

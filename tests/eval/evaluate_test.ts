@@ -19,22 +19,24 @@ import { writeAdapterDir } from "../../lib/io/peft_deno.ts";
 import { randomModel } from "../../lib/model/load.ts";
 import { loadTokenizer } from "../../lib/io/tokenizer_deno.ts";
 import { parseRecords } from "../../lib/train/data.ts";
-import { parseTrainArgs } from "../../lib/cli/args.ts";
+import { parseTrainArgs } from "../../lib/cli/flags.ts";
 import { Rng } from "../../lib/engine/rand.ts";
 import type { AdapterConfig, PeftType } from "../../lib/model/peft.ts";
 import { beforeAfterMarkdown, summaryMarkdown } from "../../lib/report/accuracy.ts";
 import {
   datasetFromFileName,
   datasetScore,
-  decodeSettings,
-  decodingTag,
   mergeSummary,
-  predictionsFileName,
-  predictTexts,
   rescorePredictions,
   scorePrediction,
   scoreRecords,
   summarize,
+} from "../../lib/eval/scoring.ts";
+import {
+  decodeSettings,
+  decodingTag,
+  predictionsFileName,
+  predictTexts,
 } from "../../lib/eval/evaluate.ts";
 import {
   documentTokens,
@@ -42,7 +44,7 @@ import {
   parseTokenFile,
   perplexity,
 } from "../../lib/eval/perplexity.ts";
-import { parseEvalArgs } from "../../lib/cli/eval_flags.ts";
+import { parseEvalArgs } from "../../lib/cli/flags.ts";
 import {
   accuracyHooks,
   heldOutSets,

@@ -5,7 +5,7 @@
  * model and WordNet 3.0 (see docs/metrics.md). No Python runs here.
  */
 import { assert, assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
-import { predictionLines } from "../../lib/eval/evaluate.ts";
+import { predictionLines } from "../../lib/eval/scoring.ts";
 import {
   meteor,
   type PorterMode,

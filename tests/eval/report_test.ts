@@ -7,7 +7,7 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/as
 import { join } from "@std/path";
 import { buildRunReport, parseRunLog, runningMean } from "../../lib/report/report.ts";
 import { writeRunReport } from "../../lib/io/report_deno.ts";
-import type { AccuracySummary } from "../../lib/eval/evaluate.ts";
+import type { AccuracySummary } from "../../lib/eval/scoring.ts";
 
 /** Balanced tags, one root, quoted attributes, no raw `<` or stray `&`: enough for a browser. */
 function checkXml(doc: string): void {

@@ -19,7 +19,7 @@ import {
   trainExamples,
 } from "../../lib/train/data.ts";
 import { HiraError } from "../../lib/engine/errors.ts";
-import { extractAnswer } from "../../lib/eval/extract.ts";
+import { extractAnswer } from "../../lib/eval/scoring.ts";
 import { testPrompt, trainingContext } from "../../lib/train/prompt.ts";
 import { Rng } from "../../lib/engine/rand.ts";
 import {

@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals, assertMatch, assertRejects } from "@std/assert";
 import { join } from "@std/path";
-import { parseTrainArgs } from "../../lib/cli/args.ts";
+import { parseTrainArgs } from "../../lib/cli/flags.ts";
 import { runTraining } from "../../lib/cli/train.ts";
 import { DeviceLostAtStepError, NonFiniteError } from "../../lib/train/trainer.ts";
 import { openAdapterDir } from "../../lib/io/peft_deno.ts";

@@ -23,7 +23,7 @@ import {
   refusal,
   WEBGPU_DEFAULT_LIMITS,
 } from "../../lib/train/memory.ts";
-import { parseTrainArgs } from "../../lib/cli/args.ts";
+import { parseTrainArgs } from "../../lib/cli/flags.ts";
 import { runTraining } from "../../lib/cli/train.ts";
 import { isHiraError } from "../../lib/engine/errors.ts";
 

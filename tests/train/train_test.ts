@@ -4,7 +4,7 @@
  */
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import { join } from "@std/path";
-import { parseTrainArgs } from "../../lib/cli/args.ts";
+import { parseTrainArgs } from "../../lib/cli/flags.ts";
 import { runTraining, writeModelDir } from "../../lib/cli/train.ts";
 import { parseConfig } from "../../lib/model/config.ts";
 import { randomModel } from "../../lib/model/load.ts";

@@ -9,7 +9,7 @@ import {
   isCorrect,
   pyFloat,
   pyRound,
-} from "../../lib/eval/extract.ts";
+} from "../../lib/eval/scoring.ts";
 
 Deno.test("commonsense: first keyword wins, case-sensitive, '' when none", () => {
   assertEquals(extractAnswer("boolq", "the correct answer is true"), "true");
