@@ -23,12 +23,13 @@ export interface AdapterGradsRef {
   dX: Float64Array;
 }
 
-/** HiRA's effective weight W0 ⊙ (1 + B·A) [out, in]. */
-export function hiraWeightRef(
+/** W[o, i] = f(W0[o, i], (B·A)[o, i]) [out, in]: the merge rules below, in f64. */
+function withBA(
   w0: ArrayLike<number>,
   a: ArrayLike<number>,
   b: ArrayLike<number>,
   d: Omit<AdapterDims, "n">,
+  f: (w: number, ba: number) => number,
 ): Float64Array {
   const { inFeatures: K, outFeatures: O, r } = d;
   const w = new Float64Array(O * K);
@@ -36,10 +37,20 @@ export function hiraWeightRef(
     for (let i = 0; i < K; i++) {
       let s = 0;
       for (let k = 0; k < r; k++) s += b[o * r + k] * a[k * K + i];
-      w[o * K + i] = w0[o * K + i] * (1 + s);
+      w[o * K + i] = f(w0[o * K + i], s);
     }
   }
   return w;
+}
+
+/** HiRA's effective weight W0 ⊙ (1 + B·A) [out, in]. */
+export function hiraWeightRef(
+  w0: ArrayLike<number>,
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  d: Omit<AdapterDims, "n">,
+): Float64Array {
+  return withBA(w0, a, b, d, (w, ba) => w * (1 + ba));
 }
 
 /** LoRA's merged weight W0 + scale·B·A [out, in]. */
@@ -50,16 +61,7 @@ export function loraWeightRef(
   d: Omit<AdapterDims, "n">,
   scale: number,
 ): Float64Array {
-  const { inFeatures: K, outFeatures: O, r } = d;
-  const w = new Float64Array(O * K);
-  for (let o = 0; o < O; o++) {
-    for (let i = 0; i < K; i++) {
-      let s = 0;
-      for (let k = 0; k < r; k++) s += b[o * r + k] * a[k * K + i];
-      w[o * K + i] = w0[o * K + i] + scale * s;
-    }
-  }
-  return w;
+  return withBA(w0, a, b, d, (w, ba) => w + scale * ba);
 }
 
 /** The merged weight of either adapter type (`scale` = α/r, LoRA only). */
@@ -81,16 +83,7 @@ export function unmergeHiraRef(
   b: ArrayLike<number>,
   d: Omit<AdapterDims, "n">,
 ): Float64Array {
-  const { inFeatures: K, outFeatures: O, r } = d;
-  const w = new Float64Array(O * K);
-  for (let o = 0; o < O; o++) {
-    for (let i = 0; i < K; i++) {
-      let s = 0;
-      for (let k = 0; k < r; k++) s += b[o * r + k] * a[k * K + i];
-      w[o * K + i] = merged[o * K + i] / (1 + s);
-    }
-  }
-  return w;
+  return withBA(merged, a, b, d, (w, ba) => w / (1 + ba));
 }
 
 /** y [n, out] = x·wᵀ + bias for a plain linear layer with w [out, in]. */
