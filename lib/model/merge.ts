@@ -146,9 +146,7 @@ export function exportTensors(
 export function exportConfigJson(
   raw: Record<string, unknown>,
   dtype: ExportDtype,
-  layout: ConfigLayout = (("dtype" in raw) || ("rope_parameters" in raw))
-    ? "transformers5"
-    : "transformers4",
+  layout: ConfigLayout,
 ): string {
   // One dtype key, the one of the layout the base was read in: a transformers-5 config that
   // also said torch_dtype would contradict itself after a dtype change.
