@@ -79,15 +79,28 @@ export interface TrainArgs {
 }
 
 /** One flag's documentation and default. */
-interface FlagDoc {
-  name: keyof TrainArgs;
-  type: "string" | "number" | "boolean";
+/** One flag of a table: its name, value type, default (null: none) and help line. */
+interface FlagDoc<Name extends string, Type extends string = "string" | "number" | "boolean"> {
+  name: Name;
+  type: Type;
   def: string | number | boolean | null;
   help: string;
 }
 
+/** The --help lines of a flag table (no default shown when it is null or empty). */
+function flagLines(flags: readonly FlagDoc<string, string>[], width: number): string[] {
+  return flags.map((f) => {
+    const d = f.def === null || f.def === "" ? "" : ` (default ${f.def})`;
+    return `  --${f.name.padEnd(width)} ${f.help}${d}`;
+  });
+}
+
+function flagError(name: string, msg: string): HiraError {
+  return new HiraError(`--${name}`, msg);
+}
+
 /** Every flag, in --help order. */
-export const TRAIN_FLAGS: readonly FlagDoc[] = [
+export const TRAIN_FLAGS: readonly FlagDoc<keyof TrainArgs>[] = [
   {
     name: "peft_type",
     type: "string",
@@ -379,11 +392,7 @@ export function trainHelp(): string {
     } --lr=${DEMO_LR.hira} (hira), ${DEMO_LR.lora} (lora), ${DEMO_LR.full} (full)`,
     "",
   ];
-  for (const f of TRAIN_FLAGS) {
-    const d = f.def === null || f.def === "" ? "" : ` (default ${f.def})`;
-    lines.push(`  --${f.name.padEnd(20)} ${f.help}${d}`);
-  }
-  return lines.join("\n");
+  return [...lines, ...flagLines(TRAIN_FLAGS, 20)].join("\n");
 }
 
 /** Parses and validates argv; bad values are a HiraError naming the flag. */
@@ -481,7 +490,7 @@ export function checkBooleanFlag(name: string, argv: readonly string[]): void {
 }
 
 function check(cond: boolean, flag: string, msg: string): void {
-  if (!cond) throw new HiraError(`--${flag}`, msg);
+  if (!cond) throw flagError(flag, msg);
 }
 
 /** Rejects nonsensical values with a message naming the flag. */
@@ -663,12 +672,7 @@ export interface EvalArgs {
   help: boolean;
 }
 
-interface EvalFlag {
-  name: keyof EvalArgs;
-  type: "string" | "number" | "boolean" | "list";
-  def: string | number | boolean | null;
-  help: string;
-}
+type EvalFlag = FlagDoc<keyof EvalArgs & string, "string" | "number" | "boolean" | "list">;
 
 const EVAL_FLAGS: readonly EvalFlag[] = [
   {
@@ -799,15 +803,7 @@ export function evalHelp(): string {
     "numbers are then not comparable with full runs, and output names carry _limit=N).",
     "",
   ];
-  for (const f of EVAL_FLAGS) {
-    const d = f.def === null ? "" : ` (default ${f.def})`;
-    lines.push(`  --${String(f.name).padEnd(16)} ${f.help}${d}`);
-  }
-  return lines.join("\n");
-}
-
-function flagError(name: string, msg: string): HiraError {
-  return new HiraError(`--${name}`, msg);
+  return [...lines, ...flagLines(EVAL_FLAGS, 16)].join("\n");
 }
 
 /**
