@@ -62,7 +62,7 @@ function nllOf(logits: Float32Array, tokens: readonly number[], v: number): numb
   const out: number[] = [];
   for (let t = 0; t + 1 < tokens.length; t++) {
     const row = logits.subarray(t * v, (t + 1) * v);
-    const m = maxAbs(row) === 0 ? 0 : Math.max(...row);
+    const m = Math.max(...row);
     let s = 0;
     for (const x of row) s += Math.exp(x - m);
     out.push(Math.log(s) + m - row[tokens[t + 1]]);
