@@ -157,6 +157,41 @@ Deno.test("a full disk mid-run: one line naming the file, an error record, no le
   }
 });
 
+Deno.test("an output folder on a read-only file system: one line before the model loads", async () => {
+  const disk = await smallDisk();
+  if (disk === null) {
+    console.log("skipped: mounting a small tmpfs needs root (the EROFS case is not exercised)");
+    return;
+  }
+  const f = await makeFixture("hira-erofs-");
+  try {
+    await Deno.mkdir(join(disk, "runs"));
+    const r = await new Deno.Command("mount", { args: ["-o", "remount,ro", disk] }).output();
+    assert(r.success, new TextDecoder().decode(r.stderr));
+    const out = join(disk, "runs");
+    const args = parseTrainArgs(trainFlags(f, [`--output_folder=${out}`]));
+    let loaded = false;
+    const e = await runTraining(args, {
+      quiet: true,
+      noReport: true,
+      beforeTraining: () => {
+        loaded = true;
+        return Promise.resolve();
+      },
+    }).then(() => null, (e) => e);
+    assert(isHiraError(e), `not a HiraError: ${e?.stack ?? e}`);
+    assert(!e.message.includes("\n"), e.message);
+    assert(/read-only file system/.test(e.message), e.message);
+    assert(e.message.startsWith(out), `names the folder: ${e.message}`);
+    assert(!loaded, "the model was loaded before the folder was checked");
+    assertEquals([...Deno.readDirSync(out)], []);
+  } finally {
+    await new Deno.Command("umount", { args: [disk] }).output();
+    await Deno.remove(disk, { recursive: true });
+    await Deno.remove(f.root, { recursive: true });
+  }
+});
+
 Deno.test("a symlink planted at a live run's log.jsonl is not written through", async () => {
   const f = await makeFixture("hira-loglink-");
   try {
