@@ -2,9 +2,7 @@
 // element; the flat index folds the grid's y dimension so tensors above 65535·256 elements still
 // fit one dispatch. Each entry point declares its own bindings, numbered from 0.
 
-struct Params {
-  n: u32,
-}
+//! struct Params
 
 @group(0) @binding(0) var<uniform> p: Params;
 

@@ -27,21 +27,8 @@
 // Entry points alias binding numbers (e.g. binding 5 is `out` in the forward and `dout` in the
 // backward); WGSL allows that because no single entry point uses two variables with one binding.
 
-struct Params {
-  n: u32,
-  h: u32,
-  hkv: u32,
-  nseq: u32,
-  scale: f32,
-}
-
-struct DecodeParams {
-  nb: u32,
-  h: u32,
-  hkv: u32,
-  tmax: u32,
-  scale: f32,
-}
+//! struct Params
+//! struct DecodeParams
 
 const DW: u32 = {{DW}}u;
 const BT: u32 = {{BT}}u;

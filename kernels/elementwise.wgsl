@@ -1,10 +1,7 @@
 // Elementwise ops over flat f32 arrays. One invocation per element; the flat index folds the
 // y dimension of the grid so tensors above 65535*256 elements still fit one dispatch.
 
-struct Params {
-  n: u32,
-  alpha: f32,
-}
+//! struct Params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;

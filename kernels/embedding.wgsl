@@ -10,15 +10,10 @@
 
 // ---- forward: out[t, :] = table[ids[t], :] ----
 
-struct Params {
-  n: u32,
-  c: u32,
-  row_start: u32,
-  row_count: u32,
-  // Write zeros for ids outside this shard (set on the first shard's dispatch), so ids outside
-  // the whole table give zero rows and no separate clear is needed.
-  zero_others: u32,
-}
+// Params: n tokens of c columns, the shard's rows [row_start, row_start + row_count), and
+// zero_others: write zeros for ids outside this shard (set on the first shard's dispatch), so ids
+// outside the whole table give zero rows and no separate clear is needed.
+//! struct Params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> f_table: array<{{WTYPE}}>;
@@ -49,14 +44,7 @@ fn embedding_forward(
 // ascending token order. One invocation per (unique id, column) sums its tokens' rows in that
 // fixed order, so the result is deterministic and needs no float atomics.
 
-struct BackParams {
-  u: u32,
-  c: u32,
-  row_start: u32,
-  row_count: u32,
-  offsets_at: u32,
-  positions_at: u32,
-}
+//! struct BackParams
 
 @group(0) @binding(0) var<uniform> q: BackParams;
 @group(0) @binding(1) var<storage, read> b_dout: array<f32>;
@@ -86,9 +74,7 @@ fn embedding_backward(
 
 // ---- widening copy: out[i] = f32(src[i]) (an f16 table or weight as an f32 tensor) ----
 
-struct CastParams {
-  n: u32,
-}
+//! struct CastParams
 
 @group(0) @binding(0) var<uniform> cp: CastParams;
 @group(0) @binding(1) var<storage, read> c_src: array<{{WTYPE}}>;

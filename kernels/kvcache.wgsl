@@ -3,23 +3,11 @@
 // together in every dispatch because they always move together, which halves the dispatches.
 // One invocation per element; the flat index folds the y dimension of the grid.
 
-struct ScatterParams {
-  // Source rows (new tokens).
-  n: u32,
-  // Floats per row.
-  w: u32,
-}
-
-struct GatherParams {
-  // Sequences in the destination.
-  nseq: u32,
-  // Floats per row.
-  w: u32,
-  // Rows per sequence block in both caches.
-  tmax: u32,
-  // Leading rows copied per sequence (the longest valid prefix); the rest stay undefined.
-  tcopy: u32,
-}
+// ScatterParams: n source rows (new tokens) of w floats. GatherParams: nseq destination
+// sequences of tmax rows of w floats in both caches, of which the leading tcopy rows (the longest
+// valid prefix) are copied; the rest stay undefined.
+//! struct ScatterParams
+//! struct GatherParams
 
 @group(0) @binding(0) var<uniform> ps: ScatterParams;
 @group(0) @binding(0) var<uniform> pg: GatherParams;

@@ -2,12 +2,7 @@
 // wide row-major matrix (the output head is split into vocabulary shards above the binding
 // limit, and each shard's backward needs its block of the logits gradient contiguous).
 
-struct Params {
-  rows: u32,
-  cols: u32,
-  srcCols: u32,
-  colOffset: u32,
-}
+//! struct Params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;

@@ -2,7 +2,8 @@
 // hash(seed, mask_id, i) >= threshold (threshold = p·2^32), and kept values are scaled by
 // 1/(1 - p) as nn.Dropout does. The mask is a pure function of (seed, mask_id, i), so the
 // backward pass regenerates exactly the forward's mask without storing it.
-// lib/ref/adapters.ts (loraDropoutMaskRef) mirrors the hash bit for bit.
+// lib/ref/adapters.ts (loraDropoutMaskRef) mirrors the hash bit for bit; lib/ops/lora.ts is the
+// host.
 
 //! include "common/flat.wgsl"
 
@@ -17,13 +18,7 @@ fn mix32(v: u32) -> u32 {
   return x;
 }
 
-struct DropoutParams {
-  n: u32,
-  seed: u32,
-  mask_id: u32,
-  threshold: u32,
-  scale: f32,
-}
+//! struct DropoutParams
 
 @group(0) @binding(0) var<uniform> dp: DropoutParams;
 @group(0) @binding(1) var<storage, read> src: array<f32>;

@@ -9,11 +9,7 @@
 // Rows beyond 65535 fold into the grid's y dimension. Each entry point declares its own
 // bindings, numbered from 0.
 
-struct Params {
-  n: u32,
-  v: u32,
-  scale: f32,
-}
+//! struct Params
 
 @group(0) @binding(0) var<uniform> p: Params;
 

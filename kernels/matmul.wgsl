@@ -31,20 +31,7 @@
 
 //! include "common/mac_block_row.wgsl"
 
-struct Params {
-  M: u32,
-  N: u32,
-  K: u32,
-  tilesN: u32,
-  tilesPerBatch: u32,
-  totalTiles: u32,
-  aBatch: u32,
-  bBatch: u32,
-  outBatch: u32,
-  outStride: u32,
-  outOffset: u32,
-  alpha: f32,
-}
+//! struct Params
 
 const TRANS_A: bool = {{TRANS_A}};
 const TRANS_B: bool = {{TRANS_B}};

@@ -5,13 +5,9 @@
 // strided loop still reads contiguous memory. Rows beyond 65535 fold into the grid's y dimension.
 // Each entry point declares its own bindings, numbered from 0.
 
-struct RowParams {
-  n: u32,
-  c: u32,
-  eps: f32,
-  // dx kernel: add into dx instead of overwriting it (residual-stream gradients).
-  accumulate: u32,
-}
+// RowParams: n rows of c, eps, and accumulate (dx kernel: add into dx instead of overwriting
+// it, for residual-stream gradients).
+//! struct RowParams
 
 @group(0) @binding(0) var<uniform> p: RowParams;
 
@@ -102,14 +98,9 @@ fn rmsnorm_backward_dx(
 // (column, chunk); pass 2 adds the chunk sums into dw in chunk order. With a single chunk pass 1
 // adds straight into dw.
 
-struct ColParams {
-  n: u32,
-  c: u32,
-  rows_per_chunk: u32,
-  chunks: u32,
-  // pass 1: add into `out` (dw) instead of overwriting it (partial sums).
-  accumulate: u32,
-}
+// ColParams: n rows of c in chunks of rows_per_chunk, and accumulate (pass 1: add into `out`,
+// dw, instead of overwriting it).
+//! struct ColParams
 
 @group(0) @binding(0) var<uniform> q: ColParams;
 @group(0) @binding(1) var<storage, read> w_x: array<f32>;

@@ -14,16 +14,7 @@
 // 1 - beta1 and 1 - beta2 also come from the host, as in torch, because computing them in f32
 // (1 - 0.999f) is off by 1e-5 relative.
 
-struct AdamParams {
-  n: u32,
-  beta2: f32,
-  one_minus_beta1: f32,
-  one_minus_beta2: f32,
-  eps: f32,
-  decay: f32,
-  step_size: f32,
-  bc2_sqrt: f32,
-}
+//! struct AdamParams
 
 @group(0) @binding(0) var<uniform> ap: AdamParams;
 @group(0) @binding(1) var<storage, read_write> param: array<f32>;
@@ -53,10 +44,7 @@ fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 
 const ITEMS: u32 = 16u;
 
-struct SumSqParams {
-  n: u32,
-  base: u32,
-}
+//! struct SumSqParams
 
 @group(0) @binding(0) var<uniform> sp: SumSqParams;
 @group(0) @binding(1) var<storage, read> values: array<f32>;
@@ -93,11 +81,7 @@ fn sumsq(
 // Final reduction (one workgroup): norm = sqrt(Σ partials), clip scale as torch's
 // clip_grad_norm_: min(1, max_norm / (norm + 1e-6)), or 1 when clipping is off.
 
-struct FinishParams {
-  count: u32,
-  clip: u32,
-  max_norm: f32,
-}
+//! struct FinishParams
 
 @group(0) @binding(0) var<uniform> fp: FinishParams;
 @group(0) @binding(1) var<storage, read> sums: array<f32>;

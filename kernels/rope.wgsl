@@ -12,13 +12,7 @@
 // through an integer OR with a uniform zero to pin it to the rounded f32. The trig functions are
 // our own: WGSL's sin/cos are only accurate on [−π, π] and θ reaches thousands of radians.
 
-struct Params {
-  total: u32,
-  heads: u32,
-  half: u32,
-  sign: f32,
-  zero: u32,
-}
+//! struct Params
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> positions: array<u32>;

@@ -11,10 +11,7 @@
 // The forward entries do not use binding 2; their layout still has it (the wrapper binds x
 // twice) so that both directions share one binding table.
 
-struct Params {
-  rows: u32,
-  cols: u32,
-}
+//! struct Params
 
 const WG: u32 = 256u;
 const ROWS_WG: u32 = 64u;

@@ -74,13 +74,17 @@ export interface UniformStruct<F extends string = string> {
 
 /**
  * Describes a uniform struct of 4-byte scalars once, for both the host's buffer layout and the
- * WGSL declaration (docs/kernels.md): `uniformStruct("MmParams", [["M", "u32"], ...])`.
+ * WGSL declaration (docs/kernels.md): `uniformStruct("MmParams", ["M", "N", ["alpha", "f32"]])`.
+ * A bare name is a u32 field (most are sizes and counts); `[name, type]` gives the type.
  */
 export function uniformStruct<const F extends string>(
   name: string,
-  fields: readonly (readonly [F, UniformType])[],
+  fieldList: readonly (F | readonly [F, UniformType])[],
 ): UniformStruct<F> {
   if (!/^[A-Za-z_]\w*$/.test(name)) throw new Error(`uniformStruct: bad name "${name}"`);
+  const fields = fieldList.map((f): readonly [F, UniformType] =>
+    typeof f === "string" ? [f, "u32"] : f
+  );
   const seen = new Set<string>();
   for (const [f, t] of fields) {
     if (!/^[A-Za-z_]\w*$/.test(f) || seen.has(f)) {
@@ -110,6 +114,38 @@ export function uniformStruct<const F extends string>(
         return t === "i32" ? { i32: v } : { f32: v };
       });
     },
+  };
+}
+
+/**
+ * A kernel file with the uniform structs it splices, so that every spec of it gives them
+ * (docs/kernels.md): op modules describe their file once and build their entries' specs from it.
+ */
+export interface KernelFile {
+  /** WGSL file name inside kernels/. */
+  readonly file: string;
+  /** The structs of its `//! struct NAME` lines. */
+  readonly structs: readonly UniformStruct[];
+  /** The spec of one entry of the file. */
+  spec(
+    entry: string,
+    bindings: readonly BindingKind[],
+    defines?: KernelSpec["defines"],
+  ): KernelSpec;
+}
+
+/** Describes a kernel file and its uniform structs once (see {@linkcode KernelFile}). */
+export function kernelFile(file: string, structs: readonly UniformStruct[]): KernelFile {
+  return {
+    file,
+    structs,
+    spec: (entry, bindings, defines) => ({
+      file,
+      entry,
+      bindings,
+      ...(defines && { defines }),
+      structs,
+    }),
   };
 }
 

@@ -13,25 +13,13 @@ import {
   type LinearAdapter,
 } from "./adapter.ts";
 import { addBias } from "../ops/linear.ts";
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
+import type { Gpu, Tensor } from "../engine/gpu.ts";
 import { toF32 } from "../ops/embedding.ts";
+import { dropoutThreshold, hashDropout } from "../ops/lora.ts";
 import { matmul } from "../ops/matmul.ts";
 import type { Rng } from "../engine/rand.ts";
 
-const LORA_DROPOUT = (entry: string): KernelSpec => ({
-  file: "lora.wgsl",
-  entry,
-  bindings: ["uniform", "read", "rw"],
-});
-
-/**
- * The u32 keep threshold of LoRA dropout with probability p: an element is kept iff its hash
- * is >= p·2^32 (so it is kept with probability 1 − p).
- */
-export function dropoutThreshold(p: number): number {
-  if (!(p >= 0 && p < 1)) throw new Error(`dropout probability ${p} must be in [0, 1)`);
-  return Math.min(0xffffffff, Math.round(p * 4294967296));
-}
+export { dropoutThreshold };
 
 /**
  * LoRA: y = x·W0ᵀ + s·dropout(x)·Aᵀ·Bᵀ (+ bias) with s = α/r. Dropout masks are keyed by
@@ -92,20 +80,14 @@ export class LoraAdapter extends AdapterBase implements LinearAdapter {
     return this.dropout > 0 && this.training;
   }
 
-  async #dropout(
+  #dropout(
     entry: "dropout" | "dropout_accumulate",
     src: Tensor,
     dst: Tensor,
     maskId: number,
   ): Promise<void> {
-    const k = await this.gpu.kernel(LORA_DROPOUT(entry));
-    this.gpu.dispatch(k, [
-      [src.size, this.seed, maskId >>> 0, dropoutThreshold(this.dropout), {
-        f32: 1 / (1 - this.dropout),
-      }],
-      src,
-      dst,
-    ], grid(cdiv(src.size, 256)));
+    const mask = { p: this.dropout, seed: this.seed, maskId };
+    return hashDropout(this.gpu, src, dst, mask, entry === "dropout_accumulate");
   }
 
   /** dropout(x) as a new tensor, or x itself when dropout is off. */

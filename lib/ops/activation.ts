@@ -3,11 +3,13 @@
  * over flat f32 tensors of any shape.
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
+import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
 
-function spec(entry: string, bindings: KernelSpec["bindings"]): KernelSpec {
-  return { file: "activation.wgsl", entry, bindings };
-}
+/** The elements of every entry. */
+const PARAMS = uniformStruct("Params", ["n"]);
+/** kernels/activation.wgsl and its uniform struct (docs/kernels.md). */
+export const ACTIVATION_KERNELS = kernelFile("activation.wgsl", [PARAMS]);
+const spec = ACTIVATION_KERNELS.spec;
 
 function sameSize(op: string, ...ts: Tensor[]): void {
   for (const t of ts) {
@@ -20,7 +22,7 @@ export async function silu(gpu: Gpu, x: Tensor, out?: Tensor): Promise<Tensor> {
   const y = out ?? gpu.empty(x.shape);
   sameSize("silu", x, y);
   const k = await gpu.kernel(spec("silu", ["uniform", "read", "rw"]));
-  gpu.dispatch(k, [[x.size], x, y], grid(cdiv(x.size, 256)));
+  gpu.dispatch(k, [PARAMS.pack({ n: x.size }), x, y], grid(cdiv(x.size, 256)));
   return y;
 }
 
@@ -34,7 +36,7 @@ export async function siluBackward(
   const dx = out ?? gpu.empty(x.shape);
   sameSize("siluBackward", x, dy, dx);
   const k = await gpu.kernel(spec("silu_backward", ["uniform", "read", "read", "rw"]));
-  gpu.dispatch(k, [[x.size], x, dy, dx], grid(cdiv(x.size, 256)));
+  gpu.dispatch(k, [PARAMS.pack({ n: x.size }), x, dy, dx], grid(cdiv(x.size, 256)));
   return dx;
 }
 
@@ -43,7 +45,7 @@ export async function swiglu(gpu: Gpu, gate: Tensor, up: Tensor, out?: Tensor): 
   const h = out ?? gpu.empty(gate.shape);
   sameSize("swiglu", gate, up, h);
   const k = await gpu.kernel(spec("swiglu", ["uniform", "read", "read", "rw"]));
-  gpu.dispatch(k, [[gate.size], gate, up, h], grid(cdiv(gate.size, 256)));
+  gpu.dispatch(k, [PARAMS.pack({ n: gate.size }), gate, up, h], grid(cdiv(gate.size, 256)));
   return h;
 }
 
@@ -72,6 +74,10 @@ export async function swigluBackward(
   const k = await gpu.kernel(
     spec("swiglu_backward", ["uniform", "read", "read", "read", "rw", "rw"]),
   );
-  gpu.dispatch(k, [[gate.size], gate, up, dh, dGate, dUp], grid(cdiv(gate.size, 256)));
+  gpu.dispatch(
+    k,
+    [PARAMS.pack({ n: gate.size }), gate, up, dh, dGate, dUp],
+    grid(cdiv(gate.size, 256)),
+  );
   return { dGate, dUp };
 }

@@ -13,9 +13,10 @@ import {
   cdiv,
   type Gpu,
   grid,
-  type KernelSpec,
+  kernelFile,
   loopBudgetError,
   type Tensor,
+  uniformStruct,
   withinLoopBudget,
 } from "../engine/gpu.ts";
 
@@ -65,6 +66,13 @@ export interface AttentionGrads {
 
 /** Largest head dimension the kernels accept (their private arrays are sized by it). */
 export const MAX_HEAD_DIM = 256;
+
+/** The prefill kernels: n tokens of h query and hkv KV heads in nseq sequences. */
+const PARAMS = uniformStruct("Params", ["n", "h", "hkv", "nseq", ["scale", "f32"]]);
+/** attn_decode: nb sequences of h query and hkv KV heads, caches of tmax rows. */
+const DECODE_PARAMS = uniformStruct("DecodeParams", ["nb", "h", "hkv", "tmax", ["scale", "f32"]]);
+/** kernels/attention.wgsl and its uniform structs (docs/kernels.md). */
+export const ATTENTION_KERNELS = kernelFile("attention.wgsl", [PARAMS, DECODE_PARAMS]);
 
 const LANES = 64;
 const U = "uniform" as const, R = "read" as const, W = "rw" as const;
@@ -121,7 +129,7 @@ function tileRows(d: number): number {
 
 function spec(entry: string, d: number, bindings: readonly ("uniform" | "read" | "rw")[]) {
   const vec = d % 4 === 0;
-  const defines = {
+  return ATTENTION_KERNELS.spec(entry, bindings, {
     ELEM: vec ? "vec4<f32>" : "f32",
     DW: vec ? d / 4 : d,
     HSUM: vec ? "x.x + x.y + x.z + x.w" : "x",
@@ -129,8 +137,7 @@ function spec(entry: string, d: number, bindings: readonly ("uniform" | "read" |
     // The blocked CPU kernels' 16-float chunks per row (they run only where d % 16 == 0).
     CH: Math.max(1, Math.min(8, Math.floor(d / 16))),
     BT: tileRows(d),
-  };
-  return { file: "attention.wgsl", entry, bindings, defines } satisfies KernelSpec;
+  });
 }
 
 type Kernels = "rows4" | "rows" | "tiled";
@@ -215,7 +222,7 @@ function groups(kind: Kernels, x: Dims): { rows: [number, number]; keys: [number
 }
 
 function params(x: Dims, nseq: number, scale: number) {
-  return [x.n, x.h, x.hkv, nseq, { f32: scale }];
+  return PARAMS.pack({ n: x.n, h: x.h, hkv: x.hkv, nseq, scale });
 }
 
 /**
@@ -333,7 +340,7 @@ export async function attentionDecode(
   const kern = await gpu.kernel(spec(entry, d, DECODE));
   gpu.dispatch(
     kern,
-    [[nb, h, hkv, tmax, { f32: scale }], q, kCache, vCache, lens, out],
+    [DECODE_PARAMS.pack({ nb, h, hkv, tmax, scale }), q, kCache, vCache, lens, out],
     grid(cdiv(nb * h, LANES)),
   );
   return out;

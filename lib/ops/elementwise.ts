@@ -2,12 +2,15 @@
  * Elementwise ops on GPU tensors (kernels/elementwise.wgsl).
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
+import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
 
-const BINARY: readonly ("uniform" | "read" | "rw")[] = ["uniform", "read", "read", "rw"];
+/** The elements and add's factor on b (mul ignores it). */
+const PARAMS = uniformStruct("Params", ["n", ["alpha", "f32"]]);
+/** kernels/elementwise.wgsl and its uniform struct (docs/kernels.md). */
+export const ELEMENTWISE_KERNELS = kernelFile("elementwise.wgsl", [PARAMS]);
 
-function spec(entry: string): KernelSpec {
-  return { file: "elementwise.wgsl", entry, bindings: BINARY };
+function spec(entry: string) {
+  return ELEMENTWISE_KERNELS.spec(entry, ["uniform", "read", "read", "rw"]);
 }
 
 function sameShape(op: string, a: Tensor, b: Tensor): void {
@@ -25,7 +28,7 @@ export async function add(
   sameShape("add", a, b);
   const k = await gpu.kernel(spec("add"));
   const o = out ?? gpu.empty(a.shape);
-  gpu.dispatch(k, [[a.size, { f32: alpha }], a, b, o], grid(cdiv(a.size, 256)));
+  gpu.dispatch(k, [PARAMS.pack({ n: a.size, alpha }), a, b, o], grid(cdiv(a.size, 256)));
   return o;
 }
 
@@ -34,6 +37,6 @@ export async function mul(gpu: Gpu, a: Tensor, b: Tensor, out?: Tensor): Promise
   sameShape("mul", a, b);
   const k = await gpu.kernel(spec("mul"));
   const o = out ?? gpu.empty(a.shape);
-  gpu.dispatch(k, [[a.size, { f32: 0 }], a, b, o], grid(cdiv(a.size, 256)));
+  gpu.dispatch(k, [PARAMS.pack({ n: a.size, alpha: 0 }), a, b, o], grid(cdiv(a.size, 256)));
   return o;
 }

@@ -5,7 +5,45 @@
  * stored in half precision); the rows come out f32.
  * @module
  */
-import { cdiv, type Gpu, grid, type Tensor } from "../engine/gpu.ts";
+import {
+  type BindingKind,
+  cdiv,
+  type Gpu,
+  grid,
+  kernelFile,
+  type Tensor,
+  uniformStruct,
+} from "../engine/gpu.ts";
+
+/**
+ * embedding_forward: n tokens of c columns against the shard of rows [row_start, row_start +
+ * row_count); zero_others = 1 on the first shard's dispatch writes zeros for ids outside it.
+ */
+const FORWARD_PARAMS = uniformStruct("Params", ["n", "c", "row_start", "row_count", "zero_others"]);
+/**
+ * embedding_backward: u distinct ids of c columns, the shard's rows, and where the plan buffer
+ * keeps its offsets and positions.
+ */
+const BACKWARD_PARAMS = uniformStruct("BackParams", [
+  "u",
+  "c",
+  "row_start",
+  "row_count",
+  "offsets_at",
+  "positions_at",
+]);
+/** to_f32: the elements. */
+const CAST_PARAMS = uniformStruct("CastParams", ["n"]);
+/** kernels/embedding.wgsl and its uniform structs (docs/kernels.md). */
+export const EMBEDDING_KERNELS = kernelFile("embedding.wgsl", [
+  FORWARD_PARAMS,
+  BACKWARD_PARAMS,
+  CAST_PARAMS,
+]);
+
+function spec(entry: string, wtype: "f32" | "f16", bindings: readonly BindingKind[]) {
+  return EMBEDDING_KERNELS.spec(entry, bindings, { WTYPE: wtype });
+}
 
 /** An embedding table [V, C], whole or as consecutive row shards [rows_i, C]. */
 export type EmbeddingTable = Tensor | readonly Tensor[];
@@ -57,18 +95,16 @@ export async function embedding(
   if (o.size !== n * c || o.dtype !== "f32") {
     throw new Error(`embedding: out ${o.shape}/${o.dtype} for f32 [${n}, ${c}]`);
   }
-  const k = await gpu.kernel({
-    file: "embedding.wgsl",
-    entry: "embedding_forward",
-    bindings: ["uniform", "read", "read", "rw"],
-    defines: { WTYPE: dtype },
-  });
+  const k = await gpu.kernel(spec("embedding_forward", dtype, ["uniform", "read", "read", "rw"]));
   shards.forEach((s, i) => {
-    gpu.dispatch(
-      k,
-      [[n, c, s.rowStart, s.rows, i === 0 ? 1 : 0], s.tensor, ids, o],
-      grid(cdiv(n * c, 256)),
-    );
+    const params = FORWARD_PARAMS.pack({
+      n,
+      c,
+      row_start: s.rowStart,
+      row_count: s.rows,
+      zero_others: i === 0 ? 1 : 0,
+    });
+    gpu.dispatch(k, [params, s.tensor, ids, o], grid(cdiv(n * c, 256)));
   });
   return o;
 }
@@ -143,18 +179,17 @@ export async function embeddingBackward(
   packed.set(plan.offsets, u);
   packed.set(plan.positions, 2 * u + 1);
   const tplan = gpu.upload(packed, [packed.length], "u32");
-  const k = await gpu.kernel({
-    file: "embedding.wgsl",
-    entry: "embedding_backward",
-    bindings: ["uniform", "read", "read", "rw"],
-    defines: { WTYPE: "f32" },
-  });
+  const k = await gpu.kernel(spec("embedding_backward", "f32", ["uniform", "read", "read", "rw"]));
   for (const s of shards) {
-    gpu.dispatch(
-      k,
-      [[u, c, s.rowStart, s.rows, u, 2 * u + 1], dOut, tplan, s.tensor],
-      grid(cdiv(u * c, 256)),
-    );
+    const params = BACKWARD_PARAMS.pack({
+      u,
+      c,
+      row_start: s.rowStart,
+      row_count: s.rows,
+      offsets_at: u,
+      positions_at: 2 * u + 1,
+    });
+    gpu.dispatch(k, [params, dOut, tplan, s.tensor], grid(cdiv(u * c, 256)));
   }
   // Safe to recycle now: a later upload into this buffer submits the recorded work first.
   tplan.release();
@@ -171,12 +206,7 @@ export async function toF32(gpu: Gpu, t: Tensor): Promise<Tensor> {
     return out;
   }
   if (t.dtype !== "f16") throw new Error(`toF32: ${t.dtype} is not a float type`);
-  const k = await gpu.kernel({
-    file: "embedding.wgsl",
-    entry: "to_f32",
-    bindings: ["uniform", "read", "rw"],
-    defines: { WTYPE: "f16" },
-  });
-  gpu.dispatch(k, [[t.size], t, out], grid(cdiv(t.size, 256)));
+  const k = await gpu.kernel(spec("to_f32", "f16", ["uniform", "read", "rw"]));
+  gpu.dispatch(k, [CAST_PARAMS.pack({ n: t.size }), t, out], grid(cdiv(t.size, 256)));
   return out;
 }

@@ -26,6 +26,7 @@ import {
   type Gpu,
   grid,
   isLlvmpipe,
+  kernelFile,
   type KernelSpec,
   loopBudgetError,
   type Tensor,
@@ -155,64 +156,42 @@ export function resolveHiraVariant(
   return gpu.isCpuAdapter ? "cpu" : "tiled";
 }
 
-/** Kernel files: the unfused weight kernels, the fused product, the fused gradients. */
-const WEIGHT_FILE = "hira_weight.wgsl";
-const FUSED_FILE = "hira_fused.wgsl";
-const GRAD_FILE = "hira_grad.wgsl";
-
 // The uniform blocks of the HiRA kernels (each spliced into its file by `//! struct NAME`).
 /** effective_weight, delta_weight, unmerge. */
-const WEIGHT_PARAMS = uniformStruct("WeightParams", [
-  ["out_features", "u32"],
-  ["in_features", "u32"],
-  ["rank", "u32"],
-]);
+const WEIGHT_PARAMS = uniformStruct("WeightParams", ["out_features", "in_features", "rank"]);
 /** mul_inplace (`cols` is unused). */
-const ELEM_PARAMS = uniformStruct("ElemParams", [["n", "u32"], ["cols", "u32"]]);
+const ELEM_PARAMS = uniformStruct("ElemParams", ["n", "cols"]);
 /** apply_factor: one = 1 for W_eff, 0 for PEFT's delta weight. */
-const FACTOR_PARAMS = uniformStruct("FactorParams", [["n", "u32"], ["one", "f32"]]);
+const FACTOR_PARAMS = uniformStruct("FactorParams", ["n", ["one", "f32"]]);
 /**
  * The fused product: out [M, N] = act [M, K] × op(W_eff); grid tiles tilesN along N and
  * totalTiles in all; segRows: mm_cpu_strip's rows per workgroup segment (a multiple of 4·RB).
  */
 const MM_PARAMS = uniformStruct("MmParams", [
-  ["M", "u32"],
-  ["N", "u32"],
-  ["K", "u32"],
-  ["out_f", "u32"],
-  ["in_f", "u32"],
-  ["rank", "u32"],
-  ["tilesN", "u32"],
-  ["totalTiles", "u32"],
-  ["segRows", "u32"],
+  ...["M", "N", "K", "out_f", "in_f", "rank"] as const,
+  ...["tilesN", "totalTiles", "segRows"] as const,
 ]);
 /**
  * The fused gradients on N tokens; blocks_per_seg: grad_cpu's 16-row blocks of `out` per
  * segment; tiles_c, tiles_r: grad_tiled's 64×64 tiles per workgroup along `in` and `out`.
  */
 const GRAD_PARAMS = uniformStruct("GradParams", [
-  ["N", "u32"],
-  ["out_f", "u32"],
-  ["in_f", "u32"],
-  ["rank", "u32"],
-  ["blocks_per_seg", "u32"],
-  ["tiles_c", "u32"],
-  ["tiles_r", "u32"],
+  ...["N", "out_f", "in_f", "rank"] as const,
+  ...["blocks_per_seg", "tiles_c", "tiles_r"] as const,
 ]);
 /** reduce_grads: lengths and part counts of the dA and dB partial sums. */
-const REDUCE_PARAMS = uniformStruct("ReduceParams", [
-  ["len_a", "u32"],
-  ["parts_a", "u32"],
-  ["len_b", "u32"],
-  ["parts_b", "u32"],
-]);
+const REDUCE_PARAMS = uniformStruct("ReduceParams", ["len_a", "parts_a", "len_b", "parts_b"]);
 
-/** The uniform structs a kernel file splices, for tests (docs/kernels.md). */
-export const HIRA_UNIFORMS = {
-  [WEIGHT_FILE]: [WEIGHT_PARAMS, ELEM_PARAMS, FACTOR_PARAMS],
-  [FUSED_FILE]: [MM_PARAMS],
-  [GRAD_FILE]: [GRAD_PARAMS, REDUCE_PARAMS],
-} as const;
+/** kernels/hira_weight.wgsl: the unfused weight kernels, and their uniform structs. */
+export const HIRA_WEIGHT_KERNELS = kernelFile("hira_weight.wgsl", [
+  WEIGHT_PARAMS,
+  ELEM_PARAMS,
+  FACTOR_PARAMS,
+]);
+/** kernels/hira_fused.wgsl: the fused product, and its uniform struct. */
+export const HIRA_FUSED_KERNELS = kernelFile("hira_fused.wgsl", [MM_PARAMS]);
+/** kernels/hira_grad.wgsl: the fused gradients, and their uniform structs. */
+export const HIRA_GRAD_KERNELS = kernelFile("hira_grad.wgsl", [GRAD_PARAMS, REDUCE_PARAMS]);
 
 /** The define of kernels/hira_weight.wgsl: W0's element type. */
 function weightSpec(
@@ -220,13 +199,7 @@ function weightSpec(
   bindings: KernelSpec["bindings"],
   wt: "f32" | "f16",
 ): KernelSpec {
-  return {
-    file: WEIGHT_FILE,
-    entry,
-    bindings,
-    defines: { WTYPE: wt },
-    structs: HIRA_UNIFORMS[WEIGHT_FILE],
-  };
+  return HIRA_WEIGHT_KERNELS.spec(entry, bindings, { WTYPE: wt });
 }
 
 /** Every define of kernels/hira_fused.wgsl (each entry is compiled with a full set). */
@@ -245,26 +218,20 @@ interface ProductDefines {
 }
 
 function productSpec(entry: string, d: ProductDefines): KernelSpec {
-  return {
-    file: FUSED_FILE,
-    entry,
-    bindings: ["uniform", "read", "read", "read", "read", "rw"],
-    defines: {
-      WTYPE: d.WTYPE,
-      DX: String(d.DX),
-      ACC: String(d.ACC),
-      RANK: d.RANK,
-      RB: d.RB,
-      CB: d.CB,
-      BL: d.RANK * d.CB,
-      KS: d.KS,
-      VEC_K: String(d.VEC_K),
-      VEC_IN: String(d.VEC_IN),
-      VEC_R: String(d.VEC_R),
-      VEC_N: String(d.VEC_N),
-    },
-    structs: HIRA_UNIFORMS[FUSED_FILE],
-  };
+  return HIRA_FUSED_KERNELS.spec(entry, ["uniform", "read", "read", "read", "read", "rw"], {
+    WTYPE: d.WTYPE,
+    DX: String(d.DX),
+    ACC: String(d.ACC),
+    RANK: d.RANK,
+    RB: d.RB,
+    CB: d.CB,
+    BL: d.RANK * d.CB,
+    KS: d.KS,
+    VEC_K: String(d.VEC_K),
+    VEC_IN: String(d.VEC_IN),
+    VEC_R: String(d.VEC_R),
+    VEC_N: String(d.VEC_N),
+  });
 }
 
 /** Every define of kernels/hira_grad.wgsl (reduce_grads takes the defaults). */
@@ -292,20 +259,14 @@ function gradSpec(
     VEC_R: false,
     ...g,
   };
-  return {
-    file: GRAD_FILE,
-    entry,
-    bindings,
-    defines: {
-      WTYPE: d.WTYPE,
-      CB: d.CB,
-      BL: d.RANK * d.CB,
-      VEC_K: String(d.VEC_K),
-      VEC_IN: String(d.VEC_IN),
-      VEC_R: String(d.VEC_R),
-    },
-    structs: HIRA_UNIFORMS[GRAD_FILE],
-  };
+  return HIRA_GRAD_KERNELS.spec(entry, bindings, {
+    WTYPE: d.WTYPE,
+    CB: d.CB,
+    BL: d.RANK * d.CB,
+    VEC_K: String(d.VEC_K),
+    VEC_IN: String(d.VEC_IN),
+    VEC_R: String(d.VEC_R),
+  });
 }
 
 function wtype(w0: Tensor): "f32" | "f16" {

@@ -8,19 +8,18 @@
  * so every dispatch moves both.
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
+import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
 
-const SCATTER: KernelSpec = {
-  file: "kvcache.wgsl",
-  entry: "kv_scatter",
-  bindings: ["uniform", "read", "read", "read", "rw", "rw"],
-};
+/** kv_scatter: n source rows (new tokens) of w floats. */
+const SCATTER_PARAMS = uniformStruct("ScatterParams", ["n", "w"]);
+/** kv_gather: nseq destination sequences of tmax rows of w floats; the first tcopy are copied. */
+const GATHER_PARAMS = uniformStruct("GatherParams", ["nseq", "w", "tmax", "tcopy"]);
+/** kernels/kvcache.wgsl and its uniform structs (docs/kernels.md). */
+export const KVCACHE_KERNELS = kernelFile("kvcache.wgsl", [SCATTER_PARAMS, GATHER_PARAMS]);
 
-const GATHER: KernelSpec = {
-  file: "kvcache.wgsl",
-  entry: "kv_gather",
-  bindings: ["uniform", "read", "read", "read", "rw", "rw"],
-};
+function spec(entry: string) {
+  return KVCACHE_KERNELS.spec(entry, ["uniform", "read", "read", "read", "rw", "rw"]);
+}
 
 /** Floats per cache row (Hkv·D) and rows per sequence (Tmax) of a cache [S, Tmax, Hkv, D]. */
 function cacheDims(op: string, kCache: Tensor, vCache: Tensor): { w: number; tmax: number } {
@@ -57,8 +56,9 @@ export async function kvScatter(
     throw new Error(`${op}: k ${k.shape} / v ${v.shape} are not [${n}, ${w}] rows`);
   }
   if (n === 0) return;
-  const kern = await gpu.kernel(SCATTER);
-  gpu.dispatch(kern, [[n, w], k, v, rows, kCache, vCache], grid(cdiv(n * w, 256)));
+  const kern = await gpu.kernel(spec("kv_scatter"));
+  const params = SCATTER_PARAMS.pack({ n, w });
+  gpu.dispatch(kern, [params, k, v, rows, kCache, vCache], grid(cdiv(n * w, 256)));
 }
 
 /**
@@ -84,11 +84,8 @@ export async function kvGather(
   const k = gpu.empty(shape), v = gpu.empty(shape);
   const total = s * copyRows * w;
   if (total === 0) return { k, v };
-  const kern = await gpu.kernel(GATHER);
-  gpu.dispatch(
-    kern,
-    [[s, w, tmax, copyRows], kCache, vCache, parents, k, v],
-    grid(cdiv(total, 256)),
-  );
+  const kern = await gpu.kernel(spec("kv_gather"));
+  const params = GATHER_PARAMS.pack({ nseq: s, w, tmax, tcopy: copyRows });
+  gpu.dispatch(kern, [params, kCache, vCache, parents, k, v], grid(cdiv(total, 256)));
   return { k, v };
 }

@@ -7,8 +7,22 @@
  * blocks, passing each block's targets (a `rows()` view or a fresh tensor), and sum the losses.
  * @module
  */
-import { type Gpu, grid, loopBudgetError, type Tensor, withinLoopBudget } from "../engine/gpu.ts";
+import {
+  type BindingKind,
+  type Gpu,
+  grid,
+  kernelFile,
+  loopBudgetError,
+  type Tensor,
+  uniformStruct,
+  withinLoopBudget,
+} from "../engine/gpu.ts";
 import { rowWorkgroupSize } from "./norm.ts";
+
+/** n rows (loss_sum: values) of v logits; scale multiplies dlogits. */
+const PARAMS = uniformStruct("Params", ["n", "v", ["scale", "f32"]]);
+/** kernels/loss.wgsl and its uniform struct (docs/kernels.md). */
+export const LOSS_KERNELS = kernelFile("loss.wgsl", [PARAMS]);
 
 /** Options for {@linkcode crossEntropy}. */
 export interface CrossEntropyOptions {
@@ -67,15 +81,11 @@ export async function crossEntropy(
   }
   const loss = opts.loss ?? gpu.empty([n]);
   if (loss.size !== n) throw new Error(`crossEntropy: loss ${loss.shape} for ${n} targets`);
-  const params = [n, v, { f32: opts.scale ?? 1 }];
-  const file = "loss.wgsl", defines = { WG: wg };
+  const params = PARAMS.pack({ n, v, scale: opts.scale ?? 1 });
+  const kernel = (entry: string, bindings: readonly BindingKind[]) =>
+    gpu.kernel(LOSS_KERNELS.spec(entry, bindings, { WG: wg }));
   if (!opts.backward) {
-    const k = await gpu.kernel({
-      file,
-      entry: "ce_forward",
-      bindings: ["uniform", "read", "read", "rw"],
-      defines,
-    });
+    const k = await kernel("ce_forward", ["uniform", "read", "read", "rw"]);
     gpu.dispatch(k, [params, logits, targets, loss], grid(n));
     return { loss };
   }
@@ -84,20 +94,10 @@ export async function crossEntropy(
     throw new Error(`crossEntropy: dlogits ${dlogits.shape} vs logits ${logits.shape}`);
   }
   if (dlogits.buffer === logits.buffer && dlogits.byteOffset === logits.byteOffset) {
-    const k = await gpu.kernel({
-      file,
-      entry: "ce_fused_inplace",
-      bindings: ["uniform", "rw", "read", "rw"],
-      defines,
-    });
+    const k = await kernel("ce_fused_inplace", ["uniform", "rw", "read", "rw"]);
     gpu.dispatch(k, [params, logits, targets, loss], grid(n));
   } else {
-    const k = await gpu.kernel({
-      file,
-      entry: "ce_fused",
-      bindings: ["uniform", "read", "read", "rw", "rw"],
-      defines,
-    });
+    const k = await kernel("ce_fused", ["uniform", "read", "read", "rw", "rw"]);
     gpu.dispatch(k, [params, logits, targets, loss, dlogits], grid(n));
   }
   return { loss, dlogits };
@@ -113,13 +113,8 @@ export async function lossSum(
   opts: { out?: Tensor; workgroupSize?: number } = {},
 ): Promise<Tensor> {
   const wg = rowWorkgroupSize(gpu, opts.workgroupSize);
-  const k = await gpu.kernel({
-    file: "loss.wgsl",
-    entry: "loss_sum",
-    bindings: ["uniform", "read", "rw"],
-    defines: { WG: wg },
-  });
+  const k = await gpu.kernel(LOSS_KERNELS.spec("loss_sum", ["uniform", "read", "rw"], { WG: wg }));
   const out = opts.out ?? gpu.empty([1]);
-  gpu.dispatch(k, [[loss.size, 0, { f32: 0 }], loss, out], [1]);
+  gpu.dispatch(k, [PARAMS.pack({ n: loss.size, v: 0, scale: 0 }), loss, out], [1]);
   return out;
 }

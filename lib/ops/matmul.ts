@@ -18,7 +18,9 @@ import {
   DTYPE_BYTES,
   type Gpu,
   grid,
+  kernelFile,
   type Tensor,
+  uniformStruct,
 } from "../engine/gpu.ts";
 
 /**
@@ -48,6 +50,17 @@ export interface MatmulOptions {
 }
 
 const BINDINGS: readonly ("uniform" | "read" | "rw")[] = ["uniform", "read", "read", "rw"];
+/**
+ * The product's sizes, its flat tile grid (tilesN along N, tilesPerBatch per batch, totalTiles
+ * in all), the operands' batch strides, out's row stride and offset, and the scale alpha.
+ */
+const PARAMS = uniformStruct("Params", [
+  ...["M", "N", "K", "tilesN", "tilesPerBatch", "totalTiles"] as const,
+  ...["aBatch", "bBatch", "outBatch", "outStride", "outOffset"] as const,
+  ["alpha", "f32"],
+]);
+/** kernels/matmul.wgsl and its uniform struct (docs/kernels.md). */
+export const MATMUL_KERNELS = kernelFile("matmul.wgsl", [PARAMS]);
 
 /** Output tile edge of the "tiled" and "subgroup" kernels. */
 const TILE = 64;
@@ -186,50 +199,45 @@ export async function matmul(
     : { rb: 1, cb: 1, lx: 1, ly: 1 };
   const tileM = variant === "cpu" ? shape.ly * shape.rb * 4 : TILE;
   const tileN = variant === "cpu" ? shape.lx * shape.cb * 4 : TILE;
-  const kernel = await gpu.kernel({
-    file: "matmul.wgsl",
-    entry: variant,
-    bindings: BINDINGS,
-    // The GPU kernels ignore RB/CB/LX/LY/KTAIL (tiled also VEC_A/VEC_B): fixed values share one
-    // pipeline.
-    defines: {
-      TRANS_A: String(p.transA),
-      TRANS_B: String(p.transB),
-      TRANS_C: String(swap),
-      VEC_A: String(vecLoads && vecA),
-      VEC_B: String(vecLoads && vecB),
-      VEC_C: String(vecC),
-      KTAIL: String(variant === "cpu" && K % 4 !== 0),
-      ACC: String(opts.accumulate ?? false),
-      RB: shape.rb,
-      CB: shape.cb,
-      LX: shape.lx,
-      LY: shape.ly,
-      ATYPE: p.aType,
-      BTYPE: p.bType,
-      // The subgroup section only compiles with the subgroups feature: a comment elsewhere.
-      SG_OPEN: subgroup ? "" : "/*",
-      SG_CLOSE: subgroup ? "" : "*/",
-    },
-  });
+  // The GPU kernels ignore RB/CB/LX/LY/KTAIL (tiled also VEC_A/VEC_B): fixed values share one
+  // pipeline.
+  const kernel = await gpu.kernel(MATMUL_KERNELS.spec(variant, BINDINGS, {
+    TRANS_A: String(p.transA),
+    TRANS_B: String(p.transB),
+    TRANS_C: String(swap),
+    VEC_A: String(vecLoads && vecA),
+    VEC_B: String(vecLoads && vecB),
+    VEC_C: String(vecC),
+    KTAIL: String(variant === "cpu" && K % 4 !== 0),
+    ACC: String(opts.accumulate ?? false),
+    RB: shape.rb,
+    CB: shape.cb,
+    LX: shape.lx,
+    LY: shape.ly,
+    ATYPE: p.aType,
+    BTYPE: p.bType,
+    // The subgroup section only compiles with the subgroups feature: a comment elsewhere.
+    SG_OPEN: subgroup ? "" : "/*",
+    SG_CLOSE: subgroup ? "" : "*/",
+  }));
   const tilesN = cdiv(p.N, tileN);
   const tilesPerBatch = tilesN * cdiv(p.M, tileM);
   const totalTiles = tilesPerBatch * nBatch;
   gpu.dispatch(kernel, [
-    [
-      p.M,
-      p.N,
+    PARAMS.pack({
+      M: p.M,
+      N: p.N,
       K,
       tilesN,
       tilesPerBatch,
       totalTiles,
-      p.aBatch,
-      p.bBatch,
-      M * outStride,
+      aBatch: p.aBatch,
+      bBatch: p.bBatch,
+      outBatch: M * outStride,
       outStride,
       outOffset,
-      { f32: alpha },
-    ],
+      alpha,
+    }),
     vec4Window(p.a),
     vec4Window(p.b),
     vec4Window(out),

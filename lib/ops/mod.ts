@@ -16,3 +16,4 @@ export * from "./attention.ts";
 export * from "./loss.ts";
 export * from "./optim.ts";
 export * from "./kvcache.ts";
+export * from "./lora.ts";

@@ -3,7 +3,25 @@
  * (kernels/norm.wgsl), with its backward.
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
+import {
+  type BindingKind,
+  cdiv,
+  type Gpu,
+  grid,
+  kernelFile,
+  type Tensor,
+  uniformStruct,
+} from "../engine/gpu.ts";
+
+/** The row kernels: n rows of c; accumulate = 1 adds dx into the destination. */
+const ROW_PARAMS = uniformStruct("RowParams", ["n", "c", ["eps", "f32"], "accumulate"]);
+/**
+ * The weight-gradient column reduction: n rows of c in `chunks` chunks of rows_per_chunk;
+ * accumulate = 1 adds pass 1's sums into its destination.
+ */
+const COL_PARAMS = uniformStruct("ColParams", ["n", "c", "rows_per_chunk", "chunks", "accumulate"]);
+/** kernels/norm.wgsl and its uniform structs (docs/kernels.md). */
+export const NORM_KERNELS = kernelFile("norm.wgsl", [ROW_PARAMS, COL_PARAMS]);
 
 /** Options shared by the row kernels. */
 export interface RowKernelOptions {
@@ -24,8 +42,8 @@ export function rowWorkgroupSize(gpu: Gpu, forced?: number): number {
   return wg;
 }
 
-function spec(entry: string, bindings: KernelSpec["bindings"], wg?: number): KernelSpec {
-  return { file: "norm.wgsl", entry, bindings, defines: { WG: wg ?? 1 } };
+function spec(entry: string, bindings: readonly BindingKind[], wg?: number) {
+  return NORM_KERNELS.spec(entry, bindings, { WG: wg ?? 1 });
 }
 
 function rowsAndCols(op: string, x: Tensor, w: Tensor): [number, number] {
@@ -60,7 +78,7 @@ export async function rmsnorm(
   const k = await gpu.kernel(spec("rmsnorm_forward", ["uniform", "read", "read", "rw", "rw"], wg));
   const y = opts.out ?? gpu.empty(x.shape);
   const rstd = gpu.empty([n]);
-  gpu.dispatch(k, [[n, c, { f32: eps }, 0], x, w, y, rstd], grid(n));
+  gpu.dispatch(k, [ROW_PARAMS.pack({ n, c, eps, accumulate: 0 }), x, w, y, rstd], grid(n));
   return { y, rstd };
 }
 
@@ -99,7 +117,8 @@ export async function rmsnormBackward(
   );
   const dx = opts.dx ?? gpu.empty(x.shape);
   if (dx.size !== x.size) throw new Error(`rmsnormBackward: dx ${dx.shape} vs x ${x.shape}`);
-  gpu.dispatch(kdx, [[n, c, { f32: 0 }, opts.accumulate ? 1 : 0], x, w, rstd, dy, dx], grid(n));
+  const params = ROW_PARAMS.pack({ n, c, eps: 0, accumulate: opts.accumulate ? 1 : 0 });
+  gpu.dispatch(kdx, [params, x, w, rstd, dy, dx], grid(n));
   if (opts.dw) await rmsnormWeightGrad(gpu, x, rstd, dy, opts.dw, n, c, opts.dwRowsPerChunk);
   return dx;
 }
@@ -123,15 +142,16 @@ async function rmsnormWeightGrad(
   const partial = await gpu.kernel(
     spec("rmsnorm_dw_partial", ["uniform", "read", "read", "read", "rw"]),
   );
-  const params = [n, c, rowsPerChunk, chunks];
+  const params = (accumulate: number) =>
+    COL_PARAMS.pack({ n, c, rows_per_chunk: rowsPerChunk, chunks, accumulate });
   if (chunks === 1) {
-    gpu.dispatch(partial, [[...params, 1], x, rstd, dy, dw], [cdiv(c, 64), 1]);
+    gpu.dispatch(partial, [params(1), x, rstd, dy, dw], [cdiv(c, 64), 1]);
     return;
   }
   const reduce = await gpu.kernel(spec("rmsnorm_dw_reduce", ["uniform", "read", "rw"]));
   const sums = gpu.empty([chunks, c]);
-  gpu.dispatch(partial, [[...params, 0], x, rstd, dy, sums], [cdiv(c, 64), chunks]);
-  gpu.dispatch(reduce, [[...params, 0], sums, dw], [cdiv(c, 64)]);
+  gpu.dispatch(partial, [params(0), x, rstd, dy, sums], [cdiv(c, 64), chunks]);
+  gpu.dispatch(reduce, [params(0), sums, dw], [cdiv(c, 64)]);
   // Safe to recycle now: later users of this buffer are recorded after the reduce.
   sums.release();
 }

@@ -5,26 +5,32 @@
  * another that the AdamW kernel reads directly.
  * @module
  */
-import { cdiv, type Gpu, grid, type KernelSpec, type Tensor } from "../engine/gpu.ts";
+import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
 
 /** Elements reduced by one workgroup of the sum-of-squares kernel (256 threads × 16). */
 export const NORM_CHUNK = 256 * 16;
 
-const ADAMW: KernelSpec = {
-  file: "optim.wgsl",
-  entry: "adamw",
-  bindings: ["uniform", "rw", "read", "rw", "rw", "read"],
-};
-const SUMSQ: KernelSpec = {
-  file: "optim.wgsl",
-  entry: "sumsq",
-  bindings: ["uniform", "read", "rw"],
-};
-const FINISH: KernelSpec = {
-  file: "optim.wgsl",
-  entry: "norm_finish",
-  bindings: ["uniform", "read", "rw", "rw"],
-};
+/** adamw: n elements and the step's host-side scalars (kernels/optim.wgsl says which). */
+const ADAM_PARAMS = uniformStruct("AdamParams", [
+  "n",
+  ["beta2", "f32"],
+  ["one_minus_beta1", "f32"],
+  ["one_minus_beta2", "f32"],
+  ["eps", "f32"],
+  ["decay", "f32"],
+  ["step_size", "f32"],
+  ["bc2_sqrt", "f32"],
+]);
+/** sumsq: n elements, their first partial sum at `base`. */
+const SUMSQ_PARAMS = uniformStruct("SumSqParams", ["n", "base"]);
+/** norm_finish: `count` partial sums; clip = 1 clips to max_norm. */
+const FINISH_PARAMS = uniformStruct("FinishParams", ["count", "clip", ["max_norm", "f32"]]);
+/** kernels/optim.wgsl and its uniform structs (docs/kernels.md). */
+export const OPTIM_KERNELS = kernelFile("optim.wgsl", [ADAM_PARAMS, SUMSQ_PARAMS, FINISH_PARAMS]);
+
+const ADAMW = OPTIM_KERNELS.spec("adamw", ["uniform", "rw", "read", "rw", "rw", "read"]);
+const SUMSQ = OPTIM_KERNELS.spec("sumsq", ["uniform", "read", "rw"]);
+const FINISH = OPTIM_KERNELS.spec("norm_finish", ["uniform", "read", "rw", "rw"]);
 
 /** The outputs of {@linkcode gradNorm}: two 1-element f32 tensors. */
 export interface GradNormResult {
@@ -54,12 +60,16 @@ export async function gradNorm(
   let base = 0;
   grads.forEach((g, i) => {
     if (g.dtype !== "f32") throw new Error(`gradNorm: gradient ${i} is ${g.dtype}, not f32`);
-    gpu.dispatch(kSum, [[g.size, base], g, partials], grid(counts[i]));
+    gpu.dispatch(kSum, [SUMSQ_PARAMS.pack({ n: g.size, base }), g, partials], grid(counts[i]));
     base += counts[i];
   });
   const result = out ?? { norm: gpu.empty([1]), clipScale: gpu.empty([1]) };
   gpu.dispatch(kFinish, [
-    [total, maxNorm === undefined ? 0 : 1, { f32: maxNorm ?? 0 }],
+    FINISH_PARAMS.pack({
+      count: total,
+      clip: maxNorm === undefined ? 0 : 1,
+      max_norm: maxNorm ?? 0,
+    }),
     partials,
     result.norm,
     result.clipScale,
@@ -186,16 +196,16 @@ export class AdamW {
       const m = this.#moments[i];
       const decay = p.decay ? 1 - lr * this.weightDecay : 1;
       this.gpu.dispatch(k, [
-        [
-          p.param.size,
-          { f32: this.beta2 },
-          { f32: 1 - this.beta1 },
-          { f32: 1 - this.beta2 },
-          { f32: this.eps },
-          { f32: decay },
-          { f32: stepSize },
-          { f32: bc2Sqrt },
-        ],
+        ADAM_PARAMS.pack({
+          n: p.param.size,
+          beta2: this.beta2,
+          one_minus_beta1: 1 - this.beta1,
+          one_minus_beta2: 1 - this.beta2,
+          eps: this.eps,
+          decay,
+          step_size: stepSize,
+          bc2_sqrt: bc2Sqrt,
+        }),
         p.param,
         p.grad,
         m.expAvg,

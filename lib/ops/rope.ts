@@ -3,7 +3,15 @@
  * not interleaved), with the llama3 frequency scaling (kernels/rope.wgsl).
  * @module
  */
-import { cdiv, type Gpu, grid, type Tensor } from "../engine/gpu.ts";
+import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
+
+/**
+ * `total` (token, head, pair) triples of `heads` heads with `half` pairs each; sign −1 rotates
+ * by −θ; zero is 0, the uniform that pins θ to its rounded f32 (kernels/rope.wgsl).
+ */
+const PARAMS = uniformStruct("Params", ["total", "heads", "half", ["sign", "f32"], "zero"]);
+/** kernels/rope.wgsl and its uniform struct (docs/kernels.md). */
+export const ROPE_KERNELS = kernelFile("rope.wgsl", [PARAMS]);
 
 /** A config's `rope_scaling` block as HF writes it (only "llama3" and "default" are supported). */
 export interface RopeScalingJson {
@@ -114,21 +122,17 @@ export async function rope(
   if (out.size !== x.size) throw new Error(`rope: out ${out.shape} vs x ${x.shape}`);
   const inPlace = out.buffer === x.buffer && out.byteOffset === x.byteOffset;
   const total = n * heads * half;
-  const params = [total, heads, half, { f32: opts.inverse ? -1 : 1 }, 0];
+  const params = PARAMS.pack({ total, heads, half, sign: opts.inverse ? -1 : 1, zero: 0 });
   const wg = grid(cdiv(total, 256));
   if (inPlace) {
-    const k = await gpu.kernel({
-      file: "rope.wgsl",
-      entry: "rope_inplace",
-      bindings: ["uniform", "read", "read", "rw"],
-    });
+    const k = await gpu.kernel(
+      ROPE_KERNELS.spec("rope_inplace", ["uniform", "read", "read", "rw"]),
+    );
     gpu.dispatch(k, [params, positions, invFreq, x], wg);
   } else {
-    const k = await gpu.kernel({
-      file: "rope.wgsl",
-      entry: "rope",
-      bindings: ["uniform", "read", "read", "read", "rw"],
-    });
+    const k = await gpu.kernel(
+      ROPE_KERNELS.spec("rope", ["uniform", "read", "read", "read", "rw"]),
+    );
     gpu.dispatch(k, [params, positions, invFreq, x, out], wg);
   }
   return out;

@@ -6,9 +6,10 @@ import {
   cdiv,
   type Gpu,
   grid,
-  type KernelSpec,
+  kernelFile,
   loopBudgetError,
   type Tensor,
+  uniformStruct,
   withinLoopBudget,
 } from "../engine/gpu.ts";
 
@@ -26,11 +27,15 @@ export interface SoftmaxOptions {
   variant?: SoftmaxVariant;
 }
 
-const BINDINGS: readonly ("uniform" | "read" | "rw")[] = ["uniform", "read", "read", "rw"];
 const ROWS_WG = 64;
+/** A [rows, cols] matrix. */
+const PARAMS = uniformStruct("Params", ["rows", "cols"]);
+/** kernels/softmax.wgsl and its uniform struct (docs/kernels.md). */
+export const SOFTMAX_KERNELS = kernelFile("softmax.wgsl", [PARAMS]);
 
-function spec(entry: string): KernelSpec {
-  return { file: "softmax.wgsl", entry, bindings: BINDINGS };
+function spec(entry: string) {
+  // The forward entries leave binding 2 unused, so that both directions share one layout.
+  return SOFTMAX_KERNELS.spec(entry, ["uniform", "read", "read", "rw"]);
 }
 
 function rowsCols(op: string, x: Tensor): [number, number] {
@@ -73,7 +78,7 @@ async function run(
   }
   const k = await gpu.kernel(spec(`${entry}_${variant === "cpu" ? "rows" : "wg"}`));
   const groups = variant === "cpu" ? grid(cdiv(rows, ROWS_WG)) : grid(rows);
-  gpu.dispatch(k, [[rows, cols], a, b, o], groups);
+  gpu.dispatch(k, [PARAMS.pack({ rows, cols }), a, b, o], groups);
   return o;
 }
 

@@ -12,7 +12,7 @@ import {
   assertThrows,
 } from "@std/assert";
 import { expandIncludes, Gpu, spliceStructs, uniformStruct } from "../../lib/engine/gpu.ts";
-import { HIRA_UNIFORMS } from "../../lib/ops/hira.ts";
+import { KERNEL_FILES } from "../../lib/ops/uniforms.ts";
 import { testGpu } from "../_util.ts";
 
 const KERNELS = new URL("../../kernels/", import.meta.url);
@@ -140,15 +140,20 @@ Deno.test("kernels/: shared helpers live in kernels/common/ only", async () => {
   }
 });
 
-Deno.test("kernels/: the HiRA files' uniform structs are the ones lib/ops/hira.ts describes", async () => {
-  for (const [file, structs] of Object.entries(HIRA_UNIFORMS)) {
+Deno.test("kernels/: every file's uniform structs are the ones its op module describes", async () => {
+  const files = await kernelFiles();
+  assertEquals(KERNEL_FILES.map((k) => k.file).sort(), files, "lib/ops/uniforms.ts has every file");
+  for (const { file, structs } of KERNEL_FILES) {
     const src = await expandIncludes(file, readKernel);
     const spliced = [...src.code.matchAll(/^\s*\/\/!\s*struct\s+(\w+)/gm)].map((m) => m[1]);
     assertEquals(spliced.sort(), structs.map((s) => s.name).sort(), file);
     const code = spliceStructs(src, structs).code;
-    assert(!/^\s*struct \w+Params/m.test(src.code), `${file} declares a Params struct itself`);
-    for (const m of code.matchAll(/var<uniform> \w+: (\w+);/g)) {
-      assert(structs.some((s) => s.name === m[1]), `${file}: uniform of type ${m[1]}`);
+    assert(!/^\s*struct \w*Params\b/m.test(src.code), `${file} declares a Params struct itself`);
+    const uniforms = [...code.matchAll(/var<uniform> \w+: (\w+);/g)].map((m) => m[1]);
+    assert(uniforms.length > 0, `${file} has no uniform block`);
+    for (const type of uniforms) {
+      assert(structs.some((s) => s.name === type), `${file}: uniform of type ${type}`);
+      assert(!new RegExp(`^\\s*struct ${type}\\b`, "m").test(src.code), `${file} declares ${type}`);
     }
   }
 });

@@ -1,6 +1,11 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
-import { type Gpu, Tensor } from "../../lib/engine/gpu.ts";
-import { matmul, type MatmulVariant, resolveMatmulVariant } from "../../lib/ops/matmul.ts";
+import { type Gpu, spliceStructs, Tensor } from "../../lib/engine/gpu.ts";
+import {
+  matmul,
+  MATMUL_KERNELS,
+  type MatmulVariant,
+  resolveMatmulVariant,
+} from "../../lib/ops/matmul.ts";
 import { matmulBackwardRef, matmulRef } from "../../lib/ref/matmul.ts";
 import { assertClose, randn, testGpu } from "../_util.ts";
 
@@ -381,8 +386,11 @@ Deno.test({
     // Deno's WGSL compiler (Naga) checks the capability after parsing and type checking, so on
     // an adapter without subgroups this still catches syntax and type errors in the section.
     const gpu = await testGpu();
-    // The file with its `//! include` lines spliced in, as the loader compiles it.
-    let { code } = await gpu.kernelSource("matmul.wgsl");
+    // The file with its `//! include` and `//! struct` lines spliced in, as the loader compiles it.
+    let { code } = spliceStructs(
+      await gpu.kernelSource("matmul.wgsl"),
+      MATMUL_KERNELS.structs,
+    );
     const defines: Record<string, string> = {
       TRANS_A: "true",
       TRANS_B: "false",
