@@ -7,17 +7,40 @@
  * @module
  */
 import { parseTrainArgs, trainHelp } from "./lib/cli/flags.ts";
-import { isHiraError } from "./lib/engine/errors.ts";
-import { effectiveTrainArgs, interruptedExitCode, runTraining } from "./lib/cli/train.ts";
+import {
+  effectiveTrainArgs,
+  exitCodeOf,
+  interruptedExitCode,
+  runTraining,
+} from "./lib/cli/train.ts";
 import { accuracyHooks } from "./lib/cli/eval.ts";
+import { localRank, type MpiWorld, openLaunchedWorld } from "./lib/io/mpi_deno.ts";
+import { gpuPinningEnv, pciGpus } from "./lib/io/gpu_deno.ts";
+import { RankError } from "./lib/train/ranks.ts";
 
 if (import.meta.main) {
+  // Under mpirun/srun: this process is one rank (no MPI is loaded otherwise).
+  let world: MpiWorld | null = null;
+  const exit = (code: number): never => {
+    world?.finalize();
+    Deno.exit(code);
+  };
+  // Rank 0 alone reports an error every rank has.
+  const report = (line: string) => {
+    if ((world?.rank ?? 0) === 0) console.error(line);
+  };
   try {
     if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
       console.log(trainHelp());
       Deno.exit(0);
     }
     const args = parseTrainArgs(Deno.args);
+    world = openLaunchedWorld();
+    if (world && !Deno.env.get("HIRA_LAUNCHER_PID")) {
+      // Run directly (not through the launcher, which does this): one GPU per local rank.
+      const pin = gpuPinningEnv(localRank(), pciGpus(), (k) => Deno.env.get(k));
+      for (const [k, v] of Object.entries(pin)) Deno.env.set(k, v);
+    }
     const stopArg = Deno.env.get("HIRA_STOP_AFTER");
     // Tests only: a pause halfway through each checkpoint write, to kill the process there.
     const pauseArg = Deno.env.get("HIRA_CHECKPOINT_PAUSE_MS");
@@ -27,18 +50,22 @@ if (import.meta.main) {
       stopAfter: stopArg ? Number(stopArg) : undefined,
       checkpointPauseMs: pauseArg ? Number(pauseArg) : undefined,
       ...(runArgs.eval_accuracy ? accuracyHooks(runArgs) : {}),
+      world: world ?? undefined,
     });
     // 128 + the signal's number (SIGINT 130, SIGTERM 143, SIGHUP 129), as a shell reports it.
-    if (result.interrupted) Deno.exit(interruptedExitCode(result.signal));
+    if (result.interrupted) exit(interruptedExitCode(result.signal));
+    exit(0);
   } catch (e) {
-    if (isHiraError(e)) {
-      console.error(`error: ${e.message}`);
-      Deno.exit(2);
+    // 2: bad input; 3: the run stopped at a step (NaN/Inf, or the GPU was lost), its last
+    // checkpoint kept; the same status on every rank.
+    const code = exitCodeOf(e);
+    if (code !== 1 || e instanceof RankError) {
+      report(`error: ${(e as Error).message}`);
+      exit(code);
     }
-    // The run stopped at a step (NaN/Inf, or the GPU was lost); its last checkpoint is kept.
-    if (e instanceof Error && (e.name === "NonFiniteError" || e.name === "DeviceLostError")) {
-      console.error(`error: ${e.message}`);
-      Deno.exit(3);
+    if (world) {
+      report(`error: ${(e as Error)?.stack ?? e}`);
+      exit(1);
     }
     throw e;
   }

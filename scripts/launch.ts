@@ -16,6 +16,16 @@ import { join } from "@std/path";
 import { isHiraError } from "../lib/engine/errors.ts";
 import { planTask, REPO_ROOT } from "../lib/cli/launch.ts";
 import { denoRunArgs } from "../lib/cli/permissions.ts";
+import { launchedRanks, localRank } from "../lib/io/mpi_deno.ts";
+import { gpuPinningEnv, pciGpus } from "../lib/io/gpu_deno.ts";
+
+function envGet(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined;
+  }
+}
 
 /** Plans and runs one task; resolves to the exit code. */
 export async function launch(task: string, argv: readonly string[]): Promise<number> {
@@ -39,7 +49,11 @@ export async function launch(task: string, argv: readonly string[]): Promise<num
     child = new Deno.Command("deno", {
       args,
       // The child watches this pid: if the launcher dies (even by SIGKILL), it stops itself.
-      env: { HIRA_LAUNCHER_PID: String(Deno.pid) },
+      env: {
+        HIRA_LAUNCHER_PID: String(Deno.pid),
+        // One GPU per rank of an mpirun/srun job (the child cannot read /sys itself).
+        ...(launchedRanks() > 1 ? gpuPinningEnv(localRank(), pciGpus(), envGet) : {}),
+      },
       stdin: "inherit",
       stdout: "inherit",
       stderr: "inherit",

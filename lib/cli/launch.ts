@@ -15,6 +15,7 @@ import { parseTrainArgs, type TrainArgs } from "./flags.ts";
 import { type EvalArgs, parseEvalArgs } from "./flags.ts";
 import { resolveCheckpoint } from "./eval.ts";
 import type { PermissionPlan } from "./permissions.ts";
+import { findMpiLibrary, launchedRanks } from "../io/mpi_deno.ts";
 import { HiraError } from "../engine/errors.ts";
 import { JSON_CAPS, readRegularText } from "../io/fs_deno.ts";
 import { checkLinks, realOrAncestor } from "../io/paths_deno.ts";
@@ -81,7 +82,10 @@ export async function planTask(
     write: [],
   };
   const help = argv.some((a) => a === "--help" || a === "-h");
-  if (task === "train" && !help) await planTrain(plan, argv, abs);
+  if (task === "train" && !help) {
+    await planTrain(plan, argv, abs);
+    plan.ffi = await mpiLibraryPlan();
+  }
   if (task === "eval" && !help) await planEval(plan, argv, abs, cwd);
   if (task === "report") {
     for (const d of argv) {
@@ -92,6 +96,24 @@ export async function planTask(
   }
   await resolvePlanPaths(plan);
   return plan;
+}
+
+/**
+ * A training rank of an `mpirun`/`srun` job may load the MPI library (its path and real path,
+ * for Deno's check), and nothing else native; a single process gets no FFI at all.
+ */
+async function mpiLibraryPlan(): Promise<string[] | undefined> {
+  const n = launchedRanks();
+  if (n <= 1) return undefined;
+  const lib = findMpiLibrary();
+  if (!lib) {
+    throw new HiraError(
+      "HIRA_MPI_LIB",
+      `this is one of ${n} ranks but no Open MPI library was found; install openmpi-bin ` +
+        "or set HIRA_MPI_LIB to the libmpi.so of the mpirun you use",
+    );
+  }
+  return [...new Set([lib, await Deno.realPath(lib)])];
 }
 
 /**

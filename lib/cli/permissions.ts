@@ -16,6 +16,8 @@ export interface PermissionPlan {
   read: string[];
   /** May be empty (perplexity, a failed flag parse): then no write access at all. */
   write: string[];
+  /** Native libraries the process may load (data-parallel training's MPI library). */
+  ffi?: string[];
 }
 
 /**
@@ -92,6 +94,7 @@ export function denoRunArgs(plan: PermissionPlan, configFile?: string): string[]
     // What a task writes it reads back too (atomic writes check their target first).
     list([...plan.read, ...plan.write], "--allow-read"),
     ...(plan.write.length ? [list(plan.write, "--allow-write")] : []),
+    ...(plan.ffi?.length ? [list(plan.ffi, "--allow-ffi")] : []),
     "--allow-env",
     plan.script,
     ...plan.args,

@@ -84,6 +84,14 @@ import { createRunDir, lockRunDir, type RunLock } from "../io/runlock_deno.ts";
 import { isDatasetPath } from "../train/dataset_file.ts";
 import { loadFileDatasets } from "../io/dataset_file_deno.ts";
 import { resolveModelDir } from "../io/hub_deno.ts";
+import {
+  type Collective,
+  RankError,
+  RankMismatchError,
+  Ranks,
+  SINGLE_PROCESS,
+} from "../train/ranks.ts";
+import { folderFingerprint, shortDigest } from "../io/fingerprint_deno.ts";
 
 /** What a run folder's trainer_state.json holds. */
 export interface TrainerStateFile {
@@ -98,6 +106,8 @@ export interface TrainerStateFile {
   dropout_counters: Record<string, number>;
   /** The adapter folder the run started from (--init_adapter, real path); null for a new one. */
   init_adapter?: string | null;
+  /** Data-parallel ranks the run trains on (absent: 1); a resume must use as many. */
+  world_size?: number;
   log_history: Record<string, unknown>[];
 }
 
@@ -120,6 +130,19 @@ export const STOP_SIGNALS: readonly Deno.Signal[] = Deno.build.os === "windows"
 /** The exit status of a run stopped by `signal`: 128 + its number (130 when none). */
 export function interruptedExitCode(signal: Deno.Signal | null | undefined): number {
   return signal === "SIGTERM" ? 143 : signal === "SIGHUP" ? 129 : 130;
+}
+
+/**
+ * The exit status of a failed run, the same on every rank: 2 for bad input (a flag, a file, ranks
+ * that do not match), 3 for a run stopped at a step (NaN/Inf, a lost GPU), 1 otherwise.
+ */
+export function exitCodeOf(e: unknown): number {
+  if (e instanceof RankError) return e.exitCode;
+  if (isHiraError(e) || e instanceof RankMismatchError) return 2;
+  if (e instanceof Error && (e.name === "NonFiniteError" || e.name === "DeviceLostError")) {
+    return 3;
+  }
+  return 1;
 }
 
 /** Whether the run was asked to stop, and by which signal. */
@@ -662,6 +685,44 @@ export async function effectiveTrainArgs(args: TrainArgs): Promise<TrainArgs> {
   return await savedArgs((await resolveResume(args.resume)).runDir, args.resume);
 }
 
+/** Flags that name a place on this machine: their folders are compared by content instead. */
+const PATH_FLAGS = new Set(["model", "output_folder", "resume", "given", "init_adapter"]);
+
+/**
+ * What every rank of a data-parallel run must agree on, as `[what, value]` pairs for
+ * {@linkcode Ranks.checkSame}: each flag (paths aside: ranks on other machines may keep the
+ * model elsewhere), each model file by size and header hash, the tokenized training and
+ * validation data by hash, and the checkpoint a resume starts from.
+ */
+async function rankFacts(
+  args: TrainArgs,
+  modelDir: string,
+  data: { train: readonly TrainExample[]; validation: readonly TrainExample[] },
+  resumeCkpt: string | null,
+): Promise<[string, string][]> {
+  const facts: [string, string][] = Object.entries(args)
+    .filter(([k]) => !PATH_FLAGS.has(k))
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([k, v]) => [`--${k}`, JSON.stringify(v) ?? "unset"]);
+  facts.push(...await folderFingerprint(modelDir));
+  for (const [what, xs] of [["training data", data.train], ["validation data", data.validation]]) {
+    const ex = xs as readonly TrainExample[];
+    const n = ex.reduce((a, e) => a + 1 + 2 * e.tokens.length, 0);
+    const flat = new Int32Array(n);
+    let at = 0;
+    for (const e of ex) {
+      flat[at++] = e.tokens.length;
+      flat.set(e.tokens, at);
+      flat.set(e.lossMask, at + e.tokens.length);
+      at += 2 * e.tokens.length;
+    }
+    const digest = await shortDigest(new Uint8Array(flat.buffer));
+    facts.push([what as string, `${ex.length} examples, sha256 ${digest}`]);
+  }
+  if (resumeCkpt) facts.push(["the checkpoint resumed", basename(resumeCkpt)]);
+  return facts;
+}
+
 /** Options for {@linkcode runTraining} beyond the flags (tests and the CLI). */
 export interface RunOptions {
   gpu?: Gpu;
@@ -692,6 +753,11 @@ export interface RunOptions {
   noReport?: boolean;
   /** Called after each optimizer step and its checkpoint, if any (tests inject faults here). */
   afterStep?: (report: StepReport, model: LlamaModel) => void | Promise<void>;
+  /**
+   * The ranks of a data-parallel run (lib/io/mpi_deno.ts's MPI world); one process when absent.
+   * Rank 0 alone writes; every rank must be given the same flags, model and data.
+   */
+  world?: Collective;
 }
 
 /**
@@ -700,7 +766,13 @@ export interface RunOptions {
  * is read or removed there.
  */
 export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Promise<RunResult> {
-  const held: Held = { lock: null, stop: { interrupted: false, signal: null }, runDir: null };
+  const ranks = new Ranks(opts.world ?? SINGLE_PROCESS, exitCodeOf);
+  const held: Held = {
+    lock: null,
+    stop: { interrupted: false, signal: null },
+    runDir: null,
+    ranks,
+  };
   // Listened to from the first moment, so no phase (loading, accuracy passes, training, the
   // final copy) dies to a signal's default action with no state saved and no `end` record.
   const listeners = STOP_SIGNALS.map((sig) => {
@@ -730,9 +802,16 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     : null;
   try {
     const r = await runTrainingLocked(argsIn, opts, held);
+    // The last sync point: rank 0's final copy, report and accuracy pass may still fail, and
+    // every rank must hear of it (the other ranks wait here).
+    ranks.agree();
     return { ...r, signal: r.interrupted ? held.stop.signal : null };
   } catch (e) {
-    throw await recordOsError(held.runDir, e);
+    const err = ranks.writes ? await recordOsError(held.runDir, e) : e;
+    // A failure on one rank meets the others at their next sync point and becomes the same
+    // error everywhere (an agreed one has been through that already).
+    if (ranks.size > 1 && !(err instanceof RankError)) ranks.agree({ error: err });
+    throw err;
   } finally {
     if (watchdog !== null) clearInterval(watchdog);
     listeners.forEach((off) => off());
@@ -746,6 +825,8 @@ interface Held {
   stop: StopState;
   /** The run folder once it exists (fresh or resumed). */
   runDir: string | null;
+  /** The data-parallel ranks (one process: size 1). */
+  ranks: Ranks;
 }
 
 /** Whether an error comes from the OS (ENOSPC, EROFS, EACCES, EIO, NotCapable), maybe wrapped. */
@@ -778,7 +859,11 @@ async function runTrainingLocked(
   opts: RunOptions,
   held: Held,
 ): Promise<RunResult> {
-  const stopped = () => held.stop.interrupted;
+  const ranks = held.ranks;
+  const dp = ranks.size > 1;
+  // With several ranks only agreed values steer the run (a signal reaches one rank; the others
+  // hear of it at the next sync point), so every rank stops after the same step.
+  const stopped = () => dp ? ranks.stopAgreed : held.stop.interrupted;
   const stoppedEarly = (): RunResult => ({
     runDir: "",
     steps: 0,
@@ -787,7 +872,7 @@ async function runTrainingLocked(
     interrupted: true,
   });
   let args = argsIn;
-  const log = opts.quiet ? () => {} : (...a: unknown[]) => console.log(...a);
+  const log = opts.quiet || !ranks.writes ? () => {} : (...a: unknown[]) => console.log(...a);
   let resume: { runDir: string; ckpt: string } | null = null;
   let resumeState: TrainerStateFile | null = null;
   if (args.resume) {
@@ -797,7 +882,7 @@ async function runTrainingLocked(
       ? join(args.resume, "..")
       : args.resume;
     const isDir = await Deno.stat(dir).then((s) => s.isDirectory, () => false);
-    if (isDir && !args.dry_run) {
+    if (isDir && !args.dry_run && ranks.writes) {
       held.lock = await lockRunDir(dir).catch((e) => {
         if (isHiraError(e)) throw e;
         throw new HiraError(dir, `cannot be locked for --resume (${osReason(e)})`);
@@ -807,6 +892,15 @@ async function runTrainingLocked(
     held.runDir = resume.runDir;
     args = await savedArgs(resume.runDir, args.resume);
     resumeState = await readTrainerState(resume.ckpt, resume.runDir);
+    const savedRanks = resumeState.world_size ?? 1;
+    if (savedRanks !== ranks.size && !args.dry_run) {
+      throw new HiraError(
+        "--resume",
+        `${resume.runDir} was trained on ${savedRanks} rank${savedRanks === 1 ? "" : "s"}; ` +
+          `resume it on as many (${savedRanks === 1 ? "one process" : `mpirun -np ${savedRanks}`}` +
+          `), not ${ranks.size}: the data order and the steps follow the rank count`,
+      );
+    }
   }
   const modelDir = args.model
     ? await resolveModelDir(args.model, args.revision ?? "main")
@@ -839,25 +933,30 @@ async function runTrainingLocked(
   if (args.peft_type !== "full" && !resume && !initAc) {
     checkRank(cfg, matchTargets(cfg, parseTargetFlag(args.target_modules)), args.r_ab);
   }
-  if (!resume && !args.dataset_analysis) await checkOutputFolder(args.output_folder);
+  if (!resume && !args.dataset_analysis && ranks.writes) {
+    await checkOutputFolder(args.output_folder);
+  }
   if (args.dataset_analysis) {
     log(datasetAnalysis(data.train, "train"));
     if (data.validation.length) log(datasetAnalysis(data.validation, "validation"));
     return { runDir: "", steps: 0, finalLoss: NaN, bestCheckpoint: null, interrupted: false };
   }
+  // An optimizer step takes --grad_acc micro-batches on each rank: N·G in all.
+  const accum = args.grad_acc * ranks.size;
   const batchesPerEpoch = Math.ceil(data.train.length / args.batch);
-  if (args.grad_acc > batchesPerEpoch) {
+  if (accum > batchesPerEpoch) {
     // Each optimizer step would cycle through the data more than once (and a huge value would
     // never finish a step).
     throw new HiraError(
       "--grad_acc",
-      `${args.grad_acc} is more than the ${batchesPerEpoch} batches of one epoch ` +
-        `(${data.train.length} examples / --batch=${args.batch})`,
+      `${args.grad_acc}${dp ? ` × ${ranks.size} ranks` : ""} is more than the ` +
+        `${batchesPerEpoch} batches of one epoch (${data.train.length} examples / ` +
+        `--batch=${args.batch})`,
     );
   }
   const steps = args.max_steps > 0
     ? args.max_steps
-    : totalSteps(data.train.length, args.batch, args.grad_acc, args.epoch);
+    : totalSteps(data.train.length, args.batch, accum, args.epoch);
   const gpu = opts.gpu ?? await createDenoGpu();
   // A run saved before --weight_dtype existed ran on f32 weights; a resume keeps that.
   const full = args.peft_type === "full";
@@ -937,14 +1036,23 @@ async function runTrainingLocked(
     gradAcc: args.grad_acc,
     maxGradNorm: MAX_GRAD_NORM,
     totalSteps: steps,
+    ranks,
+    stopRequested: () => held.stop.interrupted,
   });
+  if (dp) {
+    // Before anything is written: every rank must train on the same flags, model and data.
+    if (!opts.quiet) console.log(`rank ${ranks.rank}/${ranks.size}: ${gpu.description}`);
+    ranks.checkSame(await rankFacts(args, modelDir, data, resume?.ckpt ?? null), {
+      stop: held.stop.interrupted,
+    });
+  }
   // Run folder and state.
   let runDir = resume?.runDir ?? "";
   let state: TrainerStateFile;
   let loader: BatchLoader;
   if (resume) {
     state = resumeState!;
-    await removeLeftovers(runDir);
+    if (ranks.writes) await removeLeftovers(runDir);
     await loadOptimizerState(trainer, join(resume.ckpt, "optimizer.safetensors"));
     trainer.step = state.global_step;
     loader = new BatchLoader(data.train, args.batch, state.loader);
@@ -959,18 +1067,20 @@ async function runTrainingLocked(
     }
     log(`resuming ${runDir} at step ${state.global_step}/${steps}`);
   } else {
-    await checkOutputFolder(args.output_folder);
-    // A unique name (the reference's readable one plus the pid), created exclusively, locked.
-    held.lock = await createRunDir(
-      args.output_folder,
-      runName(args, basename((args.model || modelDir).replace(/\/+$/, "")) || "model"),
-    );
-    runDir = held.lock.runDir;
-    held.runDir = runDir;
-    await writeFileAtomic(
-      join(runDir, "args.json"),
-      JSON.stringify({ ...args, given: [...args.given] }, null, 2) + "\n",
-    );
+    if (ranks.writes) {
+      await checkOutputFolder(args.output_folder);
+      // A unique name (the reference's readable one plus the pid), created exclusively, locked.
+      held.lock = await createRunDir(
+        args.output_folder,
+        runName(args, basename((args.model || modelDir).replace(/\/+$/, "")) || "model"),
+      );
+      runDir = held.lock.runDir;
+      held.runDir = runDir;
+      await writeFileAtomic(
+        join(runDir, "args.json"),
+        JSON.stringify({ ...args, given: [...args.given] }, null, 2) + "\n",
+      );
+    }
     loader = new BatchLoader(data.train, args.batch, args.seed);
     state = {
       global_step: 0,
@@ -982,10 +1092,14 @@ async function runTrainingLocked(
       evals_without_improvement: 0,
       dropout_counters: {},
       init_adapter: args.init_adapter ?? null,
+      ...(dp ? { world_size: ranks.size } : {}),
       log_history: [],
     };
   }
-  const jlog = new JsonlLog(join(runDir, "log.jsonl"));
+  // Rank 0 alone keeps the log; the others' records go nowhere.
+  const jlog: Pick<JsonlLog, "write" | "endPartialLine"> = ranks.writes
+    ? new JsonlLog(join(runDir, "log.jsonl"))
+    : { write: () => Promise.resolve(), endPartialLine: () => Promise.resolve() };
   if (resume) {
     await jlog.endPartialLine();
     await jlog.write({
@@ -1007,7 +1121,9 @@ async function runTrainingLocked(
     } (--dry_run itemises it)`,
   );
   log(
-    `data: ${data.train.length} training examples, ${data.validation.length} validation; ${steps} steps of ${args.batch}×${args.grad_acc}`,
+    `data: ${data.train.length} training examples, ${data.validation.length} validation; ${steps} steps of ${args.batch}×${args.grad_acc}${
+      dp ? ` on each of ${ranks.size} ranks` : ""
+    }`,
   );
   if (!resume) {
     await jlog.write({
@@ -1019,13 +1135,13 @@ async function runTrainingLocked(
       run_dir: runDir,
       ...(data.lines ? { data: data.lines } : {}),
     });
-    if (opts.beforeTraining && !stopped()) {
+    if (opts.beforeTraining && !stopped() && ranks.writes) {
       await opts.beforeTraining(model, tok, runDir, stopped);
     }
   }
   // Evaluation schedule (HF: "epoch" evaluates at each epoch end; "steps" every eval_steps,
   // where a value below 1 is a fraction of the run).
-  const perEpoch = Math.max(1, Math.floor(loader.batchesPerEpoch / args.grad_acc));
+  const perEpoch = Math.max(1, Math.floor(loader.batchesPerEpoch / accum));
   const evalEvery = args.eval_strategy === "steps"
     ? Math.max(
       1,
@@ -1043,6 +1159,14 @@ async function runTrainingLocked(
   // and what to try, and goes to the log and report too. Other errors pass through unchanged.
   const halted = new WeakSet<object>();
   const halt = async (e: unknown): Promise<unknown> => {
+    if (e instanceof RankError) {
+      // Another rank's failure (or this one's, agreed): logged once, by rank 0.
+      progress.break();
+      await jlog.write({ type: "error", step: trainer.step, message: e.message }).catch(() => {});
+      if (!opts.noReport && ranks.writes) await writeRunReport(runDir).catch(() => {});
+      halted.add(e);
+      return e;
+    }
     if (!(e instanceof NonFiniteError) && !(e instanceof DeviceLostAtStepError)) return e;
     const ctx = {
       lastCheckpoint: lastSaved >= 0 ? join(runDir, `checkpoint-${lastSaved}`) : null,
@@ -1053,7 +1177,7 @@ async function runTrainingLocked(
       : new DeviceLostAtStepError(e.step, e.reason, ctx, { cause: e.cause });
     progress.break();
     await jlog.write({ type: "error", step: err.step, message: err.message }).catch(() => {});
-    if (!opts.noReport) await writeRunReport(runDir).catch(() => {});
+    if (!opts.noReport && ranks.writes) await writeRunReport(runDir).catch(() => {});
     halted.add(err);
     return err;
   };
@@ -1076,6 +1200,11 @@ async function runTrainingLocked(
         state.best_model_checkpoint = join(runDir, `checkpoint-${trainer.step}`);
       }
     }
+    // Rank 0 writes; the others keep the same state (the best, the patience) without files.
+    if (!ranks.writes) {
+      lastSaved = trainer.step;
+      return "";
+    }
     const dir = await saveCheckpoint(
       runDir,
       model,
@@ -1096,7 +1225,7 @@ async function runTrainingLocked(
     // loop checks before every step).
     const nextMicro = () => {
       const micro: PackedBatch[] = [];
-      for (let i = 0; i < args.grad_acc; i++) micro.push(loader.next());
+      for (let i = 0; i < accum; i++) micro.push(loader.next());
       return micro;
     };
     await trainLoop(trainer, steps, nextMicro, valBatches, {
@@ -1120,7 +1249,7 @@ async function runTrainingLocked(
             );
           }
         }
-        progress.update(r, args.log_every);
+        if (ranks.writes) progress.update(r, args.log_every);
         const rec = {
           type: "train",
           step: r.step,
@@ -1177,9 +1306,9 @@ async function runTrainingLocked(
   if (stopped()) interrupted = true;
   progress.break();
   // The final product: the best checkpoint (or the last) as a plain folder beside the checkpoints.
-  const cks = await listCheckpoints(runDir);
+  const cks = ranks.writes ? await listCheckpoints(runDir) : [];
   const chosen = state.best_model_checkpoint ?? cks.at(-1)?.dir ?? null;
-  if (!interrupted && chosen) {
+  if (!interrupted && chosen && ranks.writes) {
     const outDir = join(runDir, args.peft_type === "full" ? "model" : "adapter");
     const tmp = `${outDir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
     await Deno.mkdir(tmp, { recursive: true });
@@ -1212,7 +1341,7 @@ async function runTrainingLocked(
     best: chosen,
     time: Date.now(),
   });
-  if (!opts.noReport) {
+  if (!opts.noReport && ranks.writes) {
     try {
       const files = await writeRunReport(runDir);
       log(`report: ${files.at(-1)}`);

@@ -20,3 +20,5 @@ export * from "./report_deno.ts";
 export * from "./runlock_deno.ts";
 export * from "./safetensors_deno.ts";
 export * from "./tokenizer_deno.ts";
+export * from "./fingerprint_deno.ts";
+export * from "./mpi_deno.ts";

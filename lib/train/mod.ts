@@ -11,3 +11,4 @@ export * from "./data.ts";
 export * from "./memory.ts";
 export * from "./loop.ts";
 export * from "./datasets.ts";
+export * from "./ranks.ts";

@@ -8,6 +8,7 @@
 import { DeviceLostError, type Tensor } from "../engine/gpu.ts";
 import type { Batch, LlamaModel } from "../model/model.ts";
 import { AdamW, zeroGrads } from "../ops/optim.ts";
+import { globalIndex, type Ranks, rankShare } from "./ranks.ts";
 import { linearWarmupDecay } from "./schedule.ts";
 
 /** Hyper-parameters of a run. */
@@ -19,6 +20,13 @@ export interface TrainerOptions {
   /** Clip the global gradient norm to this (HF default 1.0); 0 disables clipping. */
   maxGradNorm: number;
   totalSteps: number;
+  /**
+   * Data-parallel ranks (lib/train/ranks.ts): each step's micro-batches are shared out, the
+   * gradients summed with one all-reduce before clipping, the loss and validation reduced.
+   */
+  ranks?: Ranks;
+  /** Whether a signal asks this process to stop (told to the other ranks at each step). */
+  stopRequested?: () => boolean;
 }
 
 /** What one optimizer step reports. */
@@ -133,6 +141,8 @@ export class Trainer {
   }
 
   async #trainStep(micro: readonly Batch[]): Promise<StepReport> {
+    const ranks = this.opts.ranks;
+    if (ranks && ranks.size > 1) return await this.#trainStepRanks(micro, ranks);
     const gpu = this.model.gpu;
     const grads = this.opt.params.map((p) => p.grad);
     zeroGrads(gpu, grads);
@@ -145,20 +155,79 @@ export class Trainer {
       targets += b.numCounted;
     }
     const lr = this.currentLr;
-    const res = await this.opt.step(
-      lr,
-      this.opts.maxGradNorm > 0 ? { maxNorm: this.opts.maxGradNorm } : undefined,
-    );
+    const res = await this.opt.step(lr, this.#clip());
     const vals = await gpu.readMany([res.gradNorm, ...losses]);
     for (const l of losses) l.release();
-    const gradNorm = vals[0][0];
     let loss = 0;
     micro.forEach((b, i) => (loss += vals[i + 1][0] / Math.max(1, b.numCounted)));
-    loss /= micro.length;
+    return this.#finish(loss / micro.length, vals[0][0], lr, tokens, targets);
+  }
+
+  #clip(): { maxNorm: number } | undefined {
+    return this.opts.maxGradNorm > 0 ? { maxNorm: this.opts.maxGradNorm } : undefined;
+  }
+
+  #finish(loss: number, gradNorm: number, lr: number, tokens: number, targets: number) {
     this.step++;
     if (!Number.isFinite(loss)) throw new NonFiniteError(this.step, "the training loss");
     if (!Number.isFinite(gradNorm)) throw new NonFiniteError(this.step, "the gradient norm");
     return { step: this.step, loss, gradNorm, lr, tokens, targets };
+  }
+
+  /**
+   * A data-parallel step: `micro` is the whole step's list (every rank's); this rank computes its
+   * share with the scale of the whole step, with the LoRA dropout mask ids one process would use
+   * for those micro-batches. Then, after a sync point, one all-reduce sums the gradients (packed
+   * into one buffer with the loss sum and the token counts); clipping sees the global norm.
+   */
+  async #trainStepRanks(micro: readonly Batch[], ranks: Ranks): Promise<StepReport> {
+    const gpu = this.model.gpu;
+    const grads = this.opt.params.map((p) => p.grad);
+    const n = grads.reduce((a, g) => a + g.size, 0);
+    const packed = new Float32Array(n + 3);
+    let error: unknown;
+    try {
+      zeroGrads(gpu, grads);
+      this.model.setTraining(true);
+      const counters = [...this.model.adapters.values()]
+        .filter((ad) => ad.dropoutCounter !== undefined)
+        .map((ad) => [ad, ad.dropoutCounter!] as const);
+      const mine = rankShare(micro, ranks.rank, ranks.size);
+      const losses: Tensor[] = [];
+      let tokens = 0, targets = 0;
+      for (const [j, b] of mine.entries()) {
+        const at = globalIndex(j, ranks.rank, ranks.size);
+        for (const [ad, base] of counters) ad.dropoutCounter = (base + at) >>> 0;
+        losses.push(await this.model.trainStep(b, 1 / (Math.max(1, b.numCounted) * micro.length)));
+        tokens += b.tokens.length;
+        targets += b.numCounted;
+      }
+      for (const [ad, base] of counters) ad.dropoutCounter = (base + micro.length) >>> 0;
+      const vals = await gpu.readMany([...grads, ...losses]);
+      for (const l of losses) l.release();
+      let off = 0;
+      for (let i = 0; i < grads.length; i++) {
+        packed.set(vals[i] as Float32Array, off);
+        off += grads[i].size;
+      }
+      let lossSum = 0;
+      mine.forEach((b, i) => (lossSum += vals[grads.length + i][0] / Math.max(1, b.numCounted)));
+      packed[n] = lossSum;
+      packed[n + 1] = tokens;
+      packed[n + 2] = targets;
+    } catch (e) {
+      error = await this.#asDeviceLoss(e, this.step + 1);
+    }
+    ranks.sum(packed, { error, stop: this.opts.stopRequested?.() });
+    let off = 0;
+    for (const g of grads) {
+      gpu.write(g, packed.subarray(off, off + g.size));
+      off += g.size;
+    }
+    const lr = this.currentLr;
+    const res = await this.opt.step(lr, this.#clip());
+    const [norm] = await gpu.readMany([res.gradNorm]);
+    return this.#finish(packed[n] / micro.length, norm[0], lr, packed[n + 1], packed[n + 2]);
   }
 
   /**
@@ -174,6 +243,25 @@ export class Trainer {
   }
 
   async #evalLoss(batches: readonly Batch[]): Promise<number> {
+    const ranks = this.opts.ranks;
+    if (!ranks || ranks.size === 1) {
+      const [sum, weight] = await this.#evalSums(batches);
+      return weight ? sum / weight : NaN;
+    }
+    // Each rank validates its share; one sum gives every rank the same loss.
+    const sums = new Float32Array(2);
+    let error: unknown;
+    try {
+      sums.set(await this.#evalSums(rankShare(batches, ranks.rank, ranks.size)));
+    } catch (e) {
+      error = await this.#asDeviceLoss(e, this.step);
+    }
+    ranks.sum(sums, { error, stop: this.opts.stopRequested?.() });
+    return sums[1] ? sums[0] / sums[1] : NaN;
+  }
+
+  /** The weighted loss sum and the weight (sequences) of `batches`. */
+  async #evalSums(batches: readonly Batch[]): Promise<[number, number]> {
     const gpu = this.model.gpu;
     const ts: Tensor[] = [];
     // Evaluation runs without dropout (nn.Dropout in eval mode); trainStep turns it back on.
@@ -189,6 +277,6 @@ export class Trainer {
         weight += seqs;
       }
     });
-    return weight ? sum / weight : NaN;
+    return [sum, weight];
   }
 }
