@@ -8,10 +8,12 @@
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
+//! include "common/flat.wgsl"
+
 // dst[r, c] += src[c] (dst is [rows, cols], src the bias [cols]).
 @compute @workgroup_size(256)
 fn add_bias(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * 256u;
+  let i = flat(gid, nwg);
   if (i >= p.rows * p.cols) { return; }
   dst[i] = dst[i] + src[i % p.cols];
 }
@@ -31,7 +33,7 @@ fn bias_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
 // dst[r, c] = src[r, colOffset + c] for a [rows, srcCols] source and a [rows, cols] block.
 @compute @workgroup_size(256)
 fn copy_columns(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * 256u;
+  let i = flat(gid, nwg);
   if (i >= p.rows * p.cols) { return; }
   let r = i / p.cols;
   let c = i % p.cols;

@@ -9,16 +9,9 @@
  * uses all 8 storage bindings a browser allows.
  * @module
  */
-import {
-  cdiv,
-  type Gpu,
-  grid,
-  kernelFile,
-  loopBudgetError,
-  type Tensor,
-  uniformStruct,
-  withinLoopBudget,
-} from "../engine/gpu.ts";
+import type { Gpu, Tensor } from "../engine/gpu.ts";
+import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
+import { loopBudgetError, withinLoopBudget } from "../engine/gpu.ts";
 
 /**
  * Kernel family: "cpu" (CPU rasterizers) runs the blocked rows kernels where the head size is a

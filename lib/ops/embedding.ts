@@ -5,15 +5,8 @@
  * stored in half precision); the rows come out f32.
  * @module
  */
-import {
-  type BindingKind,
-  cdiv,
-  type Gpu,
-  grid,
-  kernelFile,
-  type Tensor,
-  uniformStruct,
-} from "../engine/gpu.ts";
+import type { BindingKind, Gpu, Tensor } from "../engine/gpu.ts";
+import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /**
  * embedding_forward: n tokens of c columns against the shard of rows [row_start, row_start +

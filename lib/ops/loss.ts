@@ -7,16 +7,9 @@
  * blocks, passing each block's targets (a `rows()` view or a fresh tensor), and sum the losses.
  * @module
  */
-import {
-  type BindingKind,
-  type Gpu,
-  grid,
-  kernelFile,
-  loopBudgetError,
-  type Tensor,
-  uniformStruct,
-  withinLoopBudget,
-} from "../engine/gpu.ts";
+import type { BindingKind, Gpu, Tensor } from "../engine/gpu.ts";
+import { grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
+import { loopBudgetError, withinLoopBudget } from "../engine/gpu.ts";
 import { rowWorkgroupSize } from "./norm.ts";
 
 /** n rows (loss_sum: values) of v logits; scale multiplies dlogits. */

@@ -12,16 +12,8 @@
  * every family widens every load to f32 and accumulates in f32; the output is always f32.
  * @module
  */
-import {
-  type BufferWindow,
-  cdiv,
-  DTYPE_BYTES,
-  type Gpu,
-  grid,
-  kernelFile,
-  type Tensor,
-  uniformStruct,
-} from "../engine/gpu.ts";
+import type { BufferWindow, Gpu, Tensor } from "../engine/gpu.ts";
+import { cdiv, DTYPE_BYTES, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /**
  * Kernel family: "cpu" for CPU rasterizers, "tiled" (workgroup memory) for real GPUs, "subgroup"

@@ -3,15 +3,8 @@
  * (kernels/norm.wgsl), with its backward.
  * @module
  */
-import {
-  type BindingKind,
-  cdiv,
-  type Gpu,
-  grid,
-  kernelFile,
-  type Tensor,
-  uniformStruct,
-} from "../engine/gpu.ts";
+import type { BindingKind, Gpu, Tensor } from "../engine/gpu.ts";
+import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /** The row kernels: n rows of c; accumulate = 1 adds dx into the destination. */
 const ROW_PARAMS = uniformStruct("RowParams", ["n", "c", ["eps", "f32"], "accumulate"]);

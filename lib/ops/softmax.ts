@@ -2,16 +2,9 @@
  * Row-wise softmax and its backward on GPU tensors (kernels/softmax.wgsl).
  * @module
  */
-import {
-  cdiv,
-  type Gpu,
-  grid,
-  kernelFile,
-  loopBudgetError,
-  type Tensor,
-  uniformStruct,
-  withinLoopBudget,
-} from "../engine/gpu.ts";
+import type { Gpu, Tensor } from "../engine/gpu.ts";
+import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
+import { loopBudgetError, withinLoopBudget } from "../engine/gpu.ts";
 
 /**
  * Kernel family: "cpu" runs one invocation per row (no barriers, for CPU rasterizers),
