@@ -5,6 +5,7 @@
  */
 import type { PeftType } from "./peft.ts";
 import type { Gpu, Tensor } from "../engine/gpu.ts";
+import { addBias } from "../ops/linear.ts";
 import type { Rng } from "../engine/rand.ts";
 
 /** One trainable tensor of an adapter, with its gradient accumulator. */
@@ -23,6 +24,15 @@ export interface AdapterBackwardOptions {
   accumulateDx?: boolean;
   /** Compute dX at all (default true); false for the first layer of a frozen stack. */
   needDx?: boolean;
+}
+
+/** One checked {@linkcode LinearAdapter.backward} call: n tokens x [n, in], dy [n, out]. */
+export interface BackwardPass {
+  n: number;
+  x: Tensor;
+  w0: Tensor;
+  dy: Tensor;
+  opts: AdapterBackwardOptions;
 }
 
 /** A trainable adapter around a frozen linear layer W0 [out, in] (y = x·W0ᵀ + ...). */
@@ -91,8 +101,15 @@ export function initA(rng: Rng, r: number, inFeatures: number): Float32Array {
   return a;
 }
 
-/** Parameter storage and checks shared by both adapter types. */
+/**
+ * Parameter storage, checks and the bias shared by both adapter types: {@linkcode forward} and
+ * {@linkcode backward} check the shapes and leave the adapter's own math to
+ * {@linkcode product} and {@linkcode gradients}.
+ */
 export abstract class AdapterBase {
+  /** The adapter's name in error messages ("HiRA", "LoRA"). */
+  protected abstract readonly label: string;
+
   /** Training mode (LoRA dropout only). */
   training = true;
   /** A [r, in]. */
@@ -121,6 +138,32 @@ export abstract class AdapterBase {
     this.gradA = gpu.zeros([r, inFeatures]);
     this.gradB = gpu.zeros([outFeatures, r]);
   }
+
+  /** y [N, out] for x [N, in] with the frozen weight w0 [out, in] (+ bias [out]). */
+  async forward(x: Tensor, w0: Tensor, bias?: Tensor): Promise<Tensor> {
+    this.check(x, w0, `${this.label} forward`);
+    const y = await this.product(x, w0);
+    if (bias) await addBias(this.gpu, y, bias);
+    return y;
+  }
+
+  /** The adapted layer's y = x·W_adaptedᵀ (no bias) for checked shapes. */
+  protected abstract product(x: Tensor, w0: Tensor): Promise<Tensor>;
+
+  /** {@linkcode LinearAdapter.backward}: checks dY [N, out], then {@linkcode gradients}. */
+  backward(
+    x: Tensor,
+    w0: Tensor,
+    dy: Tensor,
+    opts: AdapterBackwardOptions = {},
+  ): Promise<Tensor | null> {
+    const n = this.check(x, w0, `${this.label} backward`);
+    checkShape(`${this.label} backward dy`, dy, [n, this.outFeatures]);
+    return this.gradients({ n, x, w0, dy, opts });
+  }
+
+  /** Accumulates dA, dB and returns dX unless opts.needDx is false. */
+  protected abstract gradients(pass: BackwardPass): Promise<Tensor | null>;
 
   protected check(x: Tensor, w0: Tensor, what: string): number {
     checkShape(`${what} w0`, w0, [this.outFeatures, this.inFeatures]);

@@ -7,14 +7,8 @@
  * "peft" (PEFT's y = x·W0ᵀ + x·(W0 ⊙ B·A)ᵀ with its autograd backward; a benchmark baseline).
  * @module
  */
-import {
-  type AdapterBackwardOptions,
-  AdapterBase,
-  type AdapterParam,
-  checkShape,
-  type LinearAdapter,
-} from "./adapter.ts";
-import { addBias } from "../ops/linear.ts";
+import type { AdapterParam, BackwardPass, LinearAdapter } from "./adapter.ts";
+import { AdapterBase, checkShape } from "./adapter.ts";
 import type { Gpu, Tensor } from "../engine/gpu.ts";
 import { matmul } from "../ops/matmul.ts";
 import {
@@ -130,9 +124,10 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
     ];
   }
 
-  /** y = x·W_effᵀ (+ bias). */
-  async forward(x: Tensor, w0: Tensor, bias?: Tensor): Promise<Tensor> {
-    this.check(x, w0, "HiRA forward");
+  protected readonly label = "HiRA";
+
+  /** y = x·W_effᵀ. */
+  protected async product(x: Tensor, w0: Tensor): Promise<Tensor> {
     const gpu = this.gpu;
     let y: Tensor;
     const kernel = this.kernelFor(x.shape[0]);
@@ -148,19 +143,11 @@ export class HiraAdapter extends AdapterBase implements LinearAdapter {
       await matmul(gpu, x, d, { transB: true, out: y, accumulate: true });
       d.release();
     }
-    if (bias) await addBias(gpu, y, bias);
     return y;
   }
 
   /** Accumulates dA, dB into the gradients; returns dX unless needDx is false. */
-  async backward(
-    x: Tensor,
-    w0: Tensor,
-    dy: Tensor,
-    opts: AdapterBackwardOptions = {},
-  ): Promise<Tensor | null> {
-    const n = this.check(x, w0, "HiRA backward");
-    checkShape("HiRA backward dy", dy, [n, this.outFeatures]);
+  protected async gradients({ n, x, w0, dy, opts }: BackwardPass): Promise<Tensor | null> {
     const gpu = this.gpu;
     const kernel = this.kernelFor(n, "backward");
     const accumulate = opts.accumulateDx ?? false;

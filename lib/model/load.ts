@@ -7,13 +7,8 @@
 import type { Gpu, Tensor } from "../engine/gpu.ts";
 import { HiraError } from "../engine/errors.ts";
 import type { PeftType } from "./peft.ts";
-import {
-  type LlamaConfig,
-  modulePath,
-  type Projection,
-  PROJECTIONS,
-  projectionShape,
-} from "./config.ts";
+import type { LlamaConfig, Projection } from "./config.ts";
+import { modulePath, PROJECTIONS, projectionShape } from "./config.ts";
 import { expectedTensors, type LayerWeights, LlamaModel, type ModelWeights } from "./model.ts";
 import { readTensorRows, type WeightSet } from "./safetensors.ts";
 import { Rng } from "../engine/rand.ts";

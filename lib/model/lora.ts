@@ -5,14 +5,8 @@
  * instead of storing it.
  * @module
  */
-import {
-  type AdapterBackwardOptions,
-  AdapterBase,
-  type AdapterParam,
-  checkShape,
-  type LinearAdapter,
-} from "./adapter.ts";
-import { addBias } from "../ops/linear.ts";
+import type { AdapterParam, BackwardPass, LinearAdapter } from "./adapter.ts";
+import { AdapterBase, checkShape } from "./adapter.ts";
 import type { Gpu, Tensor } from "../engine/gpu.ts";
 import { toF32 } from "../ops/embedding.ts";
 import { dropoutThreshold, hashDropout } from "../ops/lora.ts";
@@ -98,9 +92,10 @@ export class LoraAdapter extends AdapterBase implements LinearAdapter {
     return xd;
   }
 
-  /** y = x·W0ᵀ + s·(dropout(x)·Aᵀ)·Bᵀ (+ bias). */
-  async forward(x: Tensor, w0: Tensor, bias?: Tensor): Promise<Tensor> {
-    this.check(x, w0, "LoRA forward");
+  protected readonly label = "LoRA";
+
+  /** y = x·W0ᵀ + s·(dropout(x)·Aᵀ)·Bᵀ. */
+  protected async product(x: Tensor, w0: Tensor): Promise<Tensor> {
     const gpu = this.gpu;
     let maskId: number | null = null;
     if (this.#dropoutOn()) {
@@ -114,7 +109,6 @@ export class LoraAdapter extends AdapterBase implements LinearAdapter {
     if (xd !== x) xd.release();
     await matmul(gpu, h, this.b, { transB: true, out: y, accumulate: true, alpha: this.scale });
     h.release();
-    if (bias) await addBias(gpu, y, bias);
     return y;
   }
 
@@ -123,14 +117,7 @@ export class LoraAdapter extends AdapterBase implements LinearAdapter {
    * is false: dB += s·dYᵀ·h, dA += dhᵀ·xd, dX = dY·W0 + mask ⊙ (dh·A), where xd = mask ⊙ x,
    * h = xd·Aᵀ and dh = s·dY·B.
    */
-  async backward(
-    x: Tensor,
-    w0: Tensor,
-    dy: Tensor,
-    opts: AdapterBackwardOptions = {},
-  ): Promise<Tensor | null> {
-    const n = this.check(x, w0, "LoRA backward");
-    checkShape("LoRA backward dy", dy, [n, this.outFeatures]);
+  protected async gradients({ n, x, w0, dy, opts }: BackwardPass): Promise<Tensor | null> {
     const gpu = this.gpu;
     let maskId: number | null = null;
     if (this.#dropoutOn()) {

@@ -7,13 +7,8 @@
  * @module
  */
 import { type Gpu, splitRows, type Tensor } from "../engine/gpu.ts";
-import {
-  type LlamaConfig,
-  modulePath,
-  type Projection,
-  PROJECTIONS,
-  projectionShape,
-} from "./config.ts";
+import type { LlamaConfig, Projection } from "./config.ts";
+import { modulePath, PROJECTIONS, projectionShape } from "./config.ts";
 import { matmul } from "../ops/matmul.ts";
 import { rmsnorm, rmsnormBackward } from "../ops/norm.ts";
 import { positionsFor, rope, ropeBackward, ropeFrequencies } from "../ops/rope.ts";

@@ -17,13 +17,8 @@
  * @module
  */
 import { HiraError, preview } from "../engine/errors.ts";
-import {
-  type LlamaConfig,
-  modulePath,
-  type Projection,
-  PROJECTIONS,
-  projectionShape,
-} from "./config.ts";
+import type { LlamaConfig, Projection } from "./config.ts";
+import { modulePath, PROJECTIONS, projectionShape } from "./config.ts";
 
 /** Adapter methods this project trains and reads. */
 export type PeftType = "HIRA" | "LORA";

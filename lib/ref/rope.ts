@@ -36,14 +36,11 @@ export function ropeForward(
   return out;
 }
 
-/** Backward: the gradient of Σ dy·rope(x) with respect to x is dy rotated by −θ. */
-export function ropeBackward(
-  dy: ArrayLike<number>,
-  n: number,
-  h: number,
-  positions: ArrayLike<number>,
-  invFreq: ArrayLike<number>,
-  inverse = false,
-): Float64Array {
+/**
+ * Backward, with {@linkcode ropeForward}'s parameters (dy in x's place): the gradient of
+ * Σ dy·rope(x) with respect to x is dy rotated by −θ.
+ */
+export function ropeBackward(...args: Parameters<typeof ropeForward>): Float64Array {
+  const [dy, n, h, positions, invFreq, inverse = false] = args;
   return ropeForward(dy, n, h, positions, invFreq, !inverse);
 }
