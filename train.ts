@@ -17,6 +17,18 @@ import { accuracyHooks } from "./lib/cli/eval.ts";
 import { localRank, type MpiWorld, openLaunchedWorld } from "./lib/io/mpi_deno.ts";
 import { gpuPinningEnv, pciGpus } from "./lib/io/gpu_deno.ts";
 import { RankError } from "./lib/train/ranks.ts";
+import type { StepReport } from "./lib/train/trainer.ts";
+import type { LlamaModel } from "./lib/model/model.ts";
+
+/** A fault for tests: after step `step`, every adapter weight of this process becomes NaN. */
+function poisonAfter(step: number) {
+  return (r: StepReport, model: LlamaModel) => {
+    if (r.step !== step) return;
+    for (const p of model.trainable()) {
+      model.gpu.write(p.param, new Float32Array(p.param.size).fill(NaN));
+    }
+  };
+}
 
 if (import.meta.main) {
   // Under mpirun/srun: this process is one rank (no MPI is loaded otherwise).
@@ -44,6 +56,8 @@ if (import.meta.main) {
     const stopArg = Deno.env.get("HIRA_STOP_AFTER");
     // Tests only: a pause halfway through each checkpoint write, to kill the process there.
     const pauseArg = Deno.env.get("HIRA_CHECKPOINT_PAUSE_MS");
+    // Tests only: after this step, this process's adapters turn NaN (one rank's divergence).
+    const nanArg = Deno.env.get("HIRA_TEST_NAN_AFTER_STEP");
     // A resumed run's hooks follow its saved flags (--no-eval_accuracy, --eval_limit, ...).
     const runArgs = await effectiveTrainArgs(args);
     const result = await runTraining(args, {
@@ -51,6 +65,7 @@ if (import.meta.main) {
       checkpointPauseMs: pauseArg ? Number(pauseArg) : undefined,
       ...(runArgs.eval_accuracy ? accuracyHooks(runArgs) : {}),
       world: world ?? undefined,
+      ...(nanArg ? { afterStep: poisonAfter(Number(nanArg)) } : {}),
     });
     // 128 + the signal's number (SIGINT 130, SIGTERM 143, SIGHUP 129), as a shell reports it.
     if (result.interrupted) exit(interruptedExitCode(result.signal));

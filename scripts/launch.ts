@@ -15,7 +15,7 @@
 import { join } from "@std/path";
 import { isHiraError } from "../lib/engine/errors.ts";
 import { planTask, REPO_ROOT } from "../lib/cli/launch.ts";
-import { denoRunArgs } from "../lib/cli/permissions.ts";
+import { denoRunArgs, type PermissionPlan } from "../lib/cli/permissions.ts";
 import { launchedRanks, localRank } from "../lib/io/mpi_deno.ts";
 import { gpuPinningEnv, pciGpus } from "../lib/io/gpu_deno.ts";
 
@@ -30,8 +30,10 @@ function envGet(name: string): string | undefined {
 /** Plans and runs one task; resolves to the exit code. */
 export async function launch(task: string, argv: readonly string[]): Promise<number> {
   let args: string[];
+  let plan: PermissionPlan;
   try {
-    args = denoRunArgs(await planTask(task, argv), join(REPO_ROOT, "deno.json"));
+    plan = await planTask(task, argv);
+    args = denoRunArgs(plan, join(REPO_ROOT, "deno.json"));
   } catch (e) {
     if (isHiraError(e)) {
       console.error(`error: ${e.message}`);
@@ -44,6 +46,15 @@ export async function launch(task: string, argv: readonly string[]): Promise<num
       ["deno", ...args].map((a) => (/^[\w./=,:@+-]+$/.test(a) ? a : `'${a}'`)).join(" "),
     );
   }
+  // Deno refuses to start a child whose environment has LD_LIBRARY_PATH or LD_PRELOAD unless
+  // --allow-run is unscoped, and mpirun started by its full path sets LD_LIBRARY_PATH. The child
+  // does without: its MPI library was found here (HIRA_MPI_LIB) and Open MPI's libraries find
+  // their own through their RUNPATH (docs/data-parallel.md).
+  for (const v of ["LD_LIBRARY_PATH", "LD_PRELOAD"]) {
+    try {
+      Deno.env.delete(v);
+    } catch { /* not granted: then it is not set either, or the spawn says why */ }
+  }
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command("deno", {
@@ -53,6 +64,8 @@ export async function launch(task: string, argv: readonly string[]): Promise<num
         HIRA_LAUNCHER_PID: String(Deno.pid),
         // One GPU per rank of an mpirun/srun job (the child cannot read /sys itself).
         ...(launchedRanks() > 1 ? gpuPinningEnv(localRank(), pciGpus(), envGet) : {}),
+        // The library the plan lets it load (it may not search the system's folders itself).
+        ...(plan.ffi?.length ? { HIRA_MPI_LIB: plan.ffi[0] } : {}),
       },
       stdin: "inherit",
       stdout: "inherit",

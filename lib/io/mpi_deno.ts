@@ -7,6 +7,7 @@
  * its globals `ompi_mpi_comm_world`, `ompi_mpi_float`, `ompi_mpi_op_sum`, read as static symbols.
  * @module
  */
+import { HiraError } from "../engine/errors.ts";
 import type { Collective } from "../train/ranks.ts";
 
 /** Reads an environment variable (Deno.env.get, or a test's table). */
@@ -76,7 +77,8 @@ const LIB_DIRS = [
 ];
 
 /**
- * The absolute path of the MPI library to load: `HIRA_MPI_LIB` when set (it must exist), else the
+ * The absolute path of the MPI library to load: `HIRA_MPI_LIB` when set (as given: the launcher
+ * sets it for a child that may not look into system folders), else the
  * first Open MPI library in LD_LIBRARY_PATH's folders and the usual system folders. Null when none
  * is found. `exists` is injectable for tests.
  */
@@ -85,7 +87,7 @@ export function findMpiLibrary(
   exists: (path: string) => boolean = fileExists,
 ): string | null {
   const given = env("HIRA_MPI_LIB");
-  if (given) return exists(given) ? given : null;
+  if (given) return given;
   const dirs = [
     ...(env("LD_LIBRARY_PATH") ?? "").split(":").filter((d) => d.startsWith("/")),
     ...LIB_DIRS,
@@ -112,8 +114,10 @@ const SYMBOLS = {
   MPI_Finalize: { parameters: [], result: "i32" },
   MPI_Comm_rank: { parameters: ["pointer", "buffer"], result: "i32" },
   MPI_Comm_size: { parameters: ["pointer", "buffer"], result: "i32" },
+  // The send buffer is MPI_IN_PLACE, `(void *) 1`, passed as an integer: making a pointer from
+  // a number needs unscoped --allow-ffi, and a pointer and a size_t travel alike in the C ABI.
   MPI_Allreduce: {
-    parameters: ["pointer", "buffer", "i32", "pointer", "pointer", "pointer"],
+    parameters: ["usize", "buffer", "i32", "pointer", "pointer", "pointer"],
     result: "i32",
   },
   MPI_Bcast: { parameters: ["buffer", "i32", "pointer", "i32", "pointer"], result: "i32" },
@@ -149,12 +153,20 @@ export function openMpi(library: string): MpiWorld {
   try {
     lib = Deno.dlopen(library, SYMBOLS);
   } catch (e) {
-    throw new Error(
-      `${library}: cannot be loaded as Open MPI (${(e as Error).message.split("\n")[0]}); ` +
-        "install Open MPI (apt-get install openmpi-bin) or set HIRA_MPI_LIB",
+    throw new HiraError(
+      library,
+      `cannot be loaded as Open MPI (${(e as Error).message.split("\n")[0]}); install Open ` +
+        "MPI (apt-get install openmpi-bin) or set HIRA_MPI_LIB to its libmpi.so",
     );
   }
   const s = lib.symbols;
+  // Ranks wait on each other in the all-reduce while their GPUs (or, on Mesa's CPU device, their
+  // cores) work: waiting ranks yield the CPU instead of spinning, unless the user set it.
+  try {
+    if (Deno.env.get("OMPI_MCA_mpi_yield_when_idle") === undefined) {
+      Deno.env.set("OMPI_MCA_mpi_yield_when_idle", "1");
+    }
+  } catch { /* no env access: Open MPI's default */ }
   const check = (what: string, rc: number) => {
     if (rc !== 0) throw new Error(`${library}: ${what} failed (MPI error ${rc})`);
   };
@@ -166,7 +178,7 @@ export function openMpi(library: string): MpiWorld {
   check("MPI_Comm_size", s.MPI_Comm_size(world, one));
   const size = one[0];
   // MPI_IN_PLACE is (void *) 1 in Open MPI's mpi.h.
-  const inPlace = Deno.UnsafePointer.create(1n);
+  const inPlace = 1n;
   let open = true;
   return {
     library,
@@ -209,9 +221,10 @@ export function openLaunchedWorld(env: EnvGet = denoEnv): MpiWorld | null {
   if (launchedRanks(env) <= 1) return null;
   const library = findMpiLibrary(env);
   if (!library) {
-    throw new Error(
-      `HIRA_MPI_LIB: this process is one of ${launchedRanks(env)} ranks but no Open MPI ` +
-        `library (${LIB_NAMES.join(", ")}) was found; install openmpi-bin or set HIRA_MPI_LIB`,
+    throw new HiraError(
+      "HIRA_MPI_LIB",
+      `this process is one of ${launchedRanks(env)} ranks but no Open MPI library ` +
+        `(${LIB_NAMES.join(", ")}) was found; install openmpi-bin or set HIRA_MPI_LIB`,
     );
   }
   const world = openMpi(library);
