@@ -127,6 +127,13 @@ export const STOP_SIGNALS: readonly Deno.Signal[] = Deno.build.os === "windows"
   ? ["SIGINT"]
   : ["SIGINT", "SIGTERM", "SIGHUP"];
 
+/** The numbers of {@linkcode STOP_SIGNALS}, as ranks tell each other of a stop. */
+const SIGNAL_NUMBERS: Record<string, number> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGTERM: 15,
+};
+
 /** The exit status of a run stopped by `signal`: 128 + its number (130 when none). */
 export function interruptedExitCode(signal: Deno.Signal | null | undefined): number {
   return signal === "SIGTERM" ? 143 : signal === "SIGHUP" ? 129 : 130;
@@ -767,6 +774,9 @@ export interface RunOptions {
  */
 export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Promise<RunResult> {
   const ranks = new Ranks(opts.world ?? SINGLE_PROCESS, exitCodeOf);
+  // A signal on any rank is told to all at the next sync point, by its number.
+  ranks.localStop = () =>
+    held.stop.interrupted ? (SIGNAL_NUMBERS[held.stop.signal ?? "SIGINT"] ?? 2) : 0;
   const held: Held = {
     lock: null,
     stop: { interrupted: false, signal: null },
@@ -805,7 +815,10 @@ export async function runTraining(argsIn: TrainArgs, opts: RunOptions = {}): Pro
     // The last sync point: rank 0's final copy, report and accuracy pass may still fail, and
     // every rank must hear of it (the other ranks wait here).
     ranks.agree();
-    return { ...r, signal: r.interrupted ? held.stop.signal : null };
+    // Every rank exits as the rank a signal reached would (128 + its number).
+    const agreed = (Object.keys(SIGNAL_NUMBERS) as Deno.Signal[])
+      .find((k) => SIGNAL_NUMBERS[k] === ranks.stopCode) ?? null;
+    return { ...r, signal: r.interrupted ? held.stop.signal ?? agreed : null };
   } catch (e) {
     const err = ranks.writes ? await recordOsError(held.runDir, e) : e;
     // A failure on one rank meets the others at their next sync point and becomes the same
@@ -1037,14 +1050,11 @@ async function runTrainingLocked(
     maxGradNorm: MAX_GRAD_NORM,
     totalSteps: steps,
     ranks,
-    stopRequested: () => held.stop.interrupted,
   });
   if (dp) {
     // Before anything is written: every rank must train on the same flags, model and data.
     if (!opts.quiet) console.log(`rank ${ranks.rank}/${ranks.size}: ${gpu.description}`);
-    ranks.checkSame(await rankFacts(args, modelDir, data, resume?.ckpt ?? null), {
-      stop: held.stop.interrupted,
-    });
+    ranks.checkSame(await rankFacts(args, modelDir, data, resume?.ckpt ?? null));
   }
   // Run folder and state.
   let runDir = resume?.runDir ?? "";

@@ -64,10 +64,8 @@ export class RankError extends Error {
 /** Bytes of a failure message on the wire (longer ones are cut). */
 const MESSAGE_BYTES = 4096;
 
-/** What a rank reports at a sync point. */
+/** What a rank reports at a sync point besides its stop request ({@linkcode Ranks.localStop}). */
 export interface RankWord {
-  /** This rank asks to stop after the current step (a signal reached it). */
-  stop?: boolean;
   /** This rank failed with this error. */
   error?: unknown;
 }
@@ -79,8 +77,15 @@ export interface RankWord {
  * payload collective must directly follow an agree with nothing that can fail in between.
  */
 export class Ranks {
-  /** Whether some rank asked to stop at the last sync point. */
+  /** Whether some rank asked to stop at a sync point so far (it stays so). */
   stopAgreed = false;
+  /** The stop code (a signal's number) of the lowest rank that asked, once one did. */
+  stopCode = 0;
+  /**
+   * This rank's stop request, read at every sync point: 0 for none, else a positive code (the
+   * CLI gives the signal's number, so every rank can exit with the same status).
+   */
+  localStop: () => number = () => 0;
 
   /**
    * @param world the collective calls
@@ -111,13 +116,15 @@ export class Ranks {
    */
   agree(word: RankWord = {}): boolean {
     const { rank, size } = this.world;
+    const local = this.localStop();
     if (size === 1) {
       if (word.error !== undefined) throw word.error;
-      return (this.stopAgreed ||= !!word.stop);
+      if (local > 0 && !this.stopAgreed) this.stopCode = local;
+      return (this.stopAgreed ||= local > 0);
     }
     const s = new Float32Array(2 * size);
     s[rank] = word.error !== undefined ? 1 : 0;
-    s[size + rank] = word.stop ? 1 : 0;
+    s[size + rank] = local;
     this.world.allreduceSum(s);
     const failed = [...s.subarray(0, size)].findIndex((x) => x > 0);
     if (failed >= 0) {
@@ -143,7 +150,9 @@ export class Ranks {
       );
     }
     // A stop once agreed stays: the run ends after the step it was agreed at.
-    return (this.stopAgreed ||= [...s.subarray(size)].some((x) => x > 0));
+    const asked = [...s.subarray(size)].find((x) => x > 0);
+    if (asked !== undefined && !this.stopAgreed) this.stopCode = asked;
+    return (this.stopAgreed ||= asked !== undefined);
   }
 
   /**
@@ -159,10 +168,10 @@ export class Ranks {
   /**
    * Checks that every rank runs with the same inputs: rank 0's `facts` (what → digest) are sent
    * to all and compared with theirs; the first difference fails every rank with a line naming
-   * it. `word` is this rank's at the sync point before (a stop request, an error).
+   * it.
    */
-  checkSame(facts: readonly (readonly [string, string])[], word: RankWord = {}): void {
-    this.agree(word);
+  checkSame(facts: readonly (readonly [string, string])[]): void {
+    this.agree();
     if (this.world.size === 1) return;
     const text = new TextEncoder().encode(JSON.stringify(facts));
     const len = new Uint8Array(4);

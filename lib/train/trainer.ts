@@ -25,8 +25,6 @@ export interface TrainerOptions {
    * gradients summed with one all-reduce before clipping, the loss and validation reduced.
    */
   ranks?: Ranks;
-  /** Whether a signal asks this process to stop (told to the other ranks at each step). */
-  stopRequested?: () => boolean;
 }
 
 /** What one optimizer step reports. */
@@ -218,7 +216,7 @@ export class Trainer {
     } catch (e) {
       error = await this.#asDeviceLoss(e, this.step + 1);
     }
-    ranks.sum(packed, { error, stop: this.opts.stopRequested?.() });
+    ranks.sum(packed, { error });
     let off = 0;
     for (const g of grads) {
       gpu.write(g, packed.subarray(off, off + g.size));
@@ -256,7 +254,7 @@ export class Trainer {
     } catch (e) {
       error = await this.#asDeviceLoss(e, this.step);
     }
-    ranks.sum(sums, { error, stop: this.opts.stopRequested?.() });
+    ranks.sum(sums, { error });
     return sums[1] ? sums[0] / sums[1] : NaN;
   }
 

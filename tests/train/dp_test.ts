@@ -233,6 +233,55 @@ Deno.test({
 });
 
 Deno.test({
+  name: "dp: SIGTERM to one rank stops both after the same step, saved, with status 143",
+  ignore: NO_MPI,
+  async fn() {
+    const tmp = await Deno.makeTempDir({ prefix: "hira-dp-signal-" });
+    try {
+      const job = new Deno.Command("mpirun", {
+        args: [
+          ...MPIRUN,
+          "-np",
+          "2",
+          ...entry(false),
+          ...flags(tmp, ["--max_steps=200", "--eval_strategy=no", "--grad_acc=1"]),
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const out = job.output();
+      // Wait for the first training record, then signal the rank with the highest pid.
+      let dir = "";
+      for (let i = 0; i < 1200; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        const d = [...Deno.readDirSync(tmp)].find((e) => e.isDirectory);
+        if (!d) continue;
+        const log = await Deno.readTextFile(join(tmp, d.name, "log.jsonl")).catch(() => "");
+        if (log.includes('"type":"train"')) {
+          dir = join(tmp, d.name);
+          break;
+        }
+      }
+      assert(dir, "training never started");
+      const pids = (await run("pgrep", ["-f", `output_folder=${tmp}`])).stdout.trim()
+        .split("\n").map(Number).filter((p) => p > 0 && p !== job.pid);
+      Deno.kill(Math.max(...pids), "SIGTERM");
+      const o = await out;
+      assertEquals(o.code, 143, new TextDecoder().decode(o.stderr));
+      const log = await logRecords(dir);
+      const end = log.at(-1)!;
+      assertEquals(end.type, "end");
+      assertEquals(end.interrupted as unknown, true);
+      assert(end.step < 200, `ran to the end (${end.step})`);
+      // The stop step's checkpoint is there: a resume continues from it.
+      assert(await Deno.stat(join(dir, `checkpoint-${end.step}`)).then(() => true, () => false));
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "dp: a rank given another model file fails both ranks with one line naming it (exit 2)",
   ignore: NO_MPI,
   async fn() {
