@@ -9,8 +9,6 @@
 // Rows beyond 65535 fold into the grid's y dimension. Each entry point declares its own
 // bindings, numbered from 0.
 
-//! include "common/wg_index.wgsl"
-
 //! struct Params
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -54,6 +52,10 @@ fn row_reduce(ms: vec2<f32>, lid: u32) -> vec2<f32> {
   return vec2<f32>(red_m[0], red_s[0]);
 }
 
+fn row_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+  return wid.x + wid.y * nwg.x;
+}
+
 // ---- forward only: loss[row] = logsumexp(logits[row]) − logits[row, target] ----
 
 @group(0) @binding(1) var<storage, read> f_logits: array<f32>;
@@ -61,9 +63,12 @@ fn row_reduce(ms: vec2<f32>, lid: u32) -> vec2<f32> {
 @group(0) @binding(3) var<storage, read_write> f_loss: array<f32>;
 
 @compute @workgroup_size({{WG}})
-fn ce_forward(ids: WgInvocation) {
-  let lid = ids.lid;
-  let row = wg_index(ids);
+fn ce_forward(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let row = row_index(wid, nwg);
   if (row >= p.n) { return; }
   if (lid == 0u) { row_target = f_targets[row]; }
   let t = workgroupUniformLoad(&row_target);
@@ -90,9 +95,12 @@ fn ce_forward(ids: WgInvocation) {
 @group(0) @binding(4) var<storage, read_write> g_dlogits: array<f32>;
 
 @compute @workgroup_size({{WG}})
-fn ce_fused(ids: WgInvocation) {
-  let lid = ids.lid;
-  let row = wg_index(ids);
+fn ce_fused(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let row = row_index(wid, nwg);
   if (row >= p.n) { return; }
   if (lid == 0u) { row_target = g_targets[row]; }
   let t = workgroupUniformLoad(&row_target);
@@ -128,9 +136,12 @@ fn ce_fused(ids: WgInvocation) {
 @group(0) @binding(3) var<storage, read_write> i_loss: array<f32>;
 
 @compute @workgroup_size({{WG}})
-fn ce_fused_inplace(ids: WgInvocation) {
-  let lid = ids.lid;
-  let row = wg_index(ids);
+fn ce_fused_inplace(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let row = row_index(wid, nwg);
   if (row >= p.n) { return; }
   if (lid == 0u) { row_target = i_targets[row]; }
   let t = workgroupUniformLoad(&row_target);

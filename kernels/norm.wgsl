@@ -7,8 +7,6 @@
 
 // RowParams: n rows of c, eps, and accumulate (dx kernel: add into dx instead of overwriting
 // it, for residual-stream gradients).
-//! include "common/wg_index.wgsl"
-
 //! struct RowParams
 
 @group(0) @binding(0) var<uniform> p: RowParams;
@@ -39,9 +37,12 @@ fn workgroup_sum(v: f32, lid: u32) -> f32 {
 @group(0) @binding(4) var<storage, read_write> f_rstd: array<f32>;
 
 @compute @workgroup_size({{WG}})
-fn rmsnorm_forward(ids: WgInvocation) {
-  let lid = ids.lid;
-  let row = wg_index(ids);
+fn rmsnorm_forward(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let row = wid.x + wid.y * nwg.x;
   if (row >= p.n) { return; }
   let base = row * p.c;
   var acc = 0.0;
@@ -68,9 +69,12 @@ fn rmsnorm_forward(ids: WgInvocation) {
 @group(0) @binding(5) var<storage, read_write> b_dx: array<f32>;
 
 @compute @workgroup_size({{WG}})
-fn rmsnorm_backward_dx(ids: WgInvocation) {
-  let lid = ids.lid;
-  let row = wg_index(ids);
+fn rmsnorm_backward_dx(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let row = wid.x + wid.y * nwg.x;
   if (row >= p.n) { return; }
   let base = row * p.c;
   let r = b_rstd[row];

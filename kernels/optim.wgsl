@@ -5,7 +5,6 @@
 // Entry points declare disjoint variable sets; bindings are numbered per entry point.
 
 //! include "common/flat.wgsl"
-//! include "common/wg_index.wgsl"
 
 // ---------------------------------------------------------------------------------------------
 // AdamW, one invocation per element. Host-side scalars (computed in f64, passed as f32):
@@ -54,9 +53,12 @@ const ITEMS: u32 = 16u;
 var<workgroup> scratch: array<f32, 256>;
 
 @compute @workgroup_size(256)
-fn sumsq(ids: WgInvocation) {
-  let lid = ids.lid;
-  let wg = wg_index(ids);
+fn sumsq(
+  @builtin(local_invocation_index) lid: u32,
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let wg = wid.x + wid.y * nwg.x;
   let start = wg * 256u * ITEMS;
   var acc = 0.0;
   for (var k = 0u; k < ITEMS; k++) {

@@ -11,8 +11,6 @@
 // The forward entries do not use binding 2; their layout still has it (the wrapper binds x
 // twice) so that both directions share one binding table.
 
-//! include "common/wg_index.wgsl"
-
 //! struct Params
 
 const WG: u32 = 256u;
@@ -80,9 +78,12 @@ fn reduce_wg(lane: u32, is_max: bool) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn softmax_wg(ids: WgInvocation) {
-  let lane = ids.lid;
-  let row = wg_index(ids);
+fn softmax_wg(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lane: u32,
+) {
+  let row = wid.x + wid.y * nwg.x;
   if (row >= p.rows) { return; }
   let base = row * p.cols;
   var m = -3.0e38;
@@ -98,9 +99,12 @@ fn softmax_wg(ids: WgInvocation) {
 }
 
 @compute @workgroup_size(WG)
-fn softmax_backward_wg(ids: WgInvocation) {
-  let lane = ids.lid;
-  let row = wg_index(ids);
+fn softmax_backward_wg(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lane: u32,
+) {
+  let row = wid.x + wid.y * nwg.x;
   if (row >= p.rows) { return; }
   let base = row * p.cols;
   var dot = 0.0;
