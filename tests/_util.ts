@@ -1,5 +1,6 @@
 /**
- * Shared test helpers: one GPU per test file, seeded random data and tolerance comparisons.
+ * Shared test helpers: one GPU per test file, seeded random data, tolerance comparisons and
+ * finite differences.
  * @module
  */
 import type { Gpu } from "../lib/engine/gpu.ts";
@@ -62,4 +63,26 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
   return m;
+}
+
+/**
+ * Central finite differences of `loss` with respect to each element of `x`:
+ * (loss at x[i] + h − loss at x[i] − h) / 2h. `x` is perturbed in place and restored exactly.
+ */
+export function finiteDifferences(
+  x: { length: number; [i: number]: number },
+  loss: () => number,
+  h = 1e-6,
+): Float64Array {
+  const fd = new Float64Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i];
+    x[i] = v + h;
+    const up = loss();
+    x[i] = v - h;
+    const down = loss();
+    x[i] = v;
+    fd[i] = (up - down) / (2 * h);
+  }
+  return fd;
 }

@@ -51,6 +51,17 @@ const CHROMIUM = Deno.env.get("HIRA_CHROMIUM") || "/usr/bin/chromium";
 const SKIP_BROWSER = Deno.env.get("HIRA_SKIP_BROWSER") === "1";
 /** Settings the browser run uses: a handful of steps on short sequences (SwiftShader is slow). */
 const BROWSER_RUN = { steps: 12, batch: 8, warmup: 2, rank: 8, perSet: 1 };
+/** The eight commonsense sets by their display names, in the page's order (table, examples). */
+const EIGHT_SETS = [
+  "BoolQ",
+  "PIQA",
+  "Social IQa",
+  "HellaSwag",
+  "WinoGrande",
+  "ARC-Easy",
+  "ARC-Challenge",
+  "OpenBookQA",
+];
 
 async function folderEntries(dir: string, prefix = ""): Promise<FolderEntry[]> {
   const out: FolderEntry[] = [];
@@ -606,17 +617,7 @@ Deno.test({
         assert(l.minChartFont >= 12, `chart text ${l.minChartFont} px at ${l.width} px`);
         assert(l.tableRight <= l.boxRight + 0.5, `table overflows at ${l.width}: ${l.tableRight}`);
         assertEquals(l.tableRows, 9, "eight sets and the average");
-        assertEquals(l.rowNames, [
-          "BoolQ",
-          "PIQA",
-          "Social IQa",
-          "HellaSwag",
-          "WinoGrande",
-          "ARC-Easy",
-          "ARC-Challenge",
-          "OpenBookQA",
-          "Average",
-        ]);
+        assertEquals(l.rowNames, [...EIGHT_SETS, "Average"]);
       }
 
       assert(r.logScaleLabel.includes("step (loss on a log scale)"), r.logScaleLabel);
@@ -625,16 +626,7 @@ Deno.test({
       assert(/^Write an instruction first/.test(r.emptyPrompt.error), r.emptyPrompt.error);
       assertEquals(r.emptyPrompt.answer, r.beamAnswerText.trim(), "an empty prompt is not run");
       assert(r.vocabWarning.includes("“frog”"), r.vocabWarning);
-      assertEquals(r.examples, [
-        "BoolQ",
-        "PIQA",
-        "Social IQa",
-        "HellaSwag",
-        "WinoGrande",
-        "ARC-Easy",
-        "ARC-Challenge",
-        "OpenBookQA",
-      ]);
+      assertEquals(r.examples, EIGHT_SETS);
 
       // A bad adapter: its error beside the adapter control, in words, and nothing lost.
       assertEquals(
@@ -757,6 +749,18 @@ async function drive(url: string, outDir: string): Promise<void> {
     };
     __phases: [string, string][];
   };
+  // Loads the page and waits until it has checked for a GPU (with or without finding one).
+  const openPage = async (page: import("playwright-core").Page) => {
+    await page.goto(url);
+    await page.waitForFunction(
+      () => {
+        const t = (globalThis as unknown as Partial<Hira>).hiraTest;
+        return t !== undefined && t.state().phase !== "checking-gpu";
+      },
+      null,
+      { timeout: 60_000 },
+    );
+  };
   const launch = (webgpu: boolean) =>
     chromium.launch({
       executablePath: CHROMIUM,
@@ -785,15 +789,7 @@ async function drive(url: string, outDir: string): Promise<void> {
     const kind = (sel: string) => page.getAttribute(sel, "data-kind").then((k) => k ?? "");
     const shot = (name: string) =>
       page.screenshot({ path: join(shots, `browser-${name}.png`), fullPage: true });
-    await page.goto(url);
-    await page.waitForFunction(
-      () => {
-        const t = (globalThis as unknown as Partial<Hira>).hiraTest;
-        return t !== undefined && t.state().phase !== "checking-gpu";
-      },
-      null,
-      { timeout: 60_000 },
-    );
+    await openPage(page);
     mark("page ready");
     // Example prompts: one test question per set, named by the set.
     await page.waitForSelector("#examples:not([hidden])", { timeout: 30_000 });
@@ -1182,15 +1178,7 @@ async function drive(url: string, outDir: string): Promise<void> {
   let noGpu: DriveResult["noGpu"];
   try {
     const page = await plain.newPage({ viewport: { width: 390, height: 800 } });
-    await page.goto(url);
-    await page.waitForFunction(
-      () => {
-        const t = (globalThis as unknown as Partial<Hira>).hiraTest;
-        return t !== undefined && t.state().phase !== "checking-gpu";
-      },
-      null,
-      { timeout: 60_000 },
-    );
+    await openPage(page);
     noGpu = {
       phase: await page.evaluate(() => (globalThis as unknown as Hira).hiraTest.state().phase),
       message: (await page.textContent("#gpu-status")) ?? "",

@@ -163,6 +163,17 @@ const perplexityArgs = (f: Fixture, extra: string[] = []) => [
 ];
 
 const train = (...extra: string[]): Run => ({ cli: "train", args: (f) => trainFlags(f, extra) });
+/** eval merge of the fixture's model and adapter into the folder `out` under its root. */
+const mergeInto = (out: string, ...extra: string[]): Run => ({
+  cli: "eval",
+  args: (f) => [
+    "merge",
+    `--model=${f.model}`,
+    `--ckpt=${f.adapter}`,
+    `--out=${join(f.root, out)}`,
+    ...extra,
+  ],
+});
 
 // ---------------------------------------------------------------------------------------------
 // The table
@@ -822,15 +833,7 @@ const CASES: Case[] = [
       }));
       await Deno.writeFile(join(f.adapter, "adapter_model.safetensors"), safetensorsBytes(ts));
     },
-    run: {
-      cli: "eval",
-      args: (f) => [
-        "merge",
-        `--model=${f.model}`,
-        `--ckpt=${f.adapter}`,
-        `--out=${join(f.root, "merged")}`,
-      ],
-    },
+    run: mergeInto("merged"),
     message:
       /model\.layers\.0\.self_attn\.q_proj\.weight: \d+ of 256 merged weights are not finite .*nothing was written$/,
   },
@@ -841,16 +844,7 @@ const CASES: Case[] = [
       ts.find((t) => t.name === K)!.data[3] = 1e5;
       await Deno.writeFile(f.weights, safetensorsBytes(ts));
     },
-    run: {
-      cli: "eval",
-      args: (f) => [
-        "merge",
-        `--model=${f.model}`,
-        `--ckpt=${f.adapter}`,
-        `--out=${join(f.root, "merged")}`,
-        "--dtype=f16",
-      ],
-    },
+    run: mergeInto("merged", "--dtype=f16"),
     message:
       /k_proj\.weight: 1 merged weights \(e\.g\. 100000\) exceed f16's largest value 65504; write with --dtype=f32/,
   },

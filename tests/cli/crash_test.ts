@@ -367,6 +367,16 @@ async function runLog(runDir: string) {
   return parseRunLog(await Deno.readTextFile(join(runDir, "log.jsonl")));
 }
 
+/** Waits until the run `p` trains into `out` has logged 2 steps; returns its run folder. */
+async function twoStepsLogged(p: TrainProcess, out: string): Promise<string> {
+  let runDir = "";
+  await waitFor(p, "2 logged steps", async () => {
+    runDir = (await runDirOf(out)) ?? "";
+    return runDir !== "" && (await stepsLoggedSinceResume(runDir)).length >= 2;
+  });
+  return runDir;
+}
+
 Deno.test("signals in every phase: the accuracy pass, SIGHUP, and through the launcher", async (t) => {
   const modelDir = await tinyModelDir();
   const tmp = await Deno.makeTempDir({ prefix: "hira-signals-" });
@@ -396,11 +406,7 @@ Deno.test("signals in every phase: the accuracy pass, SIGHUP, and through the la
     await t.step("SIGHUP during training saves a checkpoint and exits with 129", async () => {
       const out = join(tmp, "hup");
       const p = new TrainProcess(flags(out));
-      let runDir = "";
-      await waitFor(p, "2 logged steps", async () => {
-        runDir = (await runDirOf(out)) ?? "";
-        return runDir !== "" && (await stepsLoggedSinceResume(runDir)).length >= 2;
-      });
+      const runDir = await twoStepsLogged(p, out);
       const status = await p.kill("SIGHUP");
       assertEquals(status.code, 129, await p.stderr);
       const last = (await stepsLoggedSinceResume(runDir)).at(-1)!;
@@ -413,11 +419,7 @@ Deno.test("signals in every phase: the accuracy pass, SIGHUP, and through the la
       async () => {
         const out = join(tmp, "launcher-hup");
         const p = new TrainProcess(flags(out), {}, true);
-        let runDir = "";
-        await waitFor(p, "2 logged steps", async () => {
-          runDir = (await runDirOf(out)) ?? "";
-          return runDir !== "" && (await stepsLoggedSinceResume(runDir)).length >= 2;
-        });
+        const runDir = await twoStepsLogged(p, out);
         const status = await p.kill("SIGHUP");
         assertEquals(status.code, 129, await p.stderr);
         assertEquals((await runLog(runDir)).end?.interrupted, true);
@@ -430,11 +432,7 @@ Deno.test("signals in every phase: the accuracy pass, SIGHUP, and through the la
       async () => {
         const out = join(tmp, "launcher-kill");
         const p = new TrainProcess([...flags(out), "--max_steps=200"], {}, true);
-        let runDir = "";
-        await waitFor(p, "2 logged steps", async () => {
-          runDir = (await runDirOf(out)) ?? "";
-          return runDir !== "" && (await stepsLoggedSinceResume(runDir)).length >= 2;
-        });
+        const runDir = await twoStepsLogged(p, out);
         await p.kill("SIGKILL");
         // The orphaned child notices within a second, finishes its step and saves it.
         const t0 = Date.now();

@@ -25,7 +25,7 @@ import {
   mergeRef,
   unmergeHiraRef,
 } from "../../lib/ref/adapters.ts";
-import { assertClose, randn, testGpu } from "../_util.ts";
+import { assertClose, finiteDifferences, randn, testGpu } from "../_util.ts";
 
 /** Shapes including 1-row / 1-column / rank-1 edge cases and sizes off any tile multiple. */
 const SHAPES: AdapterDims[] = [
@@ -359,17 +359,11 @@ function checkFiniteDiff(
   for (
     const [name, t, g] of [["X", x, grads.dX], ["A", a, grads.dA], ["B", b, grads.dB]] as const
   ) {
-    const fd = new Float64Array(t.length);
-    for (let i = 0; i < t.length; i++) {
-      const v = t[i];
-      t[i] = v + eps;
-      const lp = loss();
-      t[i] = v - eps;
-      const lm = loss();
-      t[i] = v;
-      fd[i] = (lp - lm) / (2 * eps);
-    }
-    assertClose(g, fd, { rtol: 1e-6, atol: 1e-7, label: `${label} d${name}` });
+    assertClose(g, finiteDifferences(t, loss, eps), {
+      rtol: 1e-6,
+      atol: 1e-7,
+      label: `${label} d${name}`,
+    });
   }
 }
 

@@ -98,6 +98,12 @@ Deno.test({
   },
 });
 
+/** The golden fixtures' token sequences and their packed batch. */
+async function goldenBatch() {
+  const tk = JSON.parse(await Deno.readTextFile(FIX + "tokens.json"));
+  return { tk, batch: packBatch(tk.tokens, tk.loss_mask) };
+}
+
 function golden(name: string): Promise<Map<string, Float32Array>> {
   return readTensors(FIX + "golden/" + name);
 }
@@ -121,8 +127,7 @@ Deno.test({
   name: "whole model with f16 weights: logits and loss against the f32 path and PyTorch",
   ignore,
   async fn(t) {
-    const tk = JSON.parse(await Deno.readTextFile(FIX + "tokens.json"));
-    const batch = packBatch(tk.tokens, tk.loss_mask);
+    const { tk, batch } = await goldenBatch();
     const qk = JSON.parse(await Deno.readTextFile(FIX + "tokens-qwen-style.json"));
     const qbatch = packBatch(qk.tokens);
     const cases = [
@@ -174,8 +179,7 @@ Deno.test({
   name: "a training step with f16 frozen weights matches the f32 one (LoRA, HiRA), and both merge",
   ignore,
   async fn(t) {
-    const tk = JSON.parse(await Deno.readTextFile(FIX + "tokens.json"));
-    const batch = packBatch(tk.tokens, tk.loss_mask);
+    const { batch } = await goldenBatch();
     const step = async (peftType: "LORA" | "HIRA", opts: LoadOptions) => {
       const m = await loadModelDir(gpu, EMBEDDED_MODEL_DIR, opts);
       attachAdapters(m, {

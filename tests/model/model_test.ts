@@ -256,15 +256,7 @@ Deno.test("loss falls on a tiny overfit task for hira, lora and full", async (t)
         attachAdapters(model, {
           peftType: kind === "hira" ? "HIRA" : "LORA",
           r: 4,
-          targetModules: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-          ],
+          targetModules: [...PROJECTIONS],
           loraAlpha: 8,
           loraDropout: 0,
           baseModel: "",

@@ -3,7 +3,7 @@ import type { Tensor } from "../../lib/engine/gpu.ts";
 import { embedding, embeddingBackward, embeddingBackwardPlan } from "../../lib/ops/embedding.ts";
 import * as ref from "../../lib/ref/embedding.ts";
 import { Rng } from "../../lib/engine/rand.ts";
-import { assertClose, randn, testGpu } from "../_util.ts";
+import { assertClose, finiteDifferences, randn, testGpu } from "../_util.ts";
 
 const V = 10;
 /** Row counts of the sharded layout: the table split in three uneven shards. */
@@ -97,12 +97,6 @@ Deno.test("embedding reference backward matches central finite differences", () 
   const table = Array.from(randn(v * c, 3)), dOut = Array.from(randn(n * c, 4));
   const loss = (tb: number[]) =>
     ref.embeddingForward(tb, v, c, ids).reduce((s, y, i) => s + y * dOut[i], 0);
-  const h = 1e-6;
-  const fd = table.map((_, i) => {
-    const p = table.slice(), m = table.slice();
-    p[i] += h;
-    m[i] -= h;
-    return (loss(p) - loss(m)) / (2 * h);
-  });
+  const fd = finiteDifferences(table, () => loss(table));
   assertClose(ref.embeddingBackward(dOut, ids, v, c), fd, { rtol: 1e-6, atol: 1e-9, label: "fd" });
 });

@@ -2,7 +2,7 @@ import { assertEquals } from "@std/assert";
 import { crossEntropy, lossSum } from "../../lib/ops/loss.ts";
 import * as ref from "../../lib/ref/loss.ts";
 import { Rng } from "../../lib/engine/rand.ts";
-import { assertClose, randn, testGpu } from "../_util.ts";
+import { assertClose, finiteDifferences, randn, testGpu } from "../_util.ts";
 
 // [N, V]: 1-row and 1-column cases, V below, above and not a multiple of the workgroup sizes.
 const SHAPES: [number, number][] = [[1, 1], [1, 7], [5, 1], [6, 300], [4, 1000], [3, 2049]];
@@ -89,13 +89,7 @@ Deno.test("crossEntropy reference backward matches central finite differences", 
   const targets = [2, -100, 0, 4];
   const loss = (l: number[]) =>
     scale * ref.crossEntropyForward(l, n, v, targets).reduce((a, b) => a + b, 0);
-  const h = 1e-6;
-  const fd = logits.map((_, i) => {
-    const p = logits.slice(), m = logits.slice();
-    p[i] += h;
-    m[i] -= h;
-    return (loss(p) - loss(m)) / (2 * h);
-  });
+  const fd = finiteDifferences(logits, () => loss(logits));
   const got = ref.crossEntropyBackward(logits, n, v, targets, scale);
   assertClose(got, fd, { rtol: 1e-6, atol: 1e-9, label: "fd" });
 });

@@ -7,7 +7,7 @@ import {
   resolveMatmulVariant,
 } from "../../lib/ops/matmul.ts";
 import { matmulBackwardRef, matmulRef } from "../../lib/ref/matmul.ts";
-import { assertClose, randn, testGpu } from "../_util.ts";
+import { assertClose, finiteDifferences, randn, testGpu } from "../_util.ts";
 
 /**
  * The "subgroup" kernel needs the device's subgroups feature. Deno's lavapipe adapter has none,
@@ -254,20 +254,17 @@ Deno.test("matmulBackwardRef matches central finite differences of matmulRef", (
     const loss = (aa: Float64Array, bb: Float64Array) =>
       matmulRef(aa, bb, M, N, K, layout).reduce((s, v, i) => s + v * dc[i], 0);
     const { da, db } = matmulBackwardRef(dc, a, b, M, N, K, layout);
-    const h = 1e-6;
-    const fd = (x: Float64Array, f: () => number) =>
-      Array.from(x, (_, i) => {
-        const x0 = x[i];
-        x[i] = x0 + h;
-        const up = f();
-        x[i] = x0 - h;
-        const down = f();
-        x[i] = x0;
-        return (up - down) / (2 * h);
-      });
     const f = () => loss(a, b);
-    assertClose(da, fd(a, f), { rtol: 1e-7, atol: 1e-8, label: `dA ${tag(layout)}` });
-    assertClose(db, fd(b, f), { rtol: 1e-7, atol: 1e-8, label: `dB ${tag(layout)}` });
+    assertClose(da, finiteDifferences(a, f), {
+      rtol: 1e-7,
+      atol: 1e-8,
+      label: `dA ${tag(layout)}`,
+    });
+    assertClose(db, finiteDifferences(b, f), {
+      rtol: 1e-7,
+      atol: 1e-8,
+      label: `dB ${tag(layout)}`,
+    });
   }
 });
 

@@ -3,7 +3,7 @@ import {
   rmsnormBackward as refBackward,
   rmsnormForward as refForward,
 } from "../../lib/ref/norm.ts";
-import { assertClose, randn, testGpu } from "../_util.ts";
+import { assertClose, finiteDifferences, randn, testGpu } from "../_util.ts";
 
 // [N, C]: 1-row and 1-column cases, C below/above/not a multiple of the workgroup sizes.
 const SHAPES: [number, number][] = [[1, 1], [1, 7], [5, 1], [3, 300], [17, 64], [2, 513]];
@@ -68,19 +68,8 @@ Deno.test("rmsnorm reference backward matches central finite differences", () =>
     const loss = (xx: number[], ww: number[]) =>
       refForward(xx, ww, n, c, EPS).y.reduce((s, v, i) => s + v * dy[i], 0);
     const { dx, dw } = refBackward(x, w, dy, n, c, EPS);
-    const h = 1e-6;
-    const fdx = x.map((_, i) => {
-      const p = x.slice(), m = x.slice();
-      p[i] += h;
-      m[i] -= h;
-      return (loss(p, w) - loss(m, w)) / (2 * h);
-    });
-    const fdw = w.map((_, j) => {
-      const p = w.slice(), m = w.slice();
-      p[j] += h;
-      m[j] -= h;
-      return (loss(x, p) - loss(x, m)) / (2 * h);
-    });
+    const fdx = finiteDifferences(x, () => loss(x, w));
+    const fdw = finiteDifferences(w, () => loss(x, w));
     assertClose(dx, fdx, { rtol: 1e-6, atol: 1e-8, label: `fd dx [${n}, ${c}]` });
     assertClose(dw, fdw, { rtol: 1e-6, atol: 1e-8, label: `fd dw [${n}, ${c}]` });
   }

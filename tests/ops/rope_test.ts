@@ -2,7 +2,7 @@ import { assertEquals, assertThrows } from "@std/assert";
 import { positionsFor, rope, ropeBackward, ropeFrequencies } from "../../lib/ops/rope.ts";
 import { ropeBackward as refBackward, ropeForward as refForward } from "../../lib/ref/rope.ts";
 import { Rng } from "../../lib/engine/rand.ts";
-import { assertClose, randn, testGpu } from "../_util.ts";
+import { assertClose, finiteDifferences, randn, testGpu } from "../_util.ts";
 
 const LLAMA3 = {
   rope_type: "llama3",
@@ -132,12 +132,6 @@ Deno.test("rope reference backward matches central finite differences", () => {
   const pos = [0, 5, 77];
   const x = Array.from(randn(n * h * d, 1)), dy = Array.from(randn(n * h * d, 2));
   const loss = (v: number[]) => refForward(v, n, h, pos, inv).reduce((s, y, i) => s + y * dy[i], 0);
-  const eps = 1e-6;
-  const fd = x.map((_, i) => {
-    const p = x.slice(), m = x.slice();
-    p[i] += eps;
-    m[i] -= eps;
-    return (loss(p) - loss(m)) / (2 * eps);
-  });
+  const fd = finiteDifferences(x, () => loss(x));
   assertClose(refBackward(dy, n, h, pos, inv), fd, { rtol: 1e-6, atol: 1e-9, label: "fd rope" });
 });

@@ -1,7 +1,7 @@
 import { assert } from "@std/assert";
 import { softmax, softmaxBackward, type SoftmaxVariant } from "../../lib/ops/softmax.ts";
 import { softmaxBackwardRef, softmaxRef } from "../../lib/ref/softmax.ts";
-import { assertClose, randn, testGpu } from "../_util.ts";
+import { assertClose, finiteDifferences, randn, testGpu } from "../_util.ts";
 
 const VARIANTS: SoftmaxVariant[] = ["cpu", "workgroup"];
 // 1×1, a single column, a column count below / above / not a multiple of the 256 lanes.
@@ -62,13 +62,6 @@ Deno.test("softmax reference backward matches central finite differences in f64"
     return s;
   };
   const dx = softmaxBackwardRef(softmaxRef(x, rows, cols), w, rows, cols);
-  const fd = new Float64Array(x.length);
-  const h = 1e-6;
-  for (let i = 0; i < x.length; i++) {
-    const xp = x.slice(), xm = x.slice();
-    xp[i] += h;
-    xm[i] -= h;
-    fd[i] = (loss(xp) - loss(xm)) / (2 * h);
-  }
+  const fd = finiteDifferences(x, () => loss(x));
   assertClose(dx, fd, { rtol: 1e-6, atol: 1e-9, label: "softmax fd" });
 });
