@@ -3,7 +3,7 @@
  * `--json` the results go to stdout as one JSON object keyed by section (tables then go to
  * stderr).
  *
- *   deno task bench [--only=matmul[,...]] [--json] [--sizes=512,1024,2048]
+ *   deno task bench [--only=matmul,decode,train_step,dp] [--json] [--sizes=512,1024,2048]
  *                   [--peers=jax-js webgpu,tfjs wasm] [--variants=auto,tiled] [--per-submit=4]
  *                   [--train-configs=tiny,llama-4x512] [--train-methods=hira,lora,...]
  *                   [--train-reps=3] [--train-rank=32] [--train-profile]
@@ -18,6 +18,7 @@ import type { MatmulVariant } from "../lib/ops/matmul.ts";
 import { benchMatmul, formatMatmul, type PeerName, PEERS } from "./matmul.ts";
 import { benchDecode, formatDecode } from "./decode.ts";
 import { benchTrainStep, formatTrainStep, TRAIN_METHODS, type TrainMethod } from "./train_step.ts";
+import { benchDp, formatDp } from "./dp.ts";
 
 /** One benchmark section: runs, then formats its own result. */
 interface Section {
@@ -105,6 +106,15 @@ const SECTIONS: Section[] = [
       });
     },
     format: (r) => formatTrainStep(r as Awaited<ReturnType<typeof benchTrainStep>>),
+  },
+  {
+    // Data parallel over MPI: spawns `mpirun -np 1|2` workers (bench/dp.ts), each its own device.
+    name: "dp",
+    run(_gpu, args, log) {
+      const num = (s: string | undefined) => s === undefined ? undefined : Number(s);
+      return benchDp({ configs: list(args["train-configs"]), reps: num(args["train-reps"]), log });
+    },
+    format: (r) => formatDp(r as Awaited<ReturnType<typeof benchDp>>),
   },
 ];
 

@@ -126,13 +126,15 @@ export interface TrainStepBenchOptions {
   log?: (line: string) => void;
 }
 
-interface BenchConfig {
+/** A benchmark model: its config and the sequence lengths of its batch. */
+export interface BenchConfig {
   cfg: LlamaConfig;
   /** Sequence lengths of the batch. */
   seqs: number[];
 }
 
-function configs(): Record<string, () => Promise<BenchConfig>> {
+/** The model shapes the train-step (and data-parallel) benchmarks run, by name. */
+export function configs(): Record<string, () => Promise<BenchConfig>> {
   return {
     tiny: async () => ({
       cfg: parseConfig(
@@ -206,7 +208,8 @@ export function trainStepFlops(
   };
 }
 
-function randomBatch(seqs: readonly number[], vocab: number, seed: number): Batch {
+/** A packed batch of random tokens and targets with these sequence lengths. */
+export function randomBatch(seqs: readonly number[], vocab: number, seed: number): Batch {
   const rng = new Rng(seed);
   const n = seqs.reduce((a, b) => a + b, 0);
   const tokens = new Int32Array(n);
