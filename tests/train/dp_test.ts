@@ -105,8 +105,11 @@ async function logRecords(dir: string): Promise<Record<string, number & string>[
   );
 }
 
-async function adapter(dir: string): Promise<Map<string, Float32Array>> {
-  const f = await openSafetensors(join(dir, "adapter", "adapter_model.safetensors"));
+async function adapter(
+  dir: string,
+  file = join("adapter", "adapter_model.safetensors"),
+): Promise<Map<string, Float32Array>> {
+  const f = await openSafetensors(join(dir, file));
   const out = new Map<string, Float32Array>();
   for (const n of f.names) out.set(n, await f.read(n));
   f.source.close?.();
@@ -135,7 +138,11 @@ function errorLines(r: Ran): string[] {
   return (r.stdout + r.stderr).split("\n").filter((l) => /^error: /.test(l));
 }
 
-async function equivalence(peft: string[], launcher: boolean): Promise<void> {
+async function equivalence(
+  peft: string[],
+  launcher: boolean,
+  file?: string,
+): Promise<void> {
   const tmp = await Deno.makeTempDir({ prefix: "hira-dp-" });
   try {
     const one = join(tmp, "one"), two = join(tmp, "two");
@@ -158,7 +165,7 @@ async function equivalence(peft: string[], launcher: boolean): Promise<void> {
         assert(rel < 1e-5, `${type} step ${x.step}: ${b[i][key]} vs ${x[key]} (rel ${rel})`);
       });
     }
-    const rel = relL2(await adapter(d1), await adapter(d2));
+    const rel = relL2(await adapter(d1, file), await adapter(d2, file));
     assert(rel < 1e-4, `final adapter differs: relative L2 ${rel}`);
     // The steps changed the adapter (the comparison is not of two initial states).
     assert(l2.filter((x) => x.type === "train").every((x) => x.grad_norm > 0));
@@ -181,6 +188,13 @@ Deno.test({
   name: "dp: 2 ranks × grad_acc 2 ≡ 1 process × grad_acc 4 for LoRA with dropout",
   ignore: NO_MPI,
   fn: () => equivalence(["--peft_type=lora", "--lora_dropout=0.1"], false),
+});
+
+Deno.test({
+  name: "dp: 2 ranks ≡ 1 process with twice the accumulation for full fine-tuning",
+  ignore: NO_MPI,
+  fn: () =>
+    equivalence(["--peft_type=full", "--lr=1e-3"], false, join("model", "model.safetensors")),
 });
 
 Deno.test({
