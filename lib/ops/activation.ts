@@ -3,12 +3,13 @@
  * over flat f32 tensors of any shape.
  * @module
  */
-import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
+import type { Gpu, KernelFile, Tensor } from "../engine/gpu.ts";
+import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /** The elements of every entry. */
 const PARAMS = uniformStruct("Params", ["n"]);
 /** kernels/activation.wgsl and its uniform struct (docs/kernels.md). */
-export const ACTIVATION_KERNELS = kernelFile("activation.wgsl", [PARAMS]);
+export const ACTIVATION_KERNELS: KernelFile = kernelFile("activation.wgsl", [PARAMS]);
 const spec = ACTIVATION_KERNELS.spec;
 
 function sameSize(op: string, ...ts: Tensor[]): void {

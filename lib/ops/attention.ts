@@ -10,7 +10,7 @@
  * @module
  */
 import type { Gpu, Tensor } from "../engine/gpu.ts";
-import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
+import { cdiv, grid, type KernelFile, kernelFile, uniformStruct } from "../engine/gpu.ts";
 import { loopBudgetError, withinLoopBudget } from "../engine/gpu.ts";
 
 /**
@@ -65,7 +65,7 @@ const PARAMS = uniformStruct("Params", ["n", "h", "hkv", "nseq", ["scale", "f32"
 /** attn_decode: nb sequences of h query and hkv KV heads, caches of tmax rows. */
 const DECODE_PARAMS = uniformStruct("DecodeParams", ["nb", "h", "hkv", "tmax", ["scale", "f32"]]);
 /** kernels/attention.wgsl and its uniform structs (docs/kernels.md). */
-export const ATTENTION_KERNELS = kernelFile("attention.wgsl", [PARAMS, DECODE_PARAMS]);
+export const ATTENTION_KERNELS: KernelFile = kernelFile("attention.wgsl", [PARAMS, DECODE_PARAMS]);
 
 const LANES = 64;
 const U = "uniform" as const, R = "read" as const, W = "rw" as const;

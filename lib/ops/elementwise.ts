@@ -2,12 +2,13 @@
  * Elementwise ops on GPU tensors (kernels/elementwise.wgsl).
  * @module
  */
-import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
+import type { Gpu, KernelFile, Tensor } from "../engine/gpu.ts";
+import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /** The elements and add's factor on b (mul ignores it). */
 const PARAMS = uniformStruct("Params", ["n", ["alpha", "f32"]]);
 /** kernels/elementwise.wgsl and its uniform struct (docs/kernels.md). */
-export const ELEMENTWISE_KERNELS = kernelFile("elementwise.wgsl", [PARAMS]);
+export const ELEMENTWISE_KERNELS: KernelFile = kernelFile("elementwise.wgsl", [PARAMS]);
 
 function spec(entry: string) {
   return ELEMENTWISE_KERNELS.spec(entry, ["uniform", "read", "read", "rw"]);

@@ -6,7 +6,7 @@
  * @module
  */
 import type { BindingKind, Gpu, Tensor } from "../engine/gpu.ts";
-import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
+import { cdiv, grid, type KernelFile, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /**
  * embedding_forward: n tokens of c columns against the shard of rows [row_start, row_start +
@@ -28,7 +28,7 @@ const BACKWARD_PARAMS = uniformStruct("BackParams", [
 /** to_f32: the elements. */
 const CAST_PARAMS = uniformStruct("CastParams", ["n"]);
 /** kernels/embedding.wgsl and its uniform structs (docs/kernels.md). */
-export const EMBEDDING_KERNELS = kernelFile("embedding.wgsl", [
+export const EMBEDDING_KERNELS: KernelFile = kernelFile("embedding.wgsl", [
   FORWARD_PARAMS,
   BACKWARD_PARAMS,
   CAST_PARAMS,

@@ -26,6 +26,7 @@ import {
   type Gpu,
   grid,
   isLlvmpipe,
+  type KernelFile,
   kernelFile,
   type KernelSpec,
   loopBudgetError,
@@ -183,15 +184,18 @@ const GRAD_PARAMS = uniformStruct("GradParams", [
 const REDUCE_PARAMS = uniformStruct("ReduceParams", ["len_a", "parts_a", "len_b", "parts_b"]);
 
 /** kernels/hira_weight.wgsl: the unfused weight kernels, and their uniform structs. */
-export const HIRA_WEIGHT_KERNELS = kernelFile("hira_weight.wgsl", [
+export const HIRA_WEIGHT_KERNELS: KernelFile = kernelFile("hira_weight.wgsl", [
   WEIGHT_PARAMS,
   ELEM_PARAMS,
   FACTOR_PARAMS,
 ]);
 /** kernels/hira_fused.wgsl: the fused product, and its uniform struct. */
-export const HIRA_FUSED_KERNELS = kernelFile("hira_fused.wgsl", [MM_PARAMS]);
+export const HIRA_FUSED_KERNELS: KernelFile = kernelFile("hira_fused.wgsl", [MM_PARAMS]);
 /** kernels/hira_grad.wgsl: the fused gradients, and their uniform structs. */
-export const HIRA_GRAD_KERNELS = kernelFile("hira_grad.wgsl", [GRAD_PARAMS, REDUCE_PARAMS]);
+export const HIRA_GRAD_KERNELS: KernelFile = kernelFile("hira_grad.wgsl", [
+  GRAD_PARAMS,
+  REDUCE_PARAMS,
+]);
 
 /** The define of kernels/hira_weight.wgsl: W0's element type. */
 function weightSpec(

@@ -8,14 +8,18 @@
  * so every dispatch moves both.
  * @module
  */
-import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
+import type { Gpu, KernelFile, Tensor } from "../engine/gpu.ts";
+import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /** kv_scatter: n source rows (new tokens) of w floats. */
 const SCATTER_PARAMS = uniformStruct("ScatterParams", ["n", "w"]);
 /** kv_gather: nseq destination sequences of tmax rows of w floats; the first tcopy are copied. */
 const GATHER_PARAMS = uniformStruct("GatherParams", ["nseq", "w", "tmax", "tcopy"]);
 /** kernels/kvcache.wgsl and its uniform structs (docs/kernels.md). */
-export const KVCACHE_KERNELS = kernelFile("kvcache.wgsl", [SCATTER_PARAMS, GATHER_PARAMS]);
+export const KVCACHE_KERNELS: KernelFile = kernelFile("kvcache.wgsl", [
+  SCATTER_PARAMS,
+  GATHER_PARAMS,
+]);
 
 function spec(entry: string) {
   return KVCACHE_KERNELS.spec(entry, ["uniform", "read", "read", "read", "rw", "rw"]);

@@ -2,12 +2,13 @@
  * Linear-layer helpers (kernels/linear.wgsl): bias add, bias gradient, column-block copy.
  * @module
  */
-import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
+import type { Gpu, KernelFile, Tensor } from "../engine/gpu.ts";
+import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /** A [rows, cols] destination; copy_columns reads it from columns colOffset.. of [rows, srcCols]. */
 const PARAMS = uniformStruct("Params", ["rows", "cols", "srcCols", "colOffset"]);
 /** kernels/linear.wgsl and its uniform struct (docs/kernels.md). */
-export const LINEAR_KERNELS = kernelFile("linear.wgsl", [PARAMS]);
+export const LINEAR_KERNELS: KernelFile = kernelFile("linear.wgsl", [PARAMS]);
 
 function spec(entry: string) {
   return LINEAR_KERNELS.spec(entry, ["uniform", "read", "rw"]);

@@ -5,7 +5,8 @@
  * forward's mask instead of storing it.
  * @module
  */
-import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
+import type { Gpu, KernelFile, Tensor } from "../engine/gpu.ts";
+import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /** n elements, the mask's key (seed, mask_id), the keep threshold and 1/(1 − p). */
 const DROPOUT_PARAMS = uniformStruct("DropoutParams", [
@@ -13,7 +14,7 @@ const DROPOUT_PARAMS = uniformStruct("DropoutParams", [
   ["scale", "f32"],
 ]);
 /** kernels/lora.wgsl and its uniform struct (docs/kernels.md). */
-export const LORA_KERNELS = kernelFile("lora.wgsl", [DROPOUT_PARAMS]);
+export const LORA_KERNELS: KernelFile = kernelFile("lora.wgsl", [DROPOUT_PARAMS]);
 
 /**
  * The u32 keep threshold of LoRA dropout with probability p: an element is kept iff its hash

@@ -8,14 +8,14 @@
  * @module
  */
 import type { BindingKind, Gpu, Tensor } from "../engine/gpu.ts";
-import { grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
+import { grid, type KernelFile, kernelFile, uniformStruct } from "../engine/gpu.ts";
 import { loopBudgetError, withinLoopBudget } from "../engine/gpu.ts";
 import { rowWorkgroupSize } from "./norm.ts";
 
 /** n rows (loss_sum: values) of v logits; scale multiplies dlogits. */
 const PARAMS = uniformStruct("Params", ["n", "v", ["scale", "f32"]]);
 /** kernels/loss.wgsl and its uniform struct (docs/kernels.md). */
-export const LOSS_KERNELS = kernelFile("loss.wgsl", [PARAMS]);
+export const LOSS_KERNELS: KernelFile = kernelFile("loss.wgsl", [PARAMS]);
 
 /** Options for {@linkcode crossEntropy}. */
 export interface CrossEntropyOptions {

@@ -13,6 +13,7 @@
  * @module
  */
 import type { BufferWindow, Gpu, Tensor } from "../engine/gpu.ts";
+import type { KernelFile } from "../engine/gpu.ts";
 import { cdiv, DTYPE_BYTES, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /**
@@ -52,7 +53,7 @@ const PARAMS = uniformStruct("Params", [
   ["alpha", "f32"],
 ]);
 /** kernels/matmul.wgsl and its uniform struct (docs/kernels.md). */
-export const MATMUL_KERNELS = kernelFile("matmul.wgsl", [PARAMS]);
+export const MATMUL_KERNELS: KernelFile = kernelFile("matmul.wgsl", [PARAMS]);
 
 /** Output tile edge of the "tiled" and "subgroup" kernels. */
 const TILE = 64;

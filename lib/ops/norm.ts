@@ -4,7 +4,7 @@
  * @module
  */
 import type { BindingKind, Gpu, Tensor } from "../engine/gpu.ts";
-import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
+import { cdiv, grid, type KernelFile, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /** The row kernels: n rows of c; accumulate = 1 adds dx into the destination. */
 const ROW_PARAMS = uniformStruct("RowParams", ["n", "c", ["eps", "f32"], "accumulate"]);
@@ -14,7 +14,7 @@ const ROW_PARAMS = uniformStruct("RowParams", ["n", "c", ["eps", "f32"], "accumu
  */
 const COL_PARAMS = uniformStruct("ColParams", ["n", "c", "rows_per_chunk", "chunks", "accumulate"]);
 /** kernels/norm.wgsl and its uniform structs (docs/kernels.md). */
-export const NORM_KERNELS = kernelFile("norm.wgsl", [ROW_PARAMS, COL_PARAMS]);
+export const NORM_KERNELS: KernelFile = kernelFile("norm.wgsl", [ROW_PARAMS, COL_PARAMS]);
 
 /** Options shared by the row kernels. */
 export interface RowKernelOptions {

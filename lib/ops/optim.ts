@@ -5,7 +5,8 @@
  * another that the AdamW kernel reads directly.
  * @module
  */
-import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
+import type { Gpu, KernelFile, Tensor } from "../engine/gpu.ts";
+import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /** Elements reduced by one workgroup of the sum-of-squares kernel (256 threads × 16). */
 export const NORM_CHUNK = 256 * 16;
@@ -26,7 +27,11 @@ const SUMSQ_PARAMS = uniformStruct("SumSqParams", ["n", "base"]);
 /** norm_finish: `count` partial sums; clip = 1 clips to max_norm. */
 const FINISH_PARAMS = uniformStruct("FinishParams", ["count", "clip", ["max_norm", "f32"]]);
 /** kernels/optim.wgsl and its uniform structs (docs/kernels.md). */
-export const OPTIM_KERNELS = kernelFile("optim.wgsl", [ADAM_PARAMS, SUMSQ_PARAMS, FINISH_PARAMS]);
+export const OPTIM_KERNELS: KernelFile = kernelFile("optim.wgsl", [
+  ADAM_PARAMS,
+  SUMSQ_PARAMS,
+  FINISH_PARAMS,
+]);
 
 const ADAMW = OPTIM_KERNELS.spec("adamw", ["uniform", "rw", "read", "rw", "rw", "read"]);
 const SUMSQ = OPTIM_KERNELS.spec("sumsq", ["uniform", "read", "rw"]);

@@ -3,7 +3,8 @@
  * not interleaved), with the llama3 frequency scaling (kernels/rope.wgsl).
  * @module
  */
-import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "../engine/gpu.ts";
+import type { Gpu, KernelFile, Tensor } from "../engine/gpu.ts";
+import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
 
 /**
  * `total` (token, head, pair) triples of `heads` heads with `half` pairs each; sign −1 rotates
@@ -11,7 +12,7 @@ import { cdiv, type Gpu, grid, kernelFile, type Tensor, uniformStruct } from "..
  */
 const PARAMS = uniformStruct("Params", ["total", "heads", "half", ["sign", "f32"], "zero"]);
 /** kernels/rope.wgsl and its uniform struct (docs/kernels.md). */
-export const ROPE_KERNELS = kernelFile("rope.wgsl", [PARAMS]);
+export const ROPE_KERNELS: KernelFile = kernelFile("rope.wgsl", [PARAMS]);
 
 /** A config's `rope_scaling` block as HF writes it (only "llama3" and "default" are supported). */
 export interface RopeScalingJson {

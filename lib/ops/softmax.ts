@@ -3,7 +3,7 @@
  * @module
  */
 import type { Gpu, Tensor } from "../engine/gpu.ts";
-import { cdiv, grid, kernelFile, uniformStruct } from "../engine/gpu.ts";
+import { cdiv, grid, type KernelFile, kernelFile, uniformStruct } from "../engine/gpu.ts";
 import { loopBudgetError, withinLoopBudget } from "../engine/gpu.ts";
 
 /**
@@ -24,7 +24,7 @@ const ROWS_WG = 64;
 /** A [rows, cols] matrix. */
 const PARAMS = uniformStruct("Params", ["rows", "cols"]);
 /** kernels/softmax.wgsl and its uniform struct (docs/kernels.md). */
-export const SOFTMAX_KERNELS = kernelFile("softmax.wgsl", [PARAMS]);
+export const SOFTMAX_KERNELS: KernelFile = kernelFile("softmax.wgsl", [PARAMS]);
 
 function spec(entry: string) {
   // The forward entries leave binding 2 unused, so that both directions share one layout.

@@ -37,18 +37,15 @@ export function matmulRef(
 }
 
 /**
- * Gradients of C = op(A)·op(B) given dC [M,N]: dA in a's storage layout and dB in b's.
- * With transA, dA (stored [K,M]) = op(B)·dCᵀ; otherwise dA = dC·op(B)ᵀ. Likewise for dB.
+ * Gradients of C = op(A)·op(B) given dC [M,N], followed by {@linkcode matmulRef}'s parameters:
+ * dA in a's storage layout and dB in b's. With transA, dA (stored [K,M]) = op(B)·dCᵀ; otherwise
+ * dA = dC·op(B)ᵀ. Likewise for dB.
  */
 export function matmulBackwardRef(
   dc: ArrayLike<number>,
-  a: ArrayLike<number>,
-  b: ArrayLike<number>,
-  M: number,
-  N: number,
-  K: number,
-  opts: MatmulRefOptions = {},
+  ...product: Parameters<typeof matmulRef>
 ): { da: Float64Array; db: Float64Array } {
+  const [a, b, M, N, K, opts = {}] = product;
   const { transA = false, transB = false } = opts;
   const da = new Float64Array(M * K);
   const db = new Float64Array(K * N);
