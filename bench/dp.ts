@@ -15,14 +15,12 @@
  */
 import { parseArgs } from "@std/cli/parse-args";
 import { fromFileUrl } from "@std/path";
-import { attachAdapters } from "../lib/model/attach.ts";
-import { PROJECTIONS } from "../lib/model/config.ts";
 import { createGpu } from "../lib/engine/gpu.ts";
 import { randomModel } from "../lib/model/load.ts";
 import { Trainer } from "../lib/train/trainer.ts";
 import { type Collective, Ranks, SINGLE_PROCESS } from "../lib/train/ranks.ts";
 import { findMpiLibrary, openLaunchedWorld } from "../lib/io/mpi_deno.ts";
-import { configs, randomBatch } from "./train_step.ts";
+import { attachBenchAdapters, BENCH_TRAINER, configs, randomBatch } from "./train_step.ts";
 
 /** One (config, ranks) measurement. */
 export interface DpTiming {
@@ -87,24 +85,8 @@ async function worker(config: string, reps: number, sizes: number[]): Promise<vo
   const gpu = await createGpu();
   try {
     const model = randomModel(gpu, bc.cfg, 1);
-    attachAdapters(model, {
-      peftType: "HIRA",
-      r: 32,
-      targetModules: [...PROJECTIONS],
-      loraAlpha: 64,
-      loraDropout: 0,
-      baseModel: "bench",
-      keyStyle: "peft",
-    }, { seed: 2 });
-    const trainer = new Trainer(model, {
-      lr: 1e-4,
-      warmup: 0,
-      weightDecay: 0.01,
-      gradAcc: 1,
-      maxGradNorm: 1,
-      totalSteps: 1000,
-      ranks,
-    });
+    attachBenchAdapters(model, "HIRA", 32);
+    const trainer = new Trainer(model, { ...BENCH_TRAINER, ranks });
     // The step's micro-batches, one per rank (each rank computes its own).
     const micro = Array.from(
       { length: ranks.size },

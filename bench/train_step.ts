@@ -36,7 +36,8 @@ import { randomModel } from "../lib/model/load.ts";
 import type { Batch } from "../lib/model/model.ts";
 import type { HiraVariant } from "../lib/ops/hira.ts";
 import { Rng } from "../lib/engine/rand.ts";
-import { Trainer } from "../lib/train/trainer.ts";
+import { Trainer, type TrainerOptions } from "../lib/train/trainer.ts";
+import type { LlamaModel } from "../lib/model/model.ts";
 import { type DispatchProfile, formatProfile, profileDispatches } from "./profile.ts";
 
 /** The methods the benchmark knows. */
@@ -230,6 +231,29 @@ const HIRA_KERNELS: Partial<Record<TrainMethod, HiraKernel>> = {
   "hira-peft": "peft",
 };
 
+/** The benchmarks' optimizer settings (a step's cost does not depend on them). */
+export const BENCH_TRAINER: TrainerOptions = {
+  lr: 1e-4,
+  warmup: 0,
+  weightDecay: 0.01,
+  gradAcc: 1,
+  maxGradNorm: 1,
+  totalSteps: 1000,
+};
+
+/** Adapters of `peftType` at rank `rank` on every projection, alpha 2r, no dropout, seed 2. */
+export function attachBenchAdapters(model: LlamaModel, peftType: "HIRA" | "LORA", rank: number) {
+  attachAdapters(model, {
+    peftType,
+    r: rank,
+    targetModules: [...PROJECTIONS],
+    loraAlpha: 2 * rank,
+    loraDropout: 0,
+    baseModel: "bench",
+    keyStyle: "peft",
+  }, { seed: 2 });
+}
+
 /** One method set up on its own device, warmed up, ready to time. */
 interface Prepared {
   step(): Promise<void>;
@@ -254,15 +278,7 @@ async function prepare(
     let kernel: string | undefined;
     if (method === "full") model.enableBaseGrads();
     else {
-      attachAdapters(model, {
-        peftType: method === "lora" ? "LORA" : "HIRA",
-        r: rank,
-        targetModules: [...PROJECTIONS],
-        loraAlpha: 2 * rank,
-        loraDropout: 0,
-        baseModel: "bench",
-        keyStyle: "peft",
-      }, { seed: 2 });
+      attachBenchAdapters(model, method === "lora" ? "LORA" : "HIRA", rank);
       const hk = HIRA_KERNELS[method];
       if (hk) {
         for (const ad of model.adapters.values()) {
@@ -275,14 +291,7 @@ async function prepare(
         }
       }
     }
-    const trainer = new Trainer(model, {
-      lr: 1e-4,
-      warmup: 0,
-      weightDecay: 0.01,
-      gradAcc: 1,
-      maxGradNorm: 1,
-      totalSteps: 1000,
-    });
+    const trainer = new Trainer(model, BENCH_TRAINER);
     const step = async () => {
       await trainer.trainStep([batch]);
     };

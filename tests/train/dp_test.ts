@@ -83,6 +83,18 @@ function ranks(n: number, trainFlags: string[], launcher = false): Promise<Ran> 
   return run("mpirun", [...MPIRUN, "-np", String(n), ...entry(launcher), ...trainFlags]);
 }
 
+/** Two ranks that run different command lines (MPMD): rank 0 `a`, rank 1 `b`, with mpirun's `-x`. */
+function twoRanks(a: string[], b: string[], bEnv: string[] = []): Promise<Ran> {
+  const app = (args: string[], env: string[]) => [
+    "-np",
+    "1",
+    ...env.flatMap((e) => ["-x", e]),
+    ...entry(false),
+    ...args,
+  ];
+  return run("mpirun", [...MPIRUN, ...app(a, []), ":", ...app(b, bEnv)]);
+}
+
 /** The command a rank runs: train.ts, or the launcher as deno.json's train task starts it. */
 function entry(launcher: boolean): string[] {
   if (!launcher) return [Deno.execPath(), "run", "-A", join(ROOT, "train.ts")];
@@ -322,20 +334,7 @@ Deno.test({
       const o = join(tmp, "out");
       await Deno.mkdir(o);
       const base = flags(o, ["--grad_acc=1"]).filter((x) => !x.startsWith("--model="));
-      const r = await run("mpirun", [
-        ...MPIRUN,
-        "-np",
-        "1",
-        ...entry(false),
-        `--model=${MODEL}`,
-        ...base,
-        ":",
-        "-np",
-        "1",
-        ...entry(false),
-        `--model=${other}`,
-        ...base,
-      ]);
+      const r = await twoRanks([`--model=${MODEL}`, ...base], [`--model=${other}`, ...base]);
       assertEquals(r.code, 2, r.stdout + r.stderr);
       const lines = errorLines(r);
       assertEquals(lines.length, 1, r.stdout + r.stderr);
@@ -355,20 +354,7 @@ Deno.test({
     const tmp = await Deno.makeTempDir({ prefix: "hira-dp-nan-" });
     try {
       const f = flags(tmp, ["--grad_acc=1", "--eval_strategy=no"]);
-      const r = await run("mpirun", [
-        ...MPIRUN,
-        "-np",
-        "1",
-        ...entry(false),
-        ...f,
-        ":",
-        "-np",
-        "1",
-        "-x",
-        "HIRA_TEST_NAN_AFTER_STEP=2",
-        ...entry(false),
-        ...f,
-      ]);
+      const r = await twoRanks(f, f, ["HIRA_TEST_NAN_AFTER_STEP=2"]);
       assertEquals(r.code, 3, r.stdout + r.stderr);
       const lines = errorLines(r);
       assertEquals(lines.length, 1, r.stdout + r.stderr);
