@@ -150,6 +150,40 @@ function errorLines(r: Ran): string[] {
   return (r.stdout + r.stderr).split("\n").filter((l) => /^error: /.test(l));
 }
 
+/**
+ * Starts `mpirun -np 2` on `trainFlags` (output folder `out`), waits until `ready(runDir)` holds
+ * for its run folder, then sends `signal` to the rank with the highest pid; resolves to the run
+ * folder and the job's output.
+ */
+async function signalRankWhen(
+  out: string,
+  trainFlags: string[],
+  ready: (runDir: string) => Promise<boolean>,
+  signal: Deno.Signal,
+): Promise<{ dir: string; output: Promise<Deno.CommandOutput> }> {
+  const job = new Deno.Command("mpirun", {
+    args: [...MPIRUN, "-np", "2", ...entry(false), ...trainFlags],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const output = job.output();
+  let dir = "";
+  for (let i = 0; i < 1200 && !dir; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    for (const e of Deno.readDirSync(out)) {
+      if (e.isDirectory && await ready(join(out, e.name))) dir = join(out, e.name);
+    }
+  }
+  assert(dir, `the run in ${out} never got ready`);
+  const pids = (await run("pgrep", ["-f", `output_folder=${out}`])).stdout.trim()
+    .split("\n").map(Number).filter((p) => p > 0 && p !== job.pid);
+  assert(pids.length >= 1, "no rank process found");
+  Deno.kill(Math.max(...pids), signal);
+  return { dir, output };
+}
+
+const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
+
 async function equivalence(
   peft: string[],
   launcher: boolean,
@@ -220,26 +254,13 @@ Deno.test({
       ok(await ranks(2, f(whole)), "uninterrupted run");
       // Kill rank 1 (SIGKILL, like a crashed node) once checkpoint-3 exists.
       await Deno.mkdir(killed);
-      const job = new Deno.Command("mpirun", {
-        args: [...MPIRUN, "-np", "2", ...entry(false), ...f(killed)],
-        stdout: "null",
-        stderr: "null",
-      }).spawn();
-      let dir = "";
-      for (let i = 0; i < 1200 && !dir; i++) {
-        await new Promise((r) => setTimeout(r, 100));
-        for await (const e of Deno.readDir(killed)) {
-          const ck = join(killed, e.name, "checkpoint-3");
-          if (await Deno.stat(ck).then(() => true, () => false)) dir = join(killed, e.name);
-        }
-      }
-      assert(dir, "checkpoint-3 never appeared");
-      const pids = (await run("pgrep", ["-f", `output_folder=${killed}`])).stdout.trim()
-        .split("\n").map(Number).filter((p) => p > 0 && p !== job.pid);
-      assert(pids.length >= 1, "no rank process found");
-      Deno.kill(Math.max(...pids), "SIGKILL");
-      const st = await job.status;
-      assert(!st.success, "the killed job reported success");
+      const { dir, output } = await signalRankWhen(
+        killed,
+        f(killed),
+        (d) => exists(join(d, "checkpoint-3")),
+        "SIGKILL",
+      );
+      assert(!(await output).success, "the killed job reported success");
       const cks = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) =>
         /^checkpoint-/.test(n)
       );
@@ -264,35 +285,17 @@ Deno.test({
   async fn() {
     const tmp = await Deno.makeTempDir({ prefix: "hira-dp-signal-" });
     try {
-      const job = new Deno.Command("mpirun", {
-        args: [
-          ...MPIRUN,
-          "-np",
-          "2",
-          ...entry(false),
-          ...flags(tmp, ["--max_steps=200", "--eval_strategy=no", "--grad_acc=1"]),
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      const out = job.output();
-      // Wait for the first training record, then signal the rank with the highest pid.
-      let dir = "";
-      for (let i = 0; i < 1200; i++) {
-        await new Promise((r) => setTimeout(r, 100));
-        const d = [...Deno.readDirSync(tmp)].find((e) => e.isDirectory);
-        if (!d) continue;
-        const log = await Deno.readTextFile(join(tmp, d.name, "log.jsonl")).catch(() => "");
-        if (log.includes('"type":"train"')) {
-          dir = join(tmp, d.name);
-          break;
-        }
-      }
-      assert(dir, "training never started");
-      const pids = (await run("pgrep", ["-f", `output_folder=${tmp}`])).stdout.trim()
-        .split("\n").map(Number).filter((p) => p > 0 && p !== job.pid);
-      Deno.kill(Math.max(...pids), "SIGTERM");
-      const o = await out;
+      // Signal a rank once the first training record is logged.
+      const { dir, output } = await signalRankWhen(
+        tmp,
+        flags(tmp, ["--max_steps=200", "--eval_strategy=no", "--grad_acc=1"]),
+        async (d) =>
+          (await Deno.readTextFile(join(d, "log.jsonl")).catch(() => "")).includes(
+            '"type":"train"',
+          ),
+        "SIGTERM",
+      );
+      const o = await output;
       assertEquals(o.code, 143, new TextDecoder().decode(o.stderr));
       const log = await logRecords(dir);
       const end = log.at(-1)!;
@@ -300,7 +303,7 @@ Deno.test({
       assertEquals(end.interrupted as unknown, true);
       assert(end.step < 200, `ran to the end (${end.step})`);
       // The stop step's checkpoint is there: a resume continues from it.
-      assert(await Deno.stat(join(dir, `checkpoint-${end.step}`)).then(() => true, () => false));
+      assert(await exists(join(dir, `checkpoint-${end.step}`)));
     } finally {
       await Deno.remove(tmp, { recursive: true });
     }
