@@ -332,13 +332,13 @@ export const TRAIN_FLAGS: readonly FlagDoc<keyof TrainArgs>[] = [
     name: "local_rank",
     type: "number",
     def: -1,
-    help: "accepted for compatibility (single device)",
+    help: "accepted for compatibility (ranks come from mpirun/srun: docs/data-parallel.md)",
   },
   {
     name: "ds_config",
     type: "string",
     def: null,
-    help: "accepted for compatibility (no DeepSpeed)",
+    help: "accepted for compatibility (no DeepSpeed; many GPUs: mpirun -np N deno task train)",
   },
   {
     name: "dataset_analysis",
