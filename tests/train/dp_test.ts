@@ -22,9 +22,10 @@ import { openSafetensors } from "../../lib/io/safetensors_deno.ts";
 const ROOT = new URL("../../", import.meta.url).pathname;
 const MODEL = join(ROOT, "data_file/tiny/model");
 
-function found(cmd: string): boolean {
+/** Whether `cmd versionFlag` runs and succeeds (the program is installed). */
+function found(cmd: string, versionFlag = "--version"): boolean {
   try {
-    return new Deno.Command(cmd, { args: ["--version"], stdout: "null", stderr: "null" })
+    return new Deno.Command(cmd, { args: [versionFlag], stdout: "null", stderr: "null" })
       .outputSync().success;
   } catch {
     return false;
@@ -380,14 +381,7 @@ const IS_ROOT = (() => {
     return false;
   }
 })();
-const HAS_IP = (() => {
-  try {
-    return new Deno.Command("ip", { args: ["-V"], stdout: "null", stderr: "null" }).outputSync()
-      .success;
-  } catch {
-    return false;
-  }
-})();
+const HAS_IP = found("ip", "-V");
 
 Deno.test({
   name: "dp: two ranks in two network namespaces train over TCP as over shared memory",
