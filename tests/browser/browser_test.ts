@@ -23,6 +23,7 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { fromFileUrl, join } from "@std/path";
 import { assertClose, maxAbsDiff, testGpu } from "../_util.ts";
+import { taskArgs } from "../_tasks.ts";
 import {
   adapterFileBytes,
   blobSource,
@@ -408,13 +409,6 @@ interface DriveResult {
   console: string[];
 }
 
-function serveCommand(): string[] {
-  const tasks = JSON.parse(Deno.readTextFileSync(join(ROOT, "deno.json"))).tasks;
-  const words = String(tasks.serve).split(/\s+/);
-  assertEquals(words[0], "deno");
-  return words.slice(1);
-}
-
 async function readLineMatching(
   stream: ReadableStream<Uint8Array>,
   re: RegExp,
@@ -451,7 +445,7 @@ Deno.test({
     const out = await Deno.makeTempDir({ prefix: "hira-browser-" });
     await Deno.mkdir(join(ROOT, "test_output"), { recursive: true });
     const server = new Deno.Command(Deno.execPath(), {
-      args: [...serveCommand(), "--port=0"],
+      args: [...taskArgs("serve"), "--port=0"],
       cwd: ROOT,
       stdout: "piped",
       stderr: "piped",
@@ -474,7 +468,7 @@ Deno.test({
       const port = match[2];
       // A second server on the same port: one clear line, exit status 1.
       const clash = await new Deno.Command(Deno.execPath(), {
-        args: [...serveCommand(), `--port=${port}`],
+        args: [...taskArgs("serve"), `--port=${port}`],
         cwd: ROOT,
         stdout: "piped",
         stderr: "piped",

@@ -5,6 +5,7 @@ import { parseTrainArgs } from "../../lib/cli/flags.ts";
 import { parseEvalArgs } from "../../lib/cli/flags.ts";
 import { isDatasetPath } from "../../lib/train/dataset_file.ts";
 import { REPO_ROOT } from "../../lib/cli/launch.ts";
+import { taskArgs } from "../_tasks.ts";
 
 const ENV = { DENO_WEBGPU_BACKEND: "vulkan", XDG_RUNTIME_DIR: "/tmp" };
 
@@ -201,17 +202,9 @@ Deno.test({
       const tmpl = join(tmp, "chat.jinja");
       await Deno.writeTextFile(tmpl, TINY_CHAT);
       const out = join(tmp, "out");
-      const launcher = [
-        "run",
-        "--allow-read",
-        "--allow-env=HIRA_SHOW_PERMISSIONS,HF_HUB_CACHE,HUGGINGFACE_HUB_CACHE,HF_HOME,XDG_CACHE_HOME,HOME",
-        "--allow-run=deno",
-        join(REPO_ROOT, "scripts/launch.ts"),
-      ];
       const r = await new Deno.Command(Deno.execPath(), {
         args: [
-          ...launcher,
-          "train",
+          ...taskArgs("train"),
           `--dataset=${data}`,
           `--chat_template=${tmpl}`,
           "--max_steps=2",
@@ -237,12 +230,11 @@ Deno.test({
       assert(runName.startsWith("model-chat-hira-"), runName);
       const runDir = join(out, runName);
       // The resumed process gets the dataset folder and the template from args.json.
-      const resumed = await deno([...launcher, "train", `--resume=${runDir}`]);
+      const resumed = await deno([...taskArgs("train"), `--resume=${runDir}`]);
       assertEquals(resumed.code, 0, resumed.out + resumed.err);
       assert(resumed.out.includes(`resuming ${runDir} at step 1/2`), resumed.out);
       const ev = await deno([
-        ...launcher,
-        "eval",
+        ...taskArgs("eval"),
         `--dataset=${data}`,
         `--chat_template=${tmpl}`,
         `--ckpt=${runDir}`,

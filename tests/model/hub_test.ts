@@ -4,6 +4,7 @@ import { HiraError } from "../../lib/engine/errors.ts";
 import { hubCacheDir, isHubRepoId, repoFolderName } from "../../lib/model/hub.ts";
 import { modelReadPaths, resolveModel } from "../../lib/io/hub_deno.ts";
 import { planTask, REPO_ROOT } from "../../lib/cli/launch.ts";
+import { taskArgs } from "../_tasks.ts";
 
 const TINY = join(REPO_ROOT, "data_file/tiny/model");
 const ENV = { DENO_WEBGPU_BACKEND: "vulkan", XDG_RUNTIME_DIR: "/tmp" };
@@ -154,17 +155,8 @@ Deno.test({
         ).join("\n") + "\n",
       );
       const out = join(tmp, "out");
-      // As `deno task train` runs it: the launcher with only the env names deno.json grants.
-      const launcher = [
-        "run",
-        "--allow-read",
-        "--allow-env=HIRA_SHOW_PERMISSIONS,HF_HUB_CACHE,HUGGINGFACE_HUB_CACHE,HF_HOME,XDG_CACHE_HOME,HOME",
-        "--allow-run=deno",
-        join(REPO_ROOT, "scripts/launch.ts"),
-      ];
       const train = await run([
-        ...launcher,
-        "train",
+        ...taskArgs("train"),
         "--model=org/tiny",
         `--dataset=${data}`,
         "--max_steps=1",
@@ -184,8 +176,7 @@ Deno.test({
       assertEquals(ac.base_model_name_or_path, "org/tiny");
       // eval finds the base model from the adapter config's hub id.
       const ppl = await run([
-        ...launcher,
-        "eval",
+        ...taskArgs("eval"),
         "perplexity",
         `--dataset=${data}`,
         `--ckpt=${runDir}`,
@@ -196,8 +187,7 @@ Deno.test({
       assert(Number.isFinite(line.mean_nll) && line.tokens > 0, ppl.out);
       // Not cached: one line, exit 2.
       const miss = await run([
-        ...launcher,
-        "train",
+        ...taskArgs("train"),
         "--model=org/absent",
         `--dataset=${data}`,
         `--output_folder=${out}`,
