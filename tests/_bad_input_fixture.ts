@@ -11,6 +11,7 @@ import { expectedTensors } from "../lib/model/model.ts";
 import { adapterConfigJson, adapterKey } from "../lib/model/peft.ts";
 import { Rng } from "../lib/engine/rand.ts";
 import { concatBytes, encodeSafetensors, type TensorToWrite } from "../lib/model/safetensors.ts";
+import { withTempDir } from "./_util.ts";
 
 const TOKENIZER_DIR = new URL("../data_file/tiny/model/", import.meta.url).pathname;
 const TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
@@ -130,9 +131,21 @@ export function jsonText(v: unknown): string {
   return JSON.stringify(v, null, 1) + "\n";
 }
 
-/** Writes a fresh fixture into a new temporary folder. */
+/** Writes a fresh fixture into a new temporary folder; the caller removes `root`. */
 export async function makeFixture(prefix = "hira-bad-"): Promise<Fixture> {
-  const root = await Deno.makeTempDir({ prefix });
+  return await writeFixture(await Deno.makeTempDir({ prefix }));
+}
+
+/**
+ * Runs `fn` on a fresh fixture in a new temporary folder and removes the folder afterwards,
+ * whether `fn` returns or throws ({@linkcode withTempDir}).
+ */
+export function withFixture<T>(prefix: string, fn: (f: Fixture) => Promise<T>): Promise<T> {
+  return withTempDir(prefix, async (root) => fn(await writeFixture(root)));
+}
+
+/** Writes a fixture into the existing empty folder `root`. */
+async function writeFixture(root: string): Promise<Fixture> {
   const model = join(root, "model");
   const data = join(root, "data");
   const adapter = join(root, "adapter");

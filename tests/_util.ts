@@ -1,6 +1,6 @@
 /**
- * Shared test helpers: one GPU per test file, seeded random data, tolerance comparisons and
- * finite differences.
+ * Shared test helpers: one GPU per test file, seeded random data, tolerance comparisons, finite
+ * differences and scoped temporary folders.
  * @module
  */
 import type { Gpu } from "../lib/engine/gpu.ts";
@@ -13,6 +13,25 @@ let gpuPromise: Promise<Gpu> | null = null;
 export function testGpu(): Promise<Gpu> {
   gpuPromise ??= createDenoGpu();
   return gpuPromise;
+}
+
+/**
+ * Runs `fn` with a fresh temporary folder (`Deno.makeTempDir` with `prefix`; `""` for none) and
+ * removes it with all it holds afterwards, whether `fn` returns or throws. It exists so that the
+ * tests do not each repeat the make / try / finally / remove steps, and so that a failing test
+ * leaves no folder behind. A failed removal is an error (something still holds or protects the
+ * folder). Returns `fn`'s result.
+ */
+export async function withTempDir<T>(
+  prefix: string,
+  fn: (dir: string) => Promise<T> | T,
+): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix });
+  try {
+    return await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }
 
 /** Seeded uniform data in [-1, 1). */
