@@ -54,7 +54,7 @@ import {
 } from "../../lib/cli/eval.ts";
 import { writeMergedModelDir } from "../../lib/io/merge_deno.ts";
 import { isHiraError } from "../../lib/engine/errors.ts";
-import { assertClose, testGpu } from "../_util.ts";
+import { assertClose, testGpu, withTempDir } from "../_util.ts";
 
 const FIX = new URL("../fixtures/golden/", import.meta.url).pathname;
 const TINY = new URL("../../data_file/tiny/", import.meta.url).pathname;
@@ -310,33 +310,36 @@ async function copyDir(src: string, dst: string): Promise<void> {
 }
 
 Deno.test("--ckpt resolves run folders, best checkpoints, adapters and models", async () => {
-  const run = await Deno.makeTempDir({ prefix: "hira-run-" });
-  await copyDir(FIX + "adapter-lora", join(run, "checkpoint-10"));
-  await copyDir(FIX + "adapter-hira", join(run, "checkpoint-30"));
-  const state = (best: string | null) => JSON.stringify({ best_model_checkpoint: best });
-  await Deno.writeTextFile(join(run, "checkpoint-10", "trainer_state.json"), state(null));
-  // Recorded relative to another cwd, as the reference does: found by its name in the run.
-  await Deno.writeTextFile(
-    join(run, "checkpoint-30", "trainer_state.json"),
-    state("results_hira/elsewhere/checkpoint-10"),
-  );
-  assertEquals(await resolveCheckpoint(run), { kind: "adapter", dir: join(run, "checkpoint-10") });
-  assertEquals(await resolveCheckpoint(run, 0), {
-    kind: "adapter",
-    dir: join(run, "checkpoint-10"),
+  await withTempDir("hira-run-", async (run) => {
+    await copyDir(FIX + "adapter-lora", join(run, "checkpoint-10"));
+    await copyDir(FIX + "adapter-hira", join(run, "checkpoint-30"));
+    const state = (best: string | null) => JSON.stringify({ best_model_checkpoint: best });
+    await Deno.writeTextFile(join(run, "checkpoint-10", "trainer_state.json"), state(null));
+    // Recorded relative to another cwd, as the reference does: found by its name in the run.
+    await Deno.writeTextFile(
+      join(run, "checkpoint-30", "trainer_state.json"),
+      state("results_hira/elsewhere/checkpoint-10"),
+    );
+    assertEquals(await resolveCheckpoint(run), {
+      kind: "adapter",
+      dir: join(run, "checkpoint-10"),
+    });
+    assertEquals(await resolveCheckpoint(run, 0), {
+      kind: "adapter",
+      dir: join(run, "checkpoint-10"),
+    });
+    assertEquals(await resolveCheckpoint(join(run, "checkpoint-30")), {
+      kind: "adapter",
+      dir: join(run, "checkpoint-30"),
+    });
+    await assertRejects(() => resolveCheckpoint(run, 5), Error, "--load_order");
+    await copyDir(FIX + "adapter-hira", join(run, "adapter"));
+    assertEquals(await resolveCheckpoint(run), { kind: "adapter", dir: join(run, "adapter") });
+    assertEquals(await resolveCheckpoint(FIX + "model"), { kind: "model", dir: FIX + "model" });
+    await assertRejects(() => resolveCheckpoint(join(run, "nope")), Error, "not found");
+    await assertRejects(() => resolveCheckpoint(FIX + "tokens.json"), Error, "is a file");
+    await assertRejects(() => resolveCheckpoint(FIX + "golden"), Error, "holds no adapter");
   });
-  assertEquals(await resolveCheckpoint(join(run, "checkpoint-30")), {
-    kind: "adapter",
-    dir: join(run, "checkpoint-30"),
-  });
-  await assertRejects(() => resolveCheckpoint(run, 5), Error, "--load_order");
-  await copyDir(FIX + "adapter-hira", join(run, "adapter"));
-  assertEquals(await resolveCheckpoint(run), { kind: "adapter", dir: join(run, "adapter") });
-  assertEquals(await resolveCheckpoint(FIX + "model"), { kind: "model", dir: FIX + "model" });
-  await assertRejects(() => resolveCheckpoint(join(run, "nope")), Error, "not found");
-  await assertRejects(() => resolveCheckpoint(FIX + "tokens.json"), Error, "is a file");
-  await assertRejects(() => resolveCheckpoint(FIX + "golden"), Error, "holds no adapter");
-  await Deno.remove(run, { recursive: true });
 });
 
 /** A random-init tiny model folder with the tiny tokenizer, and adapters with large B. */
@@ -375,90 +378,90 @@ async function tinySetup(root: string): Promise<{ modelDir: string; adapters: st
 
 Deno.test("a merged folder decodes exactly what its adapter decodes (tiny model, greedy)", async () => {
   const gpu = await testGpu();
-  const root = await Deno.makeTempDir({ prefix: "hira-evalmerge-" });
-  const { modelDir, adapters } = await tinySetup(root);
-  const records = parseRecords(await Deno.readTextFile(BOOLQ), BOOLQ).slice(0, 3);
-  const settings = decodeSettings("boolq", { greedy: true, maxNewTokens: 6 });
-  const flags = { model: null, tokenizer: null, load_order: -1 };
-  const base = await openEvalModel(gpu, { ...flags, ckpt: null, model: modelDir, merge: true });
-  const basePreds = await predictTexts(base.model, base.tok!, records, settings);
-  for (const dir of adapters) {
-    const unmerged = await openEvalModel(gpu, { ...flags, ckpt: dir, merge: false });
-    assertEquals(unmerged.merge, null);
-    assert(unmerged.model.adapters.size > 0);
-    const viaAdapter = await predictTexts(unmerged.model, unmerged.tok!, records, settings);
-    const oracle = await predictTexts(unmerged.model, unmerged.tok!, records, settings, {
-      decoder: "recompute",
-      batch: 2,
-    });
-    assertEquals(oracle, viaAdapter);
-    // The check means something: outputs vary and the adapter changes them.
-    assert(new Set(viaAdapter).size > 1, `${dir}: every prompt decoded alike`);
-    assertNotEquals(viaAdapter, basePreds);
-    const out = join(root, `merged-${dir.slice(-4)}`);
-    await writeMergedModelDir(unmerged.model, out, { sideFilesDir: TINY });
-    const merged = await openEvalModel(gpu, { ...flags, ckpt: out, merge: true });
-    assertEquals(merged.adapterDir, null);
-    assertEquals(await predictTexts(merged.model, merged.tok!, records, settings), viaAdapter);
-    const inPlace = await openEvalModel(gpu, { ...flags, ckpt: dir, merge: true });
-    assert(inPlace.merge !== null && inPlace.model.adapters.size === 0);
-    assertEquals(await predictTexts(inPlace.model, inPlace.tok!, records, settings), viaAdapter);
-  }
-  await Deno.remove(root, { recursive: true });
+  await withTempDir("hira-evalmerge-", async (root) => {
+    const { modelDir, adapters } = await tinySetup(root);
+    const records = parseRecords(await Deno.readTextFile(BOOLQ), BOOLQ).slice(0, 3);
+    const settings = decodeSettings("boolq", { greedy: true, maxNewTokens: 6 });
+    const flags = { model: null, tokenizer: null, load_order: -1 };
+    const base = await openEvalModel(gpu, { ...flags, ckpt: null, model: modelDir, merge: true });
+    const basePreds = await predictTexts(base.model, base.tok!, records, settings);
+    for (const dir of adapters) {
+      const unmerged = await openEvalModel(gpu, { ...flags, ckpt: dir, merge: false });
+      assertEquals(unmerged.merge, null);
+      assert(unmerged.model.adapters.size > 0);
+      const viaAdapter = await predictTexts(unmerged.model, unmerged.tok!, records, settings);
+      const oracle = await predictTexts(unmerged.model, unmerged.tok!, records, settings, {
+        decoder: "recompute",
+        batch: 2,
+      });
+      assertEquals(oracle, viaAdapter);
+      // The check means something: outputs vary and the adapter changes them.
+      assert(new Set(viaAdapter).size > 1, `${dir}: every prompt decoded alike`);
+      assertNotEquals(viaAdapter, basePreds);
+      const out = join(root, `merged-${dir.slice(-4)}`);
+      await writeMergedModelDir(unmerged.model, out, { sideFilesDir: TINY });
+      const merged = await openEvalModel(gpu, { ...flags, ckpt: out, merge: true });
+      assertEquals(merged.adapterDir, null);
+      assertEquals(await predictTexts(merged.model, merged.tok!, records, settings), viaAdapter);
+      const inPlace = await openEvalModel(gpu, { ...flags, ckpt: dir, merge: true });
+      assert(inPlace.merge !== null && inPlace.model.adapters.size === 0);
+      assertEquals(await predictTexts(inPlace.model, inPlace.tok!, records, settings), viaAdapter);
+    }
+  });
 });
 
 Deno.test("accuracy hooks: before/after tables and files; the model is left as it was", async () => {
   const gpu = await testGpu();
-  const root = await Deno.makeTempDir({ prefix: "hira-hooks-" });
-  const { modelDir, adapters } = await tinySetup(root);
-  const dataRoot = join(root, "data");
-  await Deno.mkdir(join(dataRoot, "llm_adapt", "boolq"), { recursive: true });
-  await Deno.copyFile(BOOLQ, join(dataRoot, "llm_adapt", "boolq", "test.json"));
-  assertEquals(await heldOutSets("common_170k", dataRoot), ["boolq"]);
-  assertEquals(await heldOutSets("gsm8k", dataRoot), []);
-  const args = parseTrainArgs([
-    `--model=${modelDir}`,
-    "--dataset=boolq",
-    `--data_root=${dataRoot}`,
-    "--eval_limit=2",
-    "--max_new_tokens=4",
-  ]);
-  assertEquals(accuracyHooks({ ...args, dataset: "gsm8k" }), {});
-  const hooks = accuracyHooks(args);
-  const em = await openEvalModel(gpu, {
-    ckpt: adapters[0],
-    model: null,
-    tokenizer: null,
-    load_order: -1,
-    merge: false,
+  await withTempDir("hira-hooks-", async (root) => {
+    const { modelDir, adapters } = await tinySetup(root);
+    const dataRoot = join(root, "data");
+    await Deno.mkdir(join(dataRoot, "llm_adapt", "boolq"), { recursive: true });
+    await Deno.copyFile(BOOLQ, join(dataRoot, "llm_adapt", "boolq", "test.json"));
+    assertEquals(await heldOutSets("common_170k", dataRoot), ["boolq"]);
+    assertEquals(await heldOutSets("gsm8k", dataRoot), []);
+    const args = parseTrainArgs([
+      `--model=${modelDir}`,
+      "--dataset=boolq",
+      `--data_root=${dataRoot}`,
+      "--eval_limit=2",
+      "--max_new_tokens=4",
+    ]);
+    assertEquals(accuracyHooks({ ...args, dataset: "gsm8k" }), {});
+    const hooks = accuracyHooks(args);
+    const em = await openEvalModel(gpu, {
+      ckpt: adapters[0],
+      model: null,
+      tokenizer: null,
+      load_order: -1,
+      merge: false,
+    });
+    const w = em.model.weights.layers[0].proj.q_proj;
+    const logs: string[] = [];
+    const log = console.log;
+    console.log = (...a: unknown[]) => logs.push(a.join(" "));
+    try {
+      await hooks.beforeTraining!(em.model, em.tok!, root);
+      await hooks.afterTraining!(em.model, em.tok!, root);
+    } finally {
+      console.log = log;
+    }
+    assert(em.model.weights.layers[0].proj.q_proj === w);
+    assertEquals(em.model.adapters.size, 16);
+    const out = logs.join("\n");
+    assertStringIncludes(out, "Held-out accuracy before training (greedy_maxT=4_limit=2)");
+    assertStringIncludes(out, "| dataset | examples | before (%) | after (%) | change |");
+    const md = await Deno.readTextFile(join(root, "accuracy.md"));
+    assertStringIncludes(md, "| boolq | 2 |");
+    const lines = (await Deno.readTextFile(
+      join(root, "accuracy_after", "output_boolq_greedy_maxT=4_limit=2_eval.jsonl"),
+    )).trim().split("\n");
+    assertEquals(lines.length, 2);
+    const rec = JSON.parse(lines[0]);
+    assertEquals(Object.keys(rec), ["context", "pred", "gold", "extracted", "correct"]);
+    const json = JSON.parse(await Deno.readTextFile(join(root, "accuracy.json")));
+    assertEquals(json.before.rows[0].n, 2);
+    assertStringIncludes(await Deno.readTextFile(join(root, "accuracy.svg")), "<svg");
   });
-  const w = em.model.weights.layers[0].proj.q_proj;
-  const logs: string[] = [];
-  const log = console.log;
-  console.log = (...a: unknown[]) => logs.push(a.join(" "));
-  try {
-    await hooks.beforeTraining!(em.model, em.tok!, root);
-    await hooks.afterTraining!(em.model, em.tok!, root);
-  } finally {
-    console.log = log;
-  }
-  assert(em.model.weights.layers[0].proj.q_proj === w);
-  assertEquals(em.model.adapters.size, 16);
-  const out = logs.join("\n");
-  assertStringIncludes(out, "Held-out accuracy before training (greedy_maxT=4_limit=2)");
-  assertStringIncludes(out, "| dataset | examples | before (%) | after (%) | change |");
-  const md = await Deno.readTextFile(join(root, "accuracy.md"));
-  assertStringIncludes(md, "| boolq | 2 |");
-  const lines = (await Deno.readTextFile(
-    join(root, "accuracy_after", "output_boolq_greedy_maxT=4_limit=2_eval.jsonl"),
-  )).trim().split("\n");
-  assertEquals(lines.length, 2);
-  const rec = JSON.parse(lines[0]);
-  assertEquals(Object.keys(rec), ["context", "pred", "gold", "extracted", "correct"]);
-  const json = JSON.parse(await Deno.readTextFile(join(root, "accuracy.json")));
-  assertEquals(json.before.rows[0].n, 2);
-  assertStringIncludes(await Deno.readTextFile(join(root, "accuracy.svg")), "<svg");
-  await Deno.remove(root, { recursive: true });
 });
 
 Deno.test("a missing test set says which file to put where", async () => {
@@ -477,20 +480,20 @@ Deno.test("a missing test set says which file to put where", async () => {
 });
 
 Deno.test("a gsm8k test record without 'answer' is a one-line error naming the file and record", async () => {
-  const root = await Deno.makeTempDir({ prefix: "hira-gsm8k-" });
-  const dir = join(root, "llm_adapt", "gsm8k");
-  await Deno.mkdir(dir, { recursive: true });
-  const rec = { instruction: "2+2?", input: "", output: "4. The answer is: 4" };
-  await Deno.writeTextFile(
-    join(dir, "test.json"),
-    JSON.stringify([{ ...rec, answer: "4" }, rec]),
-  );
-  const e = await assertRejects(() => readTestRecords(root, "gsm8k"));
-  assertEquals(
-    (e as Error).message,
-    `${join(dir, "test.json")}: record 1: missing field 'answer' (the number it is scored by)`,
-  );
-  await Deno.writeTextFile(join(dir, "test.json"), JSON.stringify([{ ...rec, answer: "4" }]));
-  assertEquals((await readTestRecords(root, "gsm8k")).records[0].answer, "4");
-  await Deno.remove(root, { recursive: true });
+  await withTempDir("hira-gsm8k-", async (root) => {
+    const dir = join(root, "llm_adapt", "gsm8k");
+    await Deno.mkdir(dir, { recursive: true });
+    const rec = { instruction: "2+2?", input: "", output: "4. The answer is: 4" };
+    await Deno.writeTextFile(
+      join(dir, "test.json"),
+      JSON.stringify([{ ...rec, answer: "4" }, rec]),
+    );
+    const e = await assertRejects(() => readTestRecords(root, "gsm8k"));
+    assertEquals(
+      (e as Error).message,
+      `${join(dir, "test.json")}: record 1: missing field 'answer' (the number it is scored by)`,
+    );
+    await Deno.writeTextFile(join(dir, "test.json"), JSON.stringify([{ ...rec, answer: "4" }]));
+    assertEquals((await readTestRecords(root, "gsm8k")).records[0].answer, "4");
+  });
 });

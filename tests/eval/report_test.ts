@@ -8,6 +8,7 @@ import { join } from "@std/path";
 import { buildRunReport, parseRunLog, runningMean } from "../../lib/report/report.ts";
 import { writeRunReport } from "../../lib/io/report_deno.ts";
 import type { AccuracySummary } from "../../lib/eval/scoring.ts";
+import { withTempDir } from "../_util.ts";
 
 /** Balanced tags, one root, quoted attributes, no raw `<` or stray `&`: enough for a browser. */
 function checkXml(doc: string): void {
@@ -275,8 +276,7 @@ Deno.test("accuracy tables become a bar chart and a table, per dataset and on av
 });
 
 Deno.test("writeRunReport reads a run folder and writes report.md and the charts", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "hira-report-" });
-  try {
+  await withTempDir("hira-report-", async (dir) => {
     await Deno.writeTextFile(join(dir, "log.jsonl"), syntheticLog());
     await Deno.writeTextFile(join(dir, "args.json"), JSON.stringify(ARGS));
     await Deno.writeTextFile(
@@ -303,7 +303,5 @@ Deno.test("writeRunReport reads a run folder and writes report.md and the charts
     checkXml(await Deno.readTextFile(join(dir, "accuracy.svg")));
     // No temporary files are left behind.
     for await (const e of Deno.readDir(dir)) assert(!e.name.includes(".tmp-"), e.name);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

@@ -28,7 +28,7 @@ import { HiraError } from "../../lib/engine/errors.ts";
 import { KvCacheDecoder } from "../../lib/eval/decode.ts";
 import { generate } from "../../lib/eval/generate.ts";
 import { Trainer } from "../../lib/train/trainer.ts";
-import { assertClose, testGpu } from "../_util.ts";
+import { assertClose, testGpu, withTempDir } from "../_util.ts";
 import { packBatch, readTensors } from "../_fixtures.ts";
 
 const FIX = new URL("../fixtures/golden/", import.meta.url).pathname;
@@ -232,34 +232,34 @@ Deno.test("rank and alpha patterns, rsLoRA and regex targets reach the layers as
 
 Deno.test("merge of a BF16 base writes BF16 and a config in the layout it read", async () => {
   const gpu = await testGpu();
-  const tmp = await Deno.makeTempDir({ prefix: "hira-golden-merge-" });
-  for (
-    const [dir, dtypeKey, other] of [["model", "dtype", "torch_dtype"], [
-      "model-t4",
-      "torch_dtype",
-      "dtype",
-    ]] as const
-  ) {
-    const model = await loadModelDir(gpu, FIX + dir);
-    await loadAdapterDir(model, FIX + "adapter-lora-rslora");
-    const out = join(tmp, dir);
-    assertEquals(await writeMergedModelDir(model, out, {}), "bf16");
-    const cfg = JSON.parse(await Deno.readTextFile(join(out, "config.json")));
-    assertEquals(cfg[dtypeKey], "bfloat16");
-    assertEquals(other in cfg, false, `${dir}: only the layout's dtype key`);
-    assertEquals("rope_parameters" in cfg, dir === "model");
-    const st = await openSafetensors(join(out, "model.safetensors"));
-    const want = await golden("golden/merged-lora-rslora/model.safetensors");
-    for (const n of st.names) {
-      assertEquals(st.info(n).dtype, "BF16", n);
-      // One BF16 rounding of PEFT's merged weight (2^-8 relative at most).
-      closeToGolden(await st.read(n, "f32"), want.get(n)!, 2 ** -8, n);
+  await withTempDir("hira-golden-merge-", async (tmp) => {
+    for (
+      const [dir, dtypeKey, other] of [["model", "dtype", "torch_dtype"], [
+        "model-t4",
+        "torch_dtype",
+        "dtype",
+      ]] as const
+    ) {
+      const model = await loadModelDir(gpu, FIX + dir);
+      await loadAdapterDir(model, FIX + "adapter-lora-rslora");
+      const out = join(tmp, dir);
+      assertEquals(await writeMergedModelDir(model, out, {}), "bf16");
+      const cfg = JSON.parse(await Deno.readTextFile(join(out, "config.json")));
+      assertEquals(cfg[dtypeKey], "bfloat16");
+      assertEquals(other in cfg, false, `${dir}: only the layout's dtype key`);
+      assertEquals("rope_parameters" in cfg, dir === "model");
+      const st = await openSafetensors(join(out, "model.safetensors"));
+      const want = await golden("golden/merged-lora-rslora/model.safetensors");
+      for (const n of st.names) {
+        assertEquals(st.info(n).dtype, "BF16", n);
+        // One BF16 rounding of PEFT's merged weight (2^-8 relative at most).
+        closeToGolden(await st.read(n, "f32"), want.get(n)!, 2 ** -8, n);
+      }
+      st.close();
+      assertEquals(meaning(await readConfig(out)), meaning(model.config));
+      model.release();
     }
-    st.close();
-    assertEquals(meaning(await readConfig(out)), meaning(model.config));
-    model.release();
-  }
-  await Deno.remove(tmp, { recursive: true });
+  });
 });
 
 interface GenerateFixture {

@@ -11,7 +11,7 @@ import { LlamaModel } from "../../lib/model/model.ts";
 import { randomModel } from "../../lib/model/load.ts";
 import { attachAdapters } from "../../lib/model/attach.ts";
 import { openModelWeights, writeSafetensorsFile } from "../../lib/io/safetensors_deno.ts";
-import { assertClose, testGpu } from "../_util.ts";
+import { assertClose, testGpu, withTempDir } from "../_util.ts";
 import { packBatch } from "../_fixtures.ts";
 
 const FIX = new URL("../fixtures/golden/", import.meta.url).pathname;
@@ -98,43 +98,45 @@ Deno.test("config.json: supported layouts parse, the rest is a one-line error na
 
 Deno.test("a missing or misshapen tensor is an error naming the tensor and the file", async () => {
   const gpu = await testGpu();
-  const dir = await Deno.makeTempDir({ prefix: "hira-load-" });
-  await Deno.copyFile(FIX + "model/config.json", join(dir, "config.json"));
-  const ws = await openModelWeights(FIX + "model");
-  const tensors = [];
-  for (const n of ws.names) {
-    tensors.push({
-      name: n,
-      dtype: "F32" as const,
-      shape: ws.info(n).shape,
-      data: await ws.read(n, "f32"),
-    });
-  }
-  ws.close();
-  const file = join(dir, "model.safetensors");
-  await writeSafetensorsFile(
-    file,
-    tensors.filter((t) => t.name !== "model.layers.1.mlp.up_proj.weight"),
-  );
+  // The last check looks for a model folder inside the removed temporary one.
+  const gone = await withTempDir("hira-load-", async (dir) => {
+    await Deno.copyFile(FIX + "model/config.json", join(dir, "config.json"));
+    const ws = await openModelWeights(FIX + "model");
+    const tensors = [];
+    for (const n of ws.names) {
+      tensors.push({
+        name: n,
+        dtype: "F32" as const,
+        shape: ws.info(n).shape,
+        data: await ws.read(n, "f32"),
+      });
+    }
+    ws.close();
+    const file = join(dir, "model.safetensors");
+    await writeSafetensorsFile(
+      file,
+      tensors.filter((t) => t.name !== "model.layers.1.mlp.up_proj.weight"),
+    );
+    await assertRejects(
+      () => loadModelDir(gpu, dir),
+      HiraError,
+      "missing tensor model.layers.1.mlp.up_proj.weight",
+    );
+    await writeSafetensorsFile(
+      file,
+      tensors.map((t) =>
+        t.name === "model.layers.0.self_attn.k_proj.weight" ? { ...t, shape: [48, 16] } : t
+      ),
+    );
+    await assertRejects(
+      () => loadModelDir(gpu, dir),
+      HiraError,
+      `${file}: tensor model.layers.0.self_attn.k_proj.weight has shape [48,16], config.json expects [16,48]`,
+    );
+    return dir;
+  });
   await assertRejects(
-    () => loadModelDir(gpu, dir),
-    HiraError,
-    "missing tensor model.layers.1.mlp.up_proj.weight",
-  );
-  await writeSafetensorsFile(
-    file,
-    tensors.map((t) =>
-      t.name === "model.layers.0.self_attn.k_proj.weight" ? { ...t, shape: [48, 16] } : t
-    ),
-  );
-  await assertRejects(
-    () => loadModelDir(gpu, dir),
-    HiraError,
-    `${file}: tensor model.layers.0.self_attn.k_proj.weight has shape [48,16], config.json expects [16,48]`,
-  );
-  await Deno.remove(dir, { recursive: true });
-  await assertRejects(
-    () => loadModelDir(gpu, join(dir, "nope")),
+    () => loadModelDir(gpu, join(gone, "nope")),
     HiraError,
     "model folder not found",
   );

