@@ -26,6 +26,7 @@ import { parseAdapterConfig } from "../../lib/model/peft.ts";
 import { loadTokenizer } from "../../lib/io/tokenizer_deno.ts";
 import { createTokenizer, MAX_TOKEN_ID, type Tokenizer } from "../../lib/model/tokenizer.ts";
 import { sampleRecords, TINY_CONFIG } from "../_bad_input_fixture.ts";
+import { withTempDir } from "../_util.ts";
 
 const SAFETENSORS_CASES = 1500;
 const DATASET_CASES = 1000;
@@ -564,8 +565,7 @@ function report(failures: string[], total: number): void {
 }
 
 Deno.test(`fuzz: ${SAFETENSORS_CASES} mutated safetensors files load or fail with a HiraError`, async () => {
-  const dir = await Deno.makeTempDir({ prefix: "hira-fuzz-" });
-  try {
+  await withTempDir("hira-fuzz-", async (dir) => {
     const failures: string[] = [];
     for (let seed = 0; seed < SAFETENSORS_CASES; seed++) {
       const f = await fuzzOneSafetensors(seed, seed % 10 === 0 ? dir : undefined);
@@ -575,15 +575,12 @@ Deno.test(`fuzz: ${SAFETENSORS_CASES} mutated safetensors files load or fail wit
     // Both outcomes must be common, or the mutations are too mild or too crude to find anything.
     assert(outcomes.loaded > SAFETENSORS_CASES / 10, `only ${outcomes.loaded} loaded`);
     assert(outcomes.refused > SAFETENSORS_CASES / 3, `only ${outcomes.refused} refused`);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test(`fuzz: ${DATASET_CASES} mutated dataset files parse or fail with a HiraError`, async () => {
   const tok = await loadTokenizer(new URL("../../data_file/tiny/model/", import.meta.url).pathname);
-  const dir = await Deno.makeTempDir({ prefix: "hira-fuzz-" });
-  try {
+  await withTempDir("hira-fuzz-", async (dir) => {
     const failures: string[] = [];
     for (let seed = 0; seed < DATASET_CASES; seed++) {
       const f = await fuzzOneDataset(seed, tok, seed % 10 === 0 ? dir : undefined);
@@ -592,9 +589,7 @@ Deno.test(`fuzz: ${DATASET_CASES} mutated dataset files parse or fail with a Hir
     report(failures, DATASET_CASES);
     assert(outcomes.parsed > DATASET_CASES / 10, `only ${outcomes.parsed} parsed`);
     assert(outcomes.rejected > DATASET_CASES / 3, `only ${outcomes.rejected} rejected`);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test(`fuzz: ${CONFIG_CASES} mutated config.json / adapter_config.json`, () => {

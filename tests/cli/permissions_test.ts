@@ -28,15 +28,16 @@ import { randomModel } from "../../lib/model/load.ts";
 import { HiraError, isHiraError } from "../../lib/engine/errors.ts";
 import { mkdirNoLink } from "../../lib/io/paths_deno.ts";
 import { launch } from "../../scripts/launch.ts";
-import { testGpu } from "../_util.ts";
+import { testGpu, withTempDir } from "../_util.ts";
 
 const KERNELS = join(REPO_ROOT, "kernels");
 const DATA = join(REPO_ROOT, "data_file");
 const ENV = { DENO_WEBGPU_BACKEND: "vulkan", XDG_RUNTIME_DIR: "/tmp" };
 
-async function tempDir(): Promise<string> {
+/** {@linkcode withTempDir}, but `fn` is given the folder's real path. */
+function withRealTempDir<T>(prefix: string, fn: (dir: string) => Promise<T>): Promise<T> {
   // realPath: the plans hold resolved paths, and /tmp may be a link elsewhere.
-  return await Deno.realPath(await Deno.makeTempDir({ prefix: "hira-perm-" }));
+  return withTempDir(prefix, async (dir) => fn(await Deno.realPath(dir)));
 }
 
 async function writeJson(file: string, v: unknown): Promise<void> {
@@ -45,22 +46,21 @@ async function writeJson(file: string, v: unknown): Promise<void> {
 }
 
 Deno.test("plans: each task reads its inputs and writes only its output folder", async (t) => {
-  const tmp = await tempDir();
-  const run = join(tmp, "runs", "run1");
-  await writeJson(join(run, "args.json"), { model: join(tmp, "m"), data_root: join(tmp, "d") });
-  await Deno.writeTextFile(join(run, "log.jsonl"), "");
-  await Deno.mkdir(join(run, "checkpoint-2"));
-  const base = join(tmp, "base");
-  await Deno.mkdir(base);
-  const adapter = join(tmp, "ad");
-  await writeJson(join(adapter, "adapter_config.json"), {
-    peft_type: "HIRA",
-    r: 2,
-    target_modules: ["q_proj"],
-    base_model_name_or_path: base,
-  });
-  const plan = (task: string, argv: string[]) => planTask(task, argv, tmp);
-  try {
+  await withRealTempDir("hira-perm-", async (tmp) => {
+    const run = join(tmp, "runs", "run1");
+    await writeJson(join(run, "args.json"), { model: join(tmp, "m"), data_root: join(tmp, "d") });
+    await Deno.writeTextFile(join(run, "log.jsonl"), "");
+    await Deno.mkdir(join(run, "checkpoint-2"));
+    const base = join(tmp, "base");
+    await Deno.mkdir(base);
+    const adapter = join(tmp, "ad");
+    await writeJson(join(adapter, "adapter_config.json"), {
+      peft_type: "HIRA",
+      r: 2,
+      target_modules: ["q_proj"],
+      base_model_name_or_path: base,
+    });
+    const plan = (task: string, argv: string[]) => planTask(task, argv, tmp);
     await t.step("train", async () => {
       const p = await plan("train", ["--model=m", "--data_root=d", "--output_folder=out"]);
       assertEquals(p.script, join(REPO_ROOT, "train.ts"));
@@ -115,9 +115,7 @@ Deno.test("plans: each task reads its inputs and writes only its output folder",
       }
       await assertRejects(() => plan("install", []), HiraError, "unknown task");
     });
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 });
 
 Deno.test("deno run flags: no prompt, merged paths, commas refused", () => {
@@ -152,8 +150,7 @@ async function probe(
   plan: PermissionPlan,
   attempts: { op: "write" | "read" | "mkdir"; path: string }[],
 ): Promise<string[]> {
-  const dir = await tempDir();
-  try {
+  return await withRealTempDir("hira-perm-", async (dir) => {
     const file = join(dir, "probe.ts");
     await Deno.writeTextFile(
       file,
@@ -177,14 +174,11 @@ console.log(JSON.stringify(out));
     const text = new TextDecoder().decode(r.stdout);
     assertEquals(r.code, 0, new TextDecoder().decode(r.stderr));
     return JSON.parse(text);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 }
 
 Deno.test("under a train task's flags, writes outside the output folder fail", async () => {
-  const tmp = await tempDir();
-  try {
+  await withRealTempDir("hira-perm-", async (tmp) => {
     const secret = join(tmp, "secret.txt");
     await Deno.writeTextFile(secret, "s");
     const plan = await planTask("train", [
@@ -214,9 +208,7 @@ Deno.test("under a train task's flags, writes outside the output folder fail", a
       "NotCapable",
     ]);
     for await (const e of Deno.readDir(tmp)) assert(["out", "secret.txt"].includes(e.name), e.name);
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 });
 
 Deno.test("names read from files never become paths", async (t) => {
@@ -242,8 +234,7 @@ Deno.test("names read from files never become paths", async (t) => {
       );
     }
   });
-  const tmp = await tempDir();
-  try {
+  await withRealTempDir("hira-perm-", async (tmp) => {
     await t.step("eval --ckpt=RUN ignores a state's path and refuses a traversal", async () => {
       const run = join(tmp, "run");
       const ck = join(run, "checkpoint-2");
@@ -286,9 +277,7 @@ Deno.test("names read from files never become paths", async (t) => {
     await t.step("the launcher runs only its own tasks", async () => {
       assertEquals(await launch("../train", []), 2);
     });
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 });
 
 /** `deno task <task> ...` as a user runs it, in the repository. */
@@ -305,8 +294,7 @@ async function task(name: string, args: string[]): Promise<{ code: number; out: 
 }
 
 Deno.test("deno task train, eval, rank, merge and report work inside their scopes", async (t) => {
-  const tmp = await tempDir();
-  try {
+  await withRealTempDir("hira-perm-", async (tmp) => {
     const modelDir = join(tmp, "model");
     const cfg = parseConfig(
       JSON.parse(await Deno.readTextFile(join(DATA, "tiny/model/config.json"))),
@@ -374,14 +362,11 @@ Deno.test("deno task train, eval, rank, merge and report work inside their scope
       assertEquals(r.code, 0, r.out);
       assertStringIncludes(r.out, '"perplexity"');
     });
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 });
 
 Deno.test("symlinks: only links that stay inside the named folder (or its HF cache entry)", async () => {
-  const tmp = await Deno.realPath(await Deno.makeTempDir({ prefix: "hira-links-" }));
-  try {
+  await withRealTempDir("hira-links-", async (tmp) => {
     const secret = join(tmp, "secret.txt");
     await Deno.writeTextFile(secret, "root:x:0:0:root:/root:/bin/bash\n");
     // A model folder whose tokenizer.json is a link out of it: refused, naming the link only.
@@ -427,7 +412,5 @@ Deno.test("symlinks: only links that stay inside the named folder (or its HF cac
     const e4 = await mkdirNoLink(join(run, "eval")).then(() => null, (e) => e);
     assert(isHiraError(e4) && e4.message.includes("never written through a link"), String(e4));
     assertEquals([...Deno.readDirSync(outside)], []);
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 });

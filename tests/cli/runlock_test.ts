@@ -10,11 +10,11 @@ import { createRunDir, LOCK_FILE, lockRunDir } from "../../lib/io/runlock_deno.t
 import { HiraError, isHiraError } from "../../lib/engine/errors.ts";
 import { parseTrainArgs } from "../../lib/cli/flags.ts";
 import { runTraining } from "../../lib/cli/train.ts";
-import { makeFixture, snapshot, trainFlags } from "../_bad_input_fixture.ts";
+import { snapshot, trainFlags, withFixture } from "../_bad_input_fixture.ts";
+import { withTempDir } from "../_util.ts";
 
 Deno.test("run folders: unique, exclusive, never through a planted symlink", async () => {
-  const tmp = await Deno.makeTempDir({ prefix: "hira-runlock-" });
-  try {
+  await withTempDir("hira-runlock-", async (tmp) => {
     const parent = join(tmp, "out");
     const a = await createRunDir(parent, "m-boolq-hira-2026");
     const b = await createRunDir(parent, "m-boolq-hira-2026");
@@ -33,14 +33,11 @@ Deno.test("run folders: unique, exclusive, never through a planted symlink", asy
     assert((await Deno.lstat(c.runDir)).isDirectory);
     for (const l of [a, b, c]) await l.release();
     assertEquals([...Deno.readDirSync(a.runDir)], [], "release removes the lock file");
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 });
 
 Deno.test("run folders: a held lock refuses a second holder; a released one is taken", async () => {
-  const tmp = await Deno.makeTempDir({ prefix: "hira-runlock-" });
-  try {
+  await withTempDir("hira-runlock-", async (tmp) => {
     const a = await createRunDir(tmp, "run");
     await assertRejects(() => lockRunDir(a.runDir), HiraError, `(pid ${Deno.pid})`);
     await a.release();
@@ -52,14 +49,11 @@ Deno.test("run folders: a held lock refuses a second holder; a released one is t
     // A lock file that is a symlink is never opened.
     await Deno.symlink("/dev/null", join(a.runDir, LOCK_FILE));
     await assertRejects(() => lockRunDir(a.runDir), HiraError, "is a symlink");
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 });
 
 Deno.test("an output folder the process may not write is refused before the model loads", async () => {
-  const f = await makeFixture("hira-nowrite-");
-  try {
+  await withFixture("hira-nowrite-", async (f) => {
     // The scoped task may write only elsewhere: Deno answers NotCapable for --output_folder.
     const elsewhere = join(f.root, "elsewhere");
     await Deno.mkdir(elsewhere);
@@ -87,9 +81,7 @@ Deno.test("an output folder the process may not write is refused before the mode
     // Refused before loading: nothing about the model was printed.
     assertEquals(new TextDecoder().decode(r.stdout), "");
     assertEquals(await snapshot(f.root), before);
-  } finally {
-    await Deno.remove(f.root, { recursive: true });
-  }
+  });
 });
 
 /** A 1 MiB tmpfs to fill up, or null where this process may not mount one (not root). */
@@ -112,49 +104,49 @@ Deno.test("a full disk mid-run: one line naming the file, an error record, no le
     console.log("skipped: mounting a small tmpfs needs root (the ENOSPC case is not exercised)");
     return;
   }
-  const f = await makeFixture("hira-enospc-");
-  try {
-    const out = join(disk, "runs");
-    const args = parseTrainArgs(
-      trainFlags(f, [`--output_folder=${out}`, "--eval_strategy=steps", "--eval_steps=1"]),
-    );
-    const reserve = join(disk, "reserve");
-    let filled = false;
-    const e = await runTraining(args, {
-      quiet: true,
-      noReport: true,
-      afterStep: async () => {
-        if (filled) return;
-        filled = true;
-        // Fill the disk, then free two pages: the log's next lines fit, the checkpoint does not.
-        await Deno.writeFile(reserve, new Uint8Array(8192));
-        const filler = await Deno.open(join(disk, "filler"), { write: true, create: true });
-        try {
-          for (;;) await filler.write(new Uint8Array(4096));
-        } catch {
-          /* full */
-        } finally {
-          filler.close();
-        }
-        await Deno.remove(reserve);
-      },
-    }).then(() => null, (e) => e);
-    assert(isHiraError(e), `not a HiraError: ${e?.stack ?? e}`);
-    assert(!e.message.includes("\n"), e.message);
-    assert(/no space left on the device/.test(e.message), e.message);
-    assert(e.message.startsWith(out), `names a file in the run: ${e.message}`);
-    await Deno.remove(join(disk, "filler"));
-    const runDir = join(out, [...Deno.readDirSync(out)][0].name);
-    const left = [...Deno.readDirSync(runDir)].map((x) => x.name);
-    assertEquals(left.filter((n) => n.includes(".tmp-")), [], `${left}`);
-    assert(!left.includes("run.lock"), `${left}`);
-    const log = Deno.readTextFileSync(join(runDir, "log.jsonl")).trim().split("\n");
-    assertEquals(JSON.parse(log.at(-1)!).type, "error", log.at(-1));
-  } finally {
-    await new Deno.Command("umount", { args: [disk] }).output();
-    await Deno.remove(disk, { recursive: true });
-    await Deno.remove(f.root, { recursive: true });
-  }
+  await withFixture("hira-enospc-", async (f) => {
+    try {
+      const out = join(disk, "runs");
+      const args = parseTrainArgs(
+        trainFlags(f, [`--output_folder=${out}`, "--eval_strategy=steps", "--eval_steps=1"]),
+      );
+      const reserve = join(disk, "reserve");
+      let filled = false;
+      const e = await runTraining(args, {
+        quiet: true,
+        noReport: true,
+        afterStep: async () => {
+          if (filled) return;
+          filled = true;
+          // Fill the disk, then free two pages: the log's next lines fit, the checkpoint does not.
+          await Deno.writeFile(reserve, new Uint8Array(8192));
+          const filler = await Deno.open(join(disk, "filler"), { write: true, create: true });
+          try {
+            for (;;) await filler.write(new Uint8Array(4096));
+          } catch {
+            /* full */
+          } finally {
+            filler.close();
+          }
+          await Deno.remove(reserve);
+        },
+      }).then(() => null, (e) => e);
+      assert(isHiraError(e), `not a HiraError: ${e?.stack ?? e}`);
+      assert(!e.message.includes("\n"), e.message);
+      assert(/no space left on the device/.test(e.message), e.message);
+      assert(e.message.startsWith(out), `names a file in the run: ${e.message}`);
+      await Deno.remove(join(disk, "filler"));
+      const runDir = join(out, [...Deno.readDirSync(out)][0].name);
+      const left = [...Deno.readDirSync(runDir)].map((x) => x.name);
+      assertEquals(left.filter((n) => n.includes(".tmp-")), [], `${left}`);
+      assert(!left.includes("run.lock"), `${left}`);
+      const log = Deno.readTextFileSync(join(runDir, "log.jsonl")).trim().split("\n");
+      assertEquals(JSON.parse(log.at(-1)!).type, "error", log.at(-1));
+    } finally {
+      await new Deno.Command("umount", { args: [disk] }).output();
+      await Deno.remove(disk, { recursive: true });
+    }
+  });
 });
 
 Deno.test("an output folder on a read-only file system: one line before the model loads", async () => {
@@ -163,38 +155,37 @@ Deno.test("an output folder on a read-only file system: one line before the mode
     console.log("skipped: mounting a small tmpfs needs root (the EROFS case is not exercised)");
     return;
   }
-  const f = await makeFixture("hira-erofs-");
-  try {
-    await Deno.mkdir(join(disk, "runs"));
-    const r = await new Deno.Command("mount", { args: ["-o", "remount,ro", disk] }).output();
-    assert(r.success, new TextDecoder().decode(r.stderr));
-    const out = join(disk, "runs");
-    const args = parseTrainArgs(trainFlags(f, [`--output_folder=${out}`]));
-    let loaded = false;
-    const e = await runTraining(args, {
-      quiet: true,
-      noReport: true,
-      beforeTraining: () => {
-        loaded = true;
-        return Promise.resolve();
-      },
-    }).then(() => null, (e) => e);
-    assert(isHiraError(e), `not a HiraError: ${e?.stack ?? e}`);
-    assert(!e.message.includes("\n"), e.message);
-    assert(/read-only file system/.test(e.message), e.message);
-    assert(e.message.startsWith(out), `names the folder: ${e.message}`);
-    assert(!loaded, "the model was loaded before the folder was checked");
-    assertEquals([...Deno.readDirSync(out)], []);
-  } finally {
-    await new Deno.Command("umount", { args: [disk] }).output();
-    await Deno.remove(disk, { recursive: true });
-    await Deno.remove(f.root, { recursive: true });
-  }
+  await withFixture("hira-erofs-", async (f) => {
+    try {
+      await Deno.mkdir(join(disk, "runs"));
+      const r = await new Deno.Command("mount", { args: ["-o", "remount,ro", disk] }).output();
+      assert(r.success, new TextDecoder().decode(r.stderr));
+      const out = join(disk, "runs");
+      const args = parseTrainArgs(trainFlags(f, [`--output_folder=${out}`]));
+      let loaded = false;
+      const e = await runTraining(args, {
+        quiet: true,
+        noReport: true,
+        beforeTraining: () => {
+          loaded = true;
+          return Promise.resolve();
+        },
+      }).then(() => null, (e) => e);
+      assert(isHiraError(e), `not a HiraError: ${e?.stack ?? e}`);
+      assert(!e.message.includes("\n"), e.message);
+      assert(/read-only file system/.test(e.message), e.message);
+      assert(e.message.startsWith(out), `names the folder: ${e.message}`);
+      assert(!loaded, "the model was loaded before the folder was checked");
+      assertEquals([...Deno.readDirSync(out)], []);
+    } finally {
+      await new Deno.Command("umount", { args: [disk] }).output();
+      await Deno.remove(disk, { recursive: true });
+    }
+  });
 });
 
 Deno.test("a symlink planted at a live run's log.jsonl is not written through", async () => {
-  const f = await makeFixture("hira-loglink-");
-  try {
+  await withFixture("hira-loglink-", async (f) => {
     const outside = join(f.root, "outside.txt");
     await Deno.writeTextFile(outside, "untouched\n");
     const args = parseTrainArgs(trainFlags(f, ["--max_steps=3"]));
@@ -212,7 +203,5 @@ Deno.test("a symlink planted at a live run's log.jsonl is not written through", 
     }).then(() => null, (e) => e);
     assert(isHiraError(e) && e.message.includes("never written through a link"), `${e}`);
     assertEquals(await Deno.readTextFile(outside), "untouched\n");
-  } finally {
-    await Deno.remove(f.root, { recursive: true });
-  }
+  });
 });

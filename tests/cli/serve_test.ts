@@ -8,11 +8,12 @@
 import { assert, assertEquals } from "@std/assert";
 import { join, toFileUrl } from "@std/path";
 import { CONTENT_SECURITY_POLICY, hostAllowed, requestHandler, servedFile } from "../../serve.ts";
+import { withTempDir } from "../_util.ts";
 
 const PORT = 8799;
 
-async function tree(): Promise<{ root: string; outside: string }> {
-  const outside = await Deno.makeTempDir({ prefix: "hira-serve-" });
+/** Writes the served tree into `outside`/repo, with a secret beside it; returns the repo folder. */
+async function tree(outside: string): Promise<string> {
   const root = join(outside, "repo");
   for (const d of ["web", "kernels", "data_file/tiny", ".git"]) {
     await Deno.mkdir(join(root, d), { recursive: true });
@@ -30,7 +31,7 @@ async function tree(): Promise<{ root: string; outside: string }> {
   await Deno.symlink(join(outside, "secret.txt"), join(root, "data_file/abs.txt"));
   await Deno.symlink("..", join(root, "data_file/parent"));
   await Deno.symlink("matmul.wgsl", join(root, "kernels/alias.wgsl"));
-  return { root, outside };
+  return root;
 }
 
 function get(path: string, host: string | null = `127.0.0.1:${PORT}`, method = "GET"): Request {
@@ -40,8 +41,8 @@ function get(path: string, host: string | null = `127.0.0.1:${PORT}`, method = "
 }
 
 Deno.test("serve: encoded traversals, planted symlinks and special files are 404", async () => {
-  const { root, outside } = await tree();
-  try {
+  await withTempDir("hira-serve-", async (outside) => {
+    const root = await tree(outside);
     const fifo = join(root, "kernels/fifo.wgsl");
     const mk = await new Deno.Command("mkfifo", { args: [fifo] }).output().catch(() => null);
     const handler = requestHandler({
@@ -102,14 +103,12 @@ Deno.test("serve: encoded traversals, planted symlinks and special files are 404
       await servedFile("/kernels/alias.wgsl", toFileUrl(root + "/")),
       await Deno.realPath(join(root, "kernels/matmul.wgsl")),
     );
-  } finally {
-    await Deno.remove(outside, { recursive: true });
-  }
+  });
 });
 
 Deno.test("serve: only its own loopback Host and port are answered (421 otherwise)", async () => {
-  const { root, outside } = await tree();
-  try {
+  await withTempDir("hira-serve-", async (outside) => {
+    const root = await tree(outside);
     const handler = requestHandler({
       root: toFileUrl(root + "/"),
       port: () => PORT,
@@ -138,9 +137,7 @@ Deno.test("serve: only its own loopback Host and port are answered (421 otherwis
     assertEquals((await handler(get("/", `127.0.0.1:${PORT}`, "POST"))).status, 405);
     assertEquals(hostAllowed(null, PORT), false);
     assert(hostAllowed(`127.0.0.1:${PORT}`, PORT));
-  } finally {
-    await Deno.remove(outside, { recursive: true });
-  }
+  });
 });
 
 Deno.test("serve: the CSP lets the page's own module script and fetches run, nothing else", () => {

@@ -22,6 +22,7 @@ import {
   loadFileDatasets,
 } from "../../lib/io/dataset_file_deno.ts";
 import { ChatTemplate } from "../../lib/train/chat.ts";
+import { withTempDir } from "../_util.ts";
 
 const TINY = join(REPO_ROOT, "data_file/tiny");
 const tiny = await loadTokenizer(TINY);
@@ -42,15 +43,6 @@ function flags(dataset: string, over: Partial<FileDatasetFlags> = {}): FileDatas
   };
 }
 
-async function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await Deno.makeTempDir({ prefix: "hira_data_" });
-  try {
-    return await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
 const jsonl = (recs: unknown[]) => recs.map((r) => JSON.stringify(r)).join("\n") + "\n";
 
 Deno.test("dataset path: paths and named sets are told apart", () => {
@@ -61,7 +53,7 @@ Deno.test("dataset path: paths and named sets are told apart", () => {
 });
 
 Deno.test("alpaca file: today's template and loss mask, input after a blank line", async () => {
-  await withDir(async (dir) => {
+  await withTempDir("hira_data_", async (dir) => {
     const f = join(dir, "a.jsonl");
     await Deno.writeTextFile(
       f,
@@ -90,7 +82,7 @@ Deno.test("alpaca file: today's template and loss mask, input after a blank line
 });
 
 Deno.test("prompt/completion file: the loss covers the completion and EOS", async () => {
-  await withDir(async (dir) => {
+  await withTempDir("hira_data_", async (dir) => {
     const f = join(dir, "pc.jsonl");
     await Deno.writeTextFile(f, jsonl([{ prompt: "2+2=", completion: "4" }]));
     const d = await loadFileDatasets(flags(f), tiny, TINY, 512);
@@ -107,7 +99,7 @@ Deno.test("prompt/completion file: the loss covers the completion and EOS", asyn
 });
 
 Deno.test("text file: BOS + text + EOS streams packed into --seq_len blocks", async () => {
-  await withDir(async (dir) => {
+  await withTempDir("hira_data_", async (dir) => {
     const f = join(dir, "t.jsonl");
     await Deno.writeTextFile(f, jsonl([{ text: "ab" }, { text: "cde" }, { text: "f" }]));
     const d = await loadFileDatasets(flags(f, { seq_len: 4 }), tiny, TINY, 512);
@@ -129,7 +121,7 @@ Deno.test("text file: BOS + text + EOS streams packed into --seq_len blocks", as
 
 Deno.test("chat file: the model's template, mask on the assistant tokens (transformers)", async () => {
   const llama3 = new Tokenizer({ tokenizer: tokenizerJSON, config: tokenizerConfig });
-  await withDir(async (dir) => {
+  await withTempDir("hira_data_", async (dir) => {
     const model = join(dir, "model");
     await Deno.mkdir(model);
     await Deno.writeTextFile(
@@ -165,7 +157,7 @@ Deno.test("chat file: the model's template, mask on the assistant tokens (transf
 });
 
 Deno.test("chat file with a model that has no chat template: one line", async () => {
-  await withDir(async (dir) => {
+  await withTempDir("hira_data_", async (dir) => {
     const f = join(dir, "chat.jsonl");
     await Deno.writeTextFile(f, jsonl([{ messages: [{ role: "user", content: "hi" }] }]));
     const e = await assertRejects(() => loadFileDatasets(flags(f), tiny, TINY, 512), HiraError);
@@ -178,7 +170,7 @@ Deno.test("chat file with a model that has no chat template: one line", async ()
 });
 
 Deno.test("JSON array files give the same examples as JSON Lines", async () => {
-  await withDir(async (dir) => {
+  await withTempDir("hira_data_", async (dir) => {
     const recs = [
       { instruction: 'tricky "],[{" \\ text', output: "x, ]" },
       { instruction: "nested", input: "", output: "y", meta: { a: [1, { b: "]" }] } },
@@ -198,7 +190,7 @@ Deno.test("JSON array files give the same examples as JSON Lines", async () => {
 });
 
 Deno.test("folder datasets: train, validation and test files; the seeded split", async () => {
-  await withDir(async (dir) => {
+  await withTempDir("hira_data_", async (dir) => {
     const recs = Array.from({ length: 40 }, (_, i) => ({ prompt: `q${i}`, completion: `a${i}` }));
     const one = join(dir, "one.jsonl");
     await Deno.writeTextFile(one, jsonl(recs));
@@ -244,7 +236,7 @@ Deno.test("--dataset_format forces a format; detection by fields", async () => {
   assertEquals(detectFormat({ instruction: "", output: "" }, "f", "line 1"), "alpaca");
   assertEquals(detectFormat({ prompt: "", completion: "" }, "f", "line 1"), "prompt_completion");
   assertEquals(detectFormat({ text: "" }, "f", "line 1"), "text");
-  await withDir(async (dir) => {
+  await withTempDir("hira_data_", async (dir) => {
     // A record with both text and prompt/completion is prompt/completion unless forced.
     const f = join(dir, "x.jsonl");
     await Deno.writeTextFile(f, jsonl([{ text: "abc", prompt: "p", completion: "c" }]));
@@ -331,7 +323,7 @@ const BAD: [string, string | Uint8Array, string][] = [
 ];
 
 Deno.test("every bad record is one line naming the file, line or record, and field", async () => {
-  await withDir(async (dir) => {
+  await withTempDir("hira_data_", async (dir) => {
     for (const [name, content, reason] of BAD) {
       const f = join(dir, name);
       if (typeof content === "string") await Deno.writeTextFile(f, content);
@@ -346,7 +338,7 @@ Deno.test("every bad record is one line naming the file, line or record, and fie
 });
 
 Deno.test("bad dataset paths, forced formats and chat records without an answer to learn", async () => {
-  await withDir(async (dir) => {
+  await withTempDir("hira_data_", async (dir) => {
     const none = join(dir, "nope.jsonl");
     const e1 = await assertRejects(() => datasetFiles(none), HiraError);
     assertEquals(
@@ -418,7 +410,7 @@ async function writeBig(file: string, n: number, array: boolean): Promise<void> 
 Deno.test({
   name: "200,000 records stream with bounded memory (JSONL and one JSON array)",
   fn: async () => {
-    await withDir(async (dir) => {
+    await withTempDir("hira_data_", async (dir) => {
       const probe = join(REPO_ROOT, "tests/_stream_probe.ts");
       // A V8 old space of 24 MiB: reading the ~70 MB file as one string cannot fit in it.
       const v8 = "--v8-flags=--max-old-space-size=24";

@@ -18,6 +18,7 @@ import { findMpiLibrary, launchedRanks, localRank } from "../../lib/io/mpi_deno.
 import { gpuPinningEnv } from "../../lib/io/gpu_deno.ts";
 import { denoRunArgs } from "../../lib/cli/permissions.ts";
 import { openSafetensors } from "../../lib/io/safetensors_deno.ts";
+import { withTempDir } from "../_util.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const MODEL = join(ROOT, "data_file/tiny/model");
@@ -190,8 +191,7 @@ async function equivalence(
   launcher: boolean,
   file?: string,
 ): Promise<void> {
-  const tmp = await Deno.makeTempDir({ prefix: "hira-dp-" });
-  try {
+  await withTempDir("hira-dp-", async (tmp) => {
     const one = join(tmp, "one"), two = join(tmp, "two");
     ok(await single(flags(one, [...peft, "--grad_acc=4"])), "one process");
     const r = await ranks(2, flags(two, [...peft, "--grad_acc=2"]), launcher);
@@ -220,9 +220,7 @@ async function equivalence(
       await Deno.readTextFile(join(d2, "checkpoint-4", "trainer_state.json")),
     );
     assertEquals(state.world_size, 2);
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  });
 }
 
 Deno.test({
@@ -248,8 +246,7 @@ Deno.test({
   name: "dp: a killed 2-rank run resumes to the uninterrupted run's adapter; 1 process may not",
   ignore: NO_MPI,
   async fn() {
-    const tmp = await Deno.makeTempDir({ prefix: "hira-dp-resume-" });
-    try {
+    await withTempDir("hira-dp-resume-", async (tmp) => {
       const whole = join(tmp, "whole"), killed = join(tmp, "killed");
       const f = (out: string) => flags(out, ["--max_steps=6", "--eval_steps=1", "--grad_acc=2"]);
       ok(await ranks(2, f(whole)), "uninterrupted run");
@@ -274,9 +271,7 @@ Deno.test({
       ok(await ranks(2, [`--resume=${dir}`]), "resume on 2 ranks");
       const [a, b] = [await adapter(await runDir(whole)), await adapter(dir)];
       for (const [k, x] of a) assertEquals(b.get(k), x, `${k} differs after the resume`);
-    } finally {
-      await Deno.remove(tmp, { recursive: true });
-    }
+    });
   },
 });
 
@@ -284,8 +279,7 @@ Deno.test({
   name: "dp: SIGTERM to one rank stops both after the same step, saved, with status 143",
   ignore: NO_MPI,
   async fn() {
-    const tmp = await Deno.makeTempDir({ prefix: "hira-dp-signal-" });
-    try {
+    await withTempDir("hira-dp-signal-", async (tmp) => {
       // Signal a rank once the first training record is logged.
       const { dir, output } = await signalRankWhen(
         tmp,
@@ -305,9 +299,7 @@ Deno.test({
       assert(end.step < 200, `ran to the end (${end.step})`);
       // The stop step's checkpoint is there: a resume continues from it.
       assert(await exists(join(dir, `checkpoint-${end.step}`)));
-    } finally {
-      await Deno.remove(tmp, { recursive: true });
-    }
+    });
   },
 });
 
@@ -315,8 +307,7 @@ Deno.test({
   name: "dp: a rank given another model file fails both ranks with one line naming it (exit 2)",
   ignore: NO_MPI,
   async fn() {
-    const tmp = await Deno.makeTempDir({ prefix: "hira-dp-model-" });
-    try {
+    await withTempDir("hira-dp-model-", async (tmp) => {
       // The same weights with other metadata: the header (and the size) differ.
       const other = join(tmp, "model");
       await Deno.mkdir(other);
@@ -345,9 +336,7 @@ Deno.test({
       assertMatch(lines[0], /rank 1's model file model\.safetensors differs from rank 0's/);
       // Nothing was written: the check comes before the run folder.
       assertEquals([...Deno.readDirSync(o)], []);
-    } finally {
-      await Deno.remove(tmp, { recursive: true });
-    }
+    });
   },
 });
 
@@ -355,8 +344,7 @@ Deno.test({
   name: "dp: one rank's NaN stops both ranks at the same step with exit 3",
   ignore: NO_MPI,
   async fn() {
-    const tmp = await Deno.makeTempDir({ prefix: "hira-dp-nan-" });
-    try {
+    await withTempDir("hira-dp-nan-", async (tmp) => {
       const f = flags(tmp, ["--grad_acc=1", "--eval_strategy=no"]);
       const r = await twoRanks(f, f, ["HIRA_TEST_NAN_AFTER_STEP=2"]);
       assertEquals(r.code, 3, r.stdout + r.stderr);
@@ -366,9 +354,7 @@ Deno.test({
       const log = await logRecords(await runDir(tmp));
       assertEquals(log.at(-1)?.type, "error");
       assertEquals(log.filter((x) => x.type === "train").length, 2);
-    } finally {
-      await Deno.remove(tmp, { recursive: true });
-    }
+    });
   },
 });
 
@@ -387,88 +373,88 @@ Deno.test({
   name: "dp: two ranks in two network namespaces train over TCP as over shared memory",
   ignore: NO_MPI || !IS_ROOT || !HAS_IP,
   async fn() {
-    const tmp = await Deno.makeTempDir({ prefix: "hira-dp-netns-" });
     const tag = `h${Deno.pid % 100000}`;
     const [nsA, nsB] = [`${tag}a`, `${tag}b`];
     const sh = (cmd: string) => run("sh", ["-c", cmd]);
-    try {
-      // Two "machines": namespaces joined by a veth pair, 10.77.0.1 and 10.77.0.2.
-      for (
-        const c of [
-          `ip netns add ${nsA}`,
-          `ip netns add ${nsB}`,
-          `ip link add ${tag}x type veth peer name ${tag}y`,
-          `ip link set ${tag}x netns ${nsA}`,
-          `ip link set ${tag}y netns ${nsB}`,
-          `ip -n ${nsA} addr add 10.77.0.1/24 dev ${tag}x`,
-          `ip -n ${nsB} addr add 10.77.0.2/24 dev ${tag}y`,
-          `ip -n ${nsA} link set ${tag}x up`,
-          `ip -n ${nsB} link set ${tag}y up`,
-          `ip -n ${nsA} link set lo up`,
-          `ip -n ${nsB} link set lo up`,
-        ]
-      ) {
-        const r = await sh(c);
-        assertEquals(r.code, 0, `${c}: ${r.stderr}`);
+    await withTempDir("hira-dp-netns-", async (tmp) => {
+      try {
+        // Two "machines": namespaces joined by a veth pair, 10.77.0.1 and 10.77.0.2.
+        for (
+          const c of [
+            `ip netns add ${nsA}`,
+            `ip netns add ${nsB}`,
+            `ip link add ${tag}x type veth peer name ${tag}y`,
+            `ip link set ${tag}x netns ${nsA}`,
+            `ip link set ${tag}y netns ${nsB}`,
+            `ip -n ${nsA} addr add 10.77.0.1/24 dev ${tag}x`,
+            `ip -n ${nsB} addr add 10.77.0.2/24 dev ${tag}y`,
+            `ip -n ${nsA} link set ${tag}x up`,
+            `ip -n ${nsB} link set ${tag}y up`,
+            `ip -n ${nsA} link set lo up`,
+            `ip -n ${nsB} link set lo up`,
+          ]
+        ) {
+          const r = await sh(c);
+          assertEquals(r.code, 0, `${c}: ${r.stderr}`);
+        }
+        // mpirun's "ssh": run the daemon's command line in the namespace of the host it names.
+        const agent = join(tmp, "netns-rsh");
+        await Deno.writeTextFile(
+          agent,
+          `#!/bin/sh\n# netns-rsh HOST COMMAND...\nhost="$1"; shift\n` +
+            `case "$host" in 10.77.0.1) ns=${nsA};; 10.77.0.2) ns=${nsB};; *) exit 255;; esac\n` +
+            `exec ip netns exec "$ns" sh -c "$*"\n`,
+        );
+        await Deno.chmod(agent, 0o755);
+        const hosts = join(tmp, "hosts");
+        await Deno.writeTextFile(hosts, "10.77.0.1 slots=1\n10.77.0.2 slots=1\n");
+        const out = join(tmp, "out"), ref = join(tmp, "ref");
+        await Deno.mkdir(out);
+        await Deno.mkdir(ref);
+        const f = (o: string) => flags(o, ["--grad_acc=2"]);
+        ok(await ranks(2, f(ref)), "the shared-memory run");
+        const env = ["DENO_WEBGPU_BACKEND", "XDG_RUNTIME_DIR", "PATH", "HOME", "DENO_DIR"]
+          .filter((k) => Deno.env.get(k) !== undefined).flatMap((k) => ["-x", k]);
+        const r = await run("ip", [
+          "netns",
+          "exec",
+          nsA,
+          "mpirun",
+          ...MPIRUN,
+          "--hostfile",
+          hosts,
+          "-np",
+          "2",
+          "--map-by",
+          "node",
+          "--mca",
+          "plm_rsh_agent",
+          agent,
+          // Only the network between the namespaces: no shared memory, no loopback.
+          "--mca",
+          "btl",
+          "tcp,self",
+          "--mca",
+          "btl_tcp_if_include",
+          "10.77.0.0/24",
+          "--mca",
+          "oob_tcp_if_include",
+          "10.77.0.0/24",
+          ...env,
+          ...entry(false),
+          ...f(out),
+        ]);
+        ok(r, "the two-namespace run");
+        const [a, b] = [await runDir(ref), await runDir(out)];
+        const la = (await logRecords(a)).filter((x) => x.type === "train");
+        const lb = (await logRecords(b)).filter((x) => x.type === "train");
+        assertEquals(lb.length, 4);
+        la.forEach((x, i) => assert(Math.abs(lb[i].loss - x.loss) <= 1e-5 * Math.abs(x.loss)));
+        assert(relL2(await adapter(a), await adapter(b)) < 1e-4);
+      } finally {
+        await sh(`ip netns del ${nsA}; ip netns del ${nsB}`);
       }
-      // mpirun's "ssh": run the daemon's command line in the namespace of the host it names.
-      const agent = join(tmp, "netns-rsh");
-      await Deno.writeTextFile(
-        agent,
-        `#!/bin/sh\n# netns-rsh HOST COMMAND...\nhost="$1"; shift\n` +
-          `case "$host" in 10.77.0.1) ns=${nsA};; 10.77.0.2) ns=${nsB};; *) exit 255;; esac\n` +
-          `exec ip netns exec "$ns" sh -c "$*"\n`,
-      );
-      await Deno.chmod(agent, 0o755);
-      const hosts = join(tmp, "hosts");
-      await Deno.writeTextFile(hosts, "10.77.0.1 slots=1\n10.77.0.2 slots=1\n");
-      const out = join(tmp, "out"), ref = join(tmp, "ref");
-      await Deno.mkdir(out);
-      await Deno.mkdir(ref);
-      const f = (o: string) => flags(o, ["--grad_acc=2"]);
-      ok(await ranks(2, f(ref)), "the shared-memory run");
-      const env = ["DENO_WEBGPU_BACKEND", "XDG_RUNTIME_DIR", "PATH", "HOME", "DENO_DIR"]
-        .filter((k) => Deno.env.get(k) !== undefined).flatMap((k) => ["-x", k]);
-      const r = await run("ip", [
-        "netns",
-        "exec",
-        nsA,
-        "mpirun",
-        ...MPIRUN,
-        "--hostfile",
-        hosts,
-        "-np",
-        "2",
-        "--map-by",
-        "node",
-        "--mca",
-        "plm_rsh_agent",
-        agent,
-        // Only the network between the namespaces: no shared memory, no loopback.
-        "--mca",
-        "btl",
-        "tcp,self",
-        "--mca",
-        "btl_tcp_if_include",
-        "10.77.0.0/24",
-        "--mca",
-        "oob_tcp_if_include",
-        "10.77.0.0/24",
-        ...env,
-        ...entry(false),
-        ...f(out),
-      ]);
-      ok(r, "the two-namespace run");
-      const [a, b] = [await runDir(ref), await runDir(out)];
-      const la = (await logRecords(a)).filter((x) => x.type === "train");
-      const lb = (await logRecords(b)).filter((x) => x.type === "train");
-      assertEquals(lb.length, 4);
-      la.forEach((x, i) => assert(Math.abs(lb[i].loss - x.loss) <= 1e-5 * Math.abs(x.loss)));
-      assert(relL2(await adapter(a), await adapter(b)) < 1e-4);
-    } finally {
-      await sh(`ip netns del ${nsA}; ip netns del ${nsB}`);
-      await Deno.remove(tmp, { recursive: true });
-    }
+    });
   },
 });
 

@@ -26,6 +26,7 @@ import {
 import { parseTrainArgs } from "../../lib/cli/flags.ts";
 import { runTraining } from "../../lib/cli/train.ts";
 import { isHiraError } from "../../lib/engine/errors.ts";
+import { withTempDir } from "../_util.ts";
 
 /** Llama-3-8B's config.json (meta-llama/Meta-Llama-3-8B), as published. */
 const LLAMA3_8B = {
@@ -48,15 +49,6 @@ const LLAMA3_8B = {
 };
 const LLAMA3_8B_PARAMS = 8_030_261_248;
 const TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"];
-
-async function withTempDir<T>(f: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await Deno.makeTempDir({ prefix: "hira-memory-" });
-  try {
-    return await f(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 /**
  * Bytes the buffer pool created for loading the tiny model, attaching adapters, building the
@@ -282,7 +274,7 @@ Deno.test("dry run counts the HiRA path training runs: materialised on CPU raste
 });
 
 Deno.test("train.ts --dry_run on a folder with only config.json prints the estimate, exit 0", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("hira-memory-", async (dir) => {
     await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(LLAMA3_8B));
     const out = await new Deno.Command(Deno.execPath(), {
       args: [
@@ -308,7 +300,7 @@ Deno.test("train.ts --dry_run on a folder with only config.json prints the estim
 });
 
 Deno.test("a run over --memory_limit is refused before allocating, in one line", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("hira-memory-", async (dir) => {
     const gpu = await createDenoGpu();
     const before = gpu.pool.bytesCreated;
     const args = parseTrainArgs([
