@@ -19,6 +19,7 @@ import { gpuPinningEnv } from "../../lib/io/gpu_deno.ts";
 import { denoRunArgs } from "../../lib/cli/permissions.ts";
 import { openSafetensors } from "../../lib/io/safetensors_deno.ts";
 import { withTempDir } from "../_util.ts";
+import { taskArgs } from "../_tasks.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const MODEL = join(ROOT, "data_file/tiny/model");
@@ -100,9 +101,7 @@ function twoRanks(a: string[], b: string[], bEnv: string[] = []): Promise<Ran> {
 /** The command a rank runs: train.ts, or the launcher as deno.json's train task starts it. */
 function entry(launcher: boolean): string[] {
   if (!launcher) return [Deno.execPath(), "run", "-A", join(ROOT, "train.ts")];
-  const task: string = JSON.parse(Deno.readTextFileSync(join(ROOT, "deno.json"))).tasks.train;
-  const words = task.split(/\s+/).slice(1); // "run --allow-read ... scripts/launch.ts train"
-  return [Deno.execPath(), ...words.map((w) => w.endsWith(".ts") ? join(ROOT, w) : w)];
+  return [Deno.execPath(), ...taskArgs("train")];
 }
 
 /** The one run folder under `out`. */
