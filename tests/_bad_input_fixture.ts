@@ -131,11 +131,6 @@ export function jsonText(v: unknown): string {
   return JSON.stringify(v, null, 1) + "\n";
 }
 
-/** Writes a fresh fixture into a new temporary folder; the caller removes `root`. */
-export async function makeFixture(prefix = "hira-bad-"): Promise<Fixture> {
-  return await writeFixture(await Deno.makeTempDir({ prefix }));
-}
-
 /**
  * Runs `fn` on a fresh fixture in a new temporary folder and removes the folder afterwards,
  * whether `fn` returns or throws ({@linkcode withTempDir}).

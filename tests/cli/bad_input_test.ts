@@ -20,13 +20,13 @@ import {
   adapterTensorsFor,
   type Fixture,
   jsonText,
-  makeFixture,
   modelTensors,
   safetensorsBytes,
   sampleRecords,
   snapshot,
   TINY_CONFIG,
   trainFlags,
+  withFixture,
 } from "../_bad_input_fixture.ts";
 
 const REPO = new URL("../..", import.meta.url).pathname;
@@ -1071,8 +1071,7 @@ async function runCli(script: string, args: string[]): Promise<{ code: number; s
 
 /** Runs one case; returns a failure description or null. */
 async function runCase(c: Case): Promise<string | null> {
-  const f = await makeFixture();
-  try {
+  return await withFixture("hira-bad-", async (f) => {
     await c.setup?.(f);
     const before = await snapshot(f.root);
     const want = typeof c.message === "function" ? c.message(f) : c.message;
@@ -1100,9 +1099,7 @@ async function runCase(c: Case): Promise<string | null> {
       .filter((k) => before.get(k) !== after.get(k));
     if (changed.length) return `the failed run changed files: ${changed.join(", ")}`;
     return null;
-  } finally {
-    await Deno.remove(f.root, { recursive: true });
-  }
+  });
 }
 
 Deno.test("bad input: every case fails with its one-line message and writes nothing", async (t) => {

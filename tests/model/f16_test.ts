@@ -15,7 +15,7 @@ import { EMBEDDED_MODEL_DIR, loadModelDir } from "../../lib/io/model_deno.ts";
 import { f16OverflowIndex, type LoadOptions, readBaseWeights } from "../../lib/model/load.ts";
 import { parseConfig } from "../../lib/model/config.ts";
 import { isHiraError } from "../../lib/engine/errors.ts";
-import { makeFixture, modelTensors, safetensorsBytes, TINY_CONFIG } from "../_bad_input_fixture.ts";
+import { modelTensors, safetensorsBytes, TINY_CONFIG, withFixture } from "../_bad_input_fixture.ts";
 import { loadAdapterDir } from "../../lib/io/peft_deno.ts";
 import { attachAdapters } from "../../lib/model/attach.ts";
 import { mergeAdaptersInPlace } from "../../lib/model/merge.ts";
@@ -236,8 +236,7 @@ Deno.test({
   name: "--weight_dtype=auto keeps a matrix f32 rather than round a weight to Inf in f16",
   ignore,
   async fn() {
-    const f = await makeFixture("hira-f16-");
-    try {
+    await withFixture("hira-f16-", async (f) => {
       const cfg = parseConfig(TINY_CONFIG);
       const ts = modelTensors(cfg);
       const q = "model.layers.0.self_attn.q_proj.weight";
@@ -258,8 +257,6 @@ Deno.test({
         (e) => e,
       );
       assert(isHiraError(refused) && refused.message.includes("--weight_dtype=f32"), `${refused}`);
-    } finally {
-      await Deno.remove(f.root, { recursive: true });
-    }
+    });
   },
 });

@@ -11,7 +11,7 @@ import { DeviceLostAtStepError, NonFiniteError } from "../../lib/train/trainer.t
 import { openAdapterDir } from "../../lib/io/peft_deno.ts";
 import { createDenoGpu } from "../../lib/io/gpu_deno.ts";
 import type { LlamaModel } from "../../lib/model/model.ts";
-import { type Fixture, makeFixture, trainFlags } from "../_bad_input_fixture.ts";
+import { type Fixture, trainFlags, withFixture } from "../_bad_input_fixture.ts";
 import { testGpu } from "../_util.ts";
 
 const REPO = new URL("../..", import.meta.url).pathname;
@@ -74,8 +74,7 @@ async function assertStoppedAt(runDir: string, step: number, kept: number): Prom
 }
 
 Deno.test("guard (CLI): an absurd --lr diverges; the run stops at the step, keeps its last checkpoint and exits 3", async () => {
-  const f = await makeFixture("hira-guard-");
-  try {
+  await withFixture("hira-guard-", async (f) => {
     // Step 1 trains and stops with checkpoint-1 (as Ctrl-C would); the resumed run's first
     // forward pass through A, B ~ ±1e30 overflows f32.
     const flags = trainFlags(f, ["--lr=1e30", "--max_steps=4"]);
@@ -95,14 +94,11 @@ Deno.test("guard (CLI): an absurd --lr diverges; the run stops at the step, keep
       ),
     );
     await assertStoppedAt(runDir, 2, 1);
-  } finally {
-    await Deno.remove(f.root, { recursive: true });
-  }
+  });
 });
 
 Deno.test("guard (CLI): a validation loss that is not finite stops the run before any checkpoint", async () => {
-  const f = await makeFixture("hira-guard-");
-  try {
+  await withFixture("hira-guard-", async (f) => {
     const flags = trainFlags(f, ["--lr=1e30", "--eval_strategy=steps", "--eval_steps=1"]);
     const r = await trainCli(flags);
     assertEquals(r.code, 3, r.stderr);
@@ -113,9 +109,7 @@ Deno.test("guard (CLI): a validation loss that is not finite stops the run befor
     const runDir = await runDirOf(f);
     const names = await entries(runDir);
     assert(!names.some((n) => n.startsWith("checkpoint-") || n === "adapter"), `${names}`);
-  } finally {
-    await Deno.remove(f.root, { recursive: true });
-  }
+  });
 });
 
 /** Overwrites the first adapter's hira_B with `value` (a fault injected between steps). */
@@ -127,8 +121,7 @@ function fillFirstHiraB(model: LlamaModel, value: number): void {
 
 Deno.test("guard: a NaN injected into an adapter after step 2 stops the run at step 3", async () => {
   const gpu = await testGpu();
-  const f = await makeFixture("hira-guard-");
-  try {
+  await withFixture("hira-guard-", async (f) => {
     const args = parseTrainArgs(
       trainFlags(f, ["--max_steps=5", "--eval_strategy=steps", "--eval_steps=1"]),
     );
@@ -157,15 +150,12 @@ Deno.test("guard: a NaN injected into an adapter after step 2 stops the run at s
       ),
     );
     await assertStoppedAt(runDir, 3, 2);
-  } finally {
-    await Deno.remove(f.root, { recursive: true });
-  }
+  });
 });
 
 Deno.test("guard: weights that overflow after a finite step are never saved as a checkpoint", async () => {
   const gpu = await testGpu();
-  const f = await makeFixture("hira-guard-");
-  try {
+  await withFixture("hira-guard-", async (f) => {
     const args = parseTrainArgs(trainFlags(f, ["--max_steps=4", "--eval_strategy=no"]));
     const e = await assertRejects(
       () =>
@@ -190,16 +180,13 @@ Deno.test("guard: weights that overflow after a finite step are never saved as a
     const names = await entries(await runDirOf(f));
     assert(!names.some((n) => n.startsWith("checkpoint-")), `a checkpoint was written: ${names}`);
     assert(!names.some((n) => n.includes(".tmp-")), `temporary files left: ${names}`);
-  } finally {
-    await Deno.remove(f.root, { recursive: true });
-  }
+  });
 });
 
 Deno.test("guard: a GPU device lost after step 1 is reported at step 2 with the checkpoint kept", async () => {
   // A device of its own: this test destroys it.
   const gpu = await createDenoGpu();
-  const f = await makeFixture("hira-guard-");
-  try {
+  await withFixture("hira-guard-", async (f) => {
     const args = parseTrainArgs(
       trainFlags(f, ["--max_steps=4", "--eval_strategy=steps", "--eval_steps=1"]),
     );
@@ -227,7 +214,5 @@ Deno.test("guard: a GPU device lost after step 1 is reported at step 2 with the 
     );
     assert(!e.message.includes("\n"), "one line");
     await assertStoppedAt(runDir, 2, 1);
-  } finally {
-    await Deno.remove(f.root, { recursive: true });
-  }
+  });
 });
