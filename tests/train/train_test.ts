@@ -182,31 +182,21 @@ Deno.test("adapter folders round-trip; hand-written PEFT folders load; mismatche
         const wrongShape = written.map((t, i) =>
           i === 0 ? { ...t, shape: [t.shape[1], t.shape[0]] } : t
         );
-        await writeSafetensorsFile(join(bad, "adapter_model.safetensors"), wrongShape);
-        let ad = await openAdapterDir(bad);
-        await assertRejects(() => loadAdapters(m, ad.config, ad.weights), HiraError, "has shape");
-        ad.close();
+        // Each case: the folder's tensors are `tensors`, and loading names what is wrong.
+        const refused = async (tensors: typeof written, message: string) => {
+          await writeSafetensorsFile(join(bad, "adapter_model.safetensors"), tensors);
+          const ad = await openAdapterDir(bad);
+          await assertRejects(() => loadAdapters(m, ad.config, ad.weights), HiraError, message);
+          ad.close();
+        };
+        await refused(wrongShape, "has shape");
         // A missing key.
-        await writeSafetensorsFile(join(bad, "adapter_model.safetensors"), written.slice(1));
-        ad = await openAdapterDir(bad);
-        await assertRejects(
-          () => loadAdapters(m, ad.config, ad.weights),
-          HiraError,
-          "missing adapter tensor",
-        );
-        ad.close();
+        await refused(written.slice(1), "missing adapter tensor");
         // An extra key.
-        await writeSafetensorsFile(join(bad, "adapter_model.safetensors"), [
+        await refused([
           ...written,
           { ...written[0], name: "base_model.model.model.layers.0.self_attn.k_proj.hira_A" },
-        ]);
-        ad = await openAdapterDir(bad);
-        await assertRejects(
-          () => loadAdapters(m, ad.config, ad.weights),
-          HiraError,
-          "unexpected tensor",
-        );
-        ad.close();
+        ], "unexpected tensor");
       });
     })
   );
